@@ -1,0 +1,55 @@
+"""Parse the human durations and rates operators write in YAML and on the command line."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+            "h": 3600.0, "hour": 3600.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
+
+
+def parse_duration(value: str | float) -> float:
+    """Return seconds for ``90s``, ``5m``, ``1h``, ``7d`` (a bare number is seconds).
+
+    Raises ``ValueError`` with the accepted forms, so a config error can quote it.
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 90s, 5m, 1h or 7d")  # noqa: TRY004 -- pydantic turns ValueError, not TypeError, into a config error
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError("must be a duration such as 90s, 5m, 1h or 7d")  # noqa: TRY004 -- pydantic turns ValueError, not TypeError, into a config error
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def parse_rate(value: str) -> float:
+    """Return events per second for ``180/min``, ``50/s``, ``1000/hour``."""
+    match = _RATE.match(value)
+    if match is None or match.group(2) not in _PERIODS:
+        raise ValueError("must be a rate such as 180/min, 50/s or 1000/hour")
+    per_second = float(match.group(1)) / _PERIODS[match.group(2)]
+    if per_second <= 0:
+        raise ValueError("must be greater than zero")
+    return per_second
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way an operator reads them: ``59m``, ``6d 23h``, ``12s``."""
+    sign = "-" if seconds < 0 else ""
+    remaining = int(abs(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, remaining = divmod(remaining, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+        if len(parts) == 2:
+            break
+    return sign + (" ".join(parts) or "0s")

@@ -1,0 +1,125 @@
+"""Runtime values of a loaded configuration: frozen, validated, free of pydantic.
+
+``config.py`` turns YAML into these; everything else in tokend only ever sees
+them. They compare by value, which is what makes a reload a simple diff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+SCOPES = ("read", "write", "read+write")
+OutputFormat = Literal["token", "env", "json"]
+DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
+
+
+class Secret:
+    """A secret string that never shows itself in a repr, str or log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself: call it only where the protocol needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, order=True)
+class TokenName:
+    """``APP/USER/SCOPE``: the one name of a token in config, store, logs and CLI."""
+
+    app: str
+    user: str
+    scope: str
+
+    def __str__(self) -> str:
+        return f"{self.app}/{self.user}/{self.scope}"
+
+    @classmethod
+    def parse(cls, text: str) -> TokenName:
+        """Parse a full ``APP/USER/SCOPE`` name (the CLI resolves partial names itself)."""
+        parts = text.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"token name {text!r} is not of the form APP/USER/SCOPE")
+        return cls(*parts)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for transient failures: ``initial`` doubling up to ``max``."""
+
+    initial: float = 10.0
+    max: float = 600.0
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One file that receives the access token after every refresh."""
+
+    path: Path
+    format: OutputFormat = "token"
+    variable: str = DEFAULT_ENV_VARIABLE
+    mode: int = 0o600
+    owner: int | None = None
+    group: int | None = None
+
+
+@dataclass(frozen=True)
+class ApplicationSpec:
+    """An OAuth application registered at the server, and how to talk to it."""
+
+    name: str
+    client_id: str
+    client_secret: Secret
+    base_url: str = "https://api.factorialhr.com"
+    redirect_uri: str = "urn:ietf:wg:oauth:2.0:oob"
+    rate_limit: float = 3.0
+    concurrency: int = 8
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """A user/scope pair of an application that must always hold a fresh token."""
+
+    name: TokenName
+    outputs: tuple[OutputSpec, ...] = ()
+    on_refresh: tuple[str, ...] = ()
+    on_failure: tuple[str, ...] = ()
+    refresh_at: float = 0.75
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    refresh_token_lifetime: float = 7 * 86400.0
+    hook_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration file."""
+
+    source: Path
+    state_dir: Path
+    applications: Mapping[str, ApplicationSpec]
+    tokens: tuple[TokenSpec, ...]
+    concurrency: int = 8
+    warnings: tuple[str, ...] = ()
+
+    def token(self, name: TokenName) -> TokenSpec | None:
+        """The spec of ``name``, or ``None`` when it is not configured."""
+        return next((spec for spec in self.tokens if spec.name == name), None)
