@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tokend.errors import NotFoundError
+
 SCOPES = ("read", "write", "read+write")
 OutputFormat = Literal["token", "env", "json"]
 DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
@@ -123,3 +125,22 @@ class Config:
     def token(self, name: TokenName) -> TokenSpec | None:
         """The spec of ``name``, or ``None`` when it is not configured."""
         return next((spec for spec in self.tokens if spec.name == name), None)
+
+
+def resolve_token(config: Config, text: str) -> TokenSpec:
+    """Find the token an operator means by ``APP/USER/SCOPE`` or, when unambiguous, ``APP/USER``.
+
+    Raises ``NotFoundError`` listing the candidates, so a typo is one step from fixed.
+    """
+    parts = text.split("/")
+    matches = [
+        spec for spec in config.tokens
+        if [spec.name.app, spec.name.user, spec.name.scope][: len(parts)] == parts
+    ]
+    if len(parts) in (2, 3) and len(matches) == 1:
+        return matches[0]
+    if len(parts) == 3 or not matches:
+        candidates = ", ".join(str(spec.name) for spec in config.tokens) or "none configured"
+        raise NotFoundError(f"no token named {text!r}; configured tokens: {candidates}")
+    listed = ", ".join(str(spec.name) for spec in matches)
+    raise NotFoundError(f"{text!r} is ambiguous; say which one: {listed}")

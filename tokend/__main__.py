@@ -1,0 +1,9 @@
+"""``python -m tokend`` is the ``tokend`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from tokend.cli import main
+
+sys.exit(main())

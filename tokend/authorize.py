@@ -1,0 +1,73 @@
+"""Turn an authorization key into a stored token, outputs, and a daemon that knows.
+
+Shared by ``tokend authorize`` and ``tokend demo``: the order is the daemon's
+own (store, outputs, hooks), so an authorized token is never only in a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import structlog
+
+from tokend.clock import Clock
+from tokend.factorial import Factorial
+from tokend.hooks import hook_environment, run_hook
+from tokend.lock import running_daemon_pid
+from tokend.model import Config, TokenSpec
+from tokend.oauth import Token
+from tokend.outputs import write_outputs
+from tokend.state import StateStore
+
+log = structlog.get_logger(__name__)
+
+
+def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = None) -> str:
+    """The link a person opens to grant ``spec``'s application access for ``spec``'s scope."""
+    app = config.applications[spec.name.app]
+    return Factorial.obtain_authorization_link(
+        client_id=app.client_id,
+        redirect_uri=app.redirect_uri,
+        scope=spec.name.scope,
+        base_url=app.base_url,
+        state=state,
+    )
+
+
+def exchange_and_store(
+    config: Config, spec: TokenSpec, authorization_key: str, *, store: StateStore, clock: Clock
+) -> Token:
+    """Exchange the key, commit the token durably, write the outputs, run ``on_refresh``,
+    and tell a running daemon to pick the token up."""
+    app = config.applications[spec.name.app]
+    with Factorial(access_token="", base_url=app.base_url, timeout=spec.timeout) as client:
+        token = client.obtain_access_token(
+            client_id=app.client_id,
+            client_secret=app.client_secret.reveal(),
+            redirect_uri=app.redirect_uri,
+            authorization_key=authorization_key,
+        )
+    store.save_token(spec.name, token, now=clock.now())
+    write_outputs(spec.outputs, token)
+    if spec.on_refresh:
+        env = hook_environment(spec, expires_at=token.expires_at, base=os.environ)
+        asyncio.run(
+            run_hook(spec.on_refresh, env=env, timeout=spec.hook_timeout, name=str(spec.name))
+        )
+    notify_daemon(config)
+    log.info("token_authorized", token=str(spec.name), expires_at=token.expires_at.isoformat())
+    return token
+
+
+def notify_daemon(config: Config) -> bool:
+    """Ask a daemon running on the same state to re-read the store (SIGUSR1)."""
+    pid = running_daemon_pid(config.state_dir)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return False
+    return True

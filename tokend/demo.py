@@ -1,0 +1,139 @@
+"""``tokend demo``: the whole product working in one command, with no account anywhere.
+
+It starts the built-in sandbox with short-lived tokens, authorizes a few
+user/scope pairs the way a person would (link, key, exchange), writes a real
+config file into a temporary folder and runs the real daemon on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+
+from tokend.authorize import authorization_link, exchange_and_store
+from tokend.clock import SystemClock
+from tokend.config import load_config
+from tokend.daemon import Daemon
+from tokend.log import SecretMasker
+from tokend.model import TokenSpec
+from tokend.oauth import Token
+from tokend.sandbox import Sandbox
+from tokend.state import SqliteStateStore
+
+DEMO_CLIENT_ID = "tokend-demo"
+DEMO_TOKENS = (("alice", "read"), ("alice", "write"), ("bob", "read+write"))
+_CODE = re.compile(r'<code id="authorization_code">([^<]+)</code>')
+
+_CONFIG = """\
+# Written by `tokend demo`. Edit it while the demo runs: the daemon follows.
+state_dir: {folder}/state
+defaults:
+  refresh_at: 0.5
+  retry: {{initial: 1s, max: 10s}}
+applications:
+  demo:
+    base_url: {base_url}
+    client_id: {client_id}
+    client_secret_file: {folder}/demo.secret
+    redirect_uri: urn:ietf:wg:oauth:2.0:oob
+    tokens:
+{tokens}"""
+
+_ENTRY_YAML = """\
+      - user: {user}
+        scope: {scope}
+        outputs:
+          - path: {folder}/out/{user}-{slug}.token
+          - path: {folder}/out/{user}-{slug}.env
+            format: env
+          - path: {folder}/out/{user}-{slug}.json
+            format: json
+"""
+
+
+def write_demo_config(folder: Path, base_url: str, client_secret: str) -> Path:
+    """Write the demo's secret file and config file into ``folder``."""
+    secret_file = folder / "demo.secret"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(client_secret)
+    tokens = "".join(
+        _ENTRY_YAML.format(folder=folder, user=user, scope=scope, slug=scope.replace("+", "-"))
+        for user, scope in DEMO_TOKENS
+    )
+    path = folder / "config.yaml"
+    path.write_text(
+        _CONFIG.format(folder=folder, base_url=base_url, client_id=DEMO_CLIENT_ID, tokens=tokens)
+    )
+    path.chmod(0o600)
+    return path
+
+
+def _authorization_key_from_browser(link: str, user: str) -> str:
+    """Do what a person does: open the link, approve, read the key off the page."""
+    page = httpx.get(link, params={"user": user}, timeout=10.0)
+    page.raise_for_status()
+    match = _CODE.search(page.text)
+    if match is None:
+        raise RuntimeError("the sandbox's authorization page shows no key")
+    return match.group(1)
+
+
+async def _run_daemon(daemon: Daemon, duration: float | None) -> int:
+    task = asyncio.create_task(daemon.run())
+    if duration is None:
+        return await task
+    done, _pending = await asyncio.wait({task}, timeout=duration)
+    if not done:
+        daemon.request_stop()
+    return await task
+
+
+def run_demo(
+    *, duration: float | None, lifetime: float, masker: SecretMasker, out: TextIO
+) -> int:
+    """Run the demo until Ctrl-C or ``duration`` seconds; return the exit status."""
+    folder = Path(tempfile.mkdtemp(prefix="tokend-demo-"))
+    client_secret = secrets.token_urlsafe(24)
+    masker.add(client_secret)
+    with Sandbox(
+        access_token_lifetime=lifetime,
+        refresh_token_lifetime=max(3600.0, lifetime * 100),
+        clients={DEMO_CLIENT_ID: client_secret},
+    ) as sandbox:
+        config_path = write_demo_config(folder, sandbox.url, client_secret)
+        config = load_config(config_path)
+        print(f"tokend demo: sandbox at {sandbox.url}, files in {folder}", file=out)
+        store = SqliteStateStore(config.state_dir)
+        try:
+            for spec in config.tokens:
+                key = _authorization_key_from_browser(
+                    authorization_link(config, spec), spec.name.user
+                )
+                token = exchange_and_store(config, spec, key, store=store, clock=SystemClock())
+                masker.add(token.access_token, token.refresh_token)
+                _print_line(out, spec, token, "authorized")
+        finally:
+            store.close()
+        print(f"Access tokens live {lifetime:g} s; watch them rotate (Ctrl-C stops).", file=out)
+
+        def on_refreshed(spec: TokenSpec, token: Token) -> None:
+            _print_line(out, spec, token, "refreshed ")
+
+        daemon = Daemon(config_path, masker=masker, on_refreshed=on_refreshed)
+        status = asyncio.run(_run_daemon(daemon, duration))
+    print(f"tokend demo: stopped; config, state and outputs stay in {folder}", file=out)
+    return status
+
+
+def _print_line(out: TextIO, spec: TokenSpec, token: Token, verb: str) -> None:
+    now = datetime.now().strftime("%H:%M:%S")
+    expires = token.expires_at.astimezone().strftime("%H:%M:%S")
+    paths = ", ".join(output.path.name for output in spec.outputs)
+    print(f"{now}  {spec.name} {verb} until {expires} -> {paths}", file=out, flush=True)

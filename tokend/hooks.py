@@ -1,0 +1,188 @@
+"""Run the operator's commands after a refresh or a failure, without letting them hurt the daemon.
+
+A hook is an argv list run without a shell. It learns which token changed
+from ``TOKEND_*`` environment variables, never the token itself: a hook that
+needs the token reads an output file, with that file's permissions.
+
+Whatever a hook does (missing executable, non-zero exit, hanging forever,
+printing megabytes) the daemon keeps going: :func:`run_hook` never raises for
+it, keeps only a bounded head of the output, and on timeout kills the hook's
+whole process group, so a ``sleep 60 &`` left behind by a shell script dies
+with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from tokend.model import TokenSpec
+
+logger = structlog.get_logger(__name__)
+
+_OUTPUT_CHARS = 2000
+# UTF-8 needs at most 4 bytes per character: keeping this many bytes is always
+# enough to fill _OUTPUT_CHARS characters.
+_KEEP_BYTES = 4 * _OUTPUT_CHARS
+_CHUNK = 65536
+_KILL_GRACE = 2.0
+_TRUNCATED = "\n[output truncated]"
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """What one hook run did, for logs and ``tokend status``."""
+
+    argv: tuple[str, ...]
+    returncode: int | None  # None when it could not start or timed out
+    timed_out: bool
+    output: str  # head of stdout+stderr, truncation marked
+    error: str | None = None  # why it could not start
+
+    @property
+    def ok(self) -> bool:
+        """Whether the hook ran to completion and exited 0."""
+        return self.error is None and not self.timed_out and self.returncode == 0
+
+
+def hook_environment(
+    spec: TokenSpec, *, expires_at: datetime | None, base: Mapping[str, str]
+) -> dict[str, str]:
+    """``base`` plus the ``TOKEND_*`` variables describing the token; never the token itself.
+
+    ``base`` is the caller's choice (usually the daemon's environment minus
+    anything secret), so this function cannot leak what it is not given.
+    """
+    env = dict(base)
+    env.update(
+        TOKEND_TOKEN=str(spec.name),
+        TOKEND_APP=spec.name.app,
+        TOKEND_USER=spec.name.user,
+        TOKEND_SCOPE=spec.name.scope,
+        TOKEND_EXPIRES_AT=(
+            "" if expires_at is None else expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        TOKEND_OUTPUTS=":".join(str(output.path) for output in spec.outputs),
+    )
+    return env
+
+
+async def run_hook(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,  # noqa: ASYNC109 -- the hook's own time limit, enforced with a group kill
+    name: str,
+) -> HookResult:
+    """Run ``argv`` with ``env`` for at most ``timeout`` seconds; never raises for hook failures.
+
+    The timeout covers the hook's exit and the end of its output: a process
+    left in the hook's group that keeps the output pipe open counts as part
+    of the hook and is killed with it.
+    """
+    command = tuple(argv)
+    if not command:
+        return _logged(name, timeout, HookResult(command, None, False, "", "empty command"))
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        error = _start_error(command[0], exc)
+        return _logged(name, timeout, HookResult(command, None, False, "", error))
+    capture = _Capture()
+    assert process.stdout is not None  # noqa: S101 -- guaranteed by stdout=PIPE; narrows the type
+    tasks: set[asyncio.Task[Any]] = {
+        asyncio.create_task(capture.drain(process.stdout)),
+        asyncio.create_task(process.wait()),
+    }
+    try:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        # Not wait()'s result: on 3.11 it also waits for the pipe, which a
+        # straggler may hold after the hook itself has exited.
+        returncode = process.returncode
+        if pending:
+            await _kill_group(process.pid, pending)
+    except asyncio.CancelledError:
+        _signal_group(process.pid, signal.SIGKILL)
+        for task in tasks:
+            task.cancel()
+        raise
+    timed_out = returncode is None
+    return _logged(name, timeout, HookResult(command, returncode, timed_out, capture.text()))
+
+
+class _Capture:
+    """Keeps the head of a stream and drains the rest, so memory stays bounded."""
+
+    def __init__(self) -> None:
+        self._kept = bytearray()
+        self._dropped = False
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(_CHUNK):
+            room = _KEEP_BYTES - len(self._kept)
+            self._kept += chunk[:room]
+            self._dropped = self._dropped or len(chunk) > room
+
+    def text(self) -> str:
+        text = self._kept.decode(errors="replace")
+        if self._dropped or len(text) > _OUTPUT_CHARS:
+            return text[:_OUTPUT_CHARS] + _TRUNCATED
+        return text
+
+
+async def _kill_group(pgid: int, pending: set[asyncio.Task[Any]]) -> None:
+    """SIGTERM the hook's process group, SIGKILL it after a grace period."""
+    _signal_group(pgid, signal.SIGTERM)
+    _, still = await asyncio.wait(pending, timeout=_KILL_GRACE)
+    if still:
+        _signal_group(pgid, signal.SIGKILL)
+        _, still = await asyncio.wait(still, timeout=_KILL_GRACE)
+    # Only a process that left the group can still hold the pipe: stop waiting for it.
+    for task in still:
+        task.cancel()
+    await asyncio.gather(*still, return_exceptions=True)
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    # The group may be gone already, or a setuid hook may be beyond our reach.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _start_error(executable: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"executable not found: {executable}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {executable}"
+    return f"cannot start {executable}: {exc.strerror}"
+
+
+def _logged(name: str, timeout: float, result: HookResult) -> HookResult:
+    fields = {
+        "token": name,
+        "hook": result.argv[0] if result.argv else "",
+        "returncode": result.returncode,
+        "output": result.output,
+    }
+    if result.ok:
+        logger.info("hook_finished", **fields)
+    elif result.timed_out:
+        logger.warning("hook_timed_out", timeout=timeout, **fields)
+    else:
+        logger.warning("hook_failed", error=result.error, **fields)
+    return result

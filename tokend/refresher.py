@@ -1,0 +1,200 @@
+"""One refresh of one token, in the only safe order: store, then outputs, then hooks.
+
+The new tokens are committed durably before anything can use the new access
+token. A crash at any point therefore leaves either the old refresh token
+(still valid: the new access token was never used) or the new one on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+import structlog
+from tokend.schedule import backoff_delay, due_at
+
+from tokend.clock import Clock
+from tokend.errors import OAuthError, OutputError
+from tokend.factorial import AsyncFactorial
+from tokend.hooks import hook_environment, run_hook
+from tokend.log import SecretMasker
+from tokend.model import ApplicationSpec, TokenName, TokenSpec
+from tokend.oauth import Token
+from tokend.outputs import write_outputs
+from tokend.ratelimit import RateLimiter
+from tokend.state import StateStore, TokenRecord, TokenState
+
+log = structlog.get_logger(__name__)
+
+# skipped: not due (any more) or not authorized; busy: another process holds the claim.
+Result = Literal["ok", "transient_error", "permanent_error", "skipped", "busy"]
+# How long a claim outlives the request timeout: covers the store commit and
+# the wait for a rate-limit slot, which concurrency keeps short.
+_LEASE_MARGIN = 60.0
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What happened to one token, and its record afterwards."""
+
+    name: TokenName
+    result: Result
+    record: TokenRecord | None
+
+
+RefreshedCallback = Callable[[TokenSpec, Token], None]
+
+
+class Refresher:
+    """Refreshes tokens, claiming each through the store so no two processes race."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        masker: SecretMasker,
+        owner: str,
+        hook_base_env: Mapping[str, str],
+        rand: Callable[[], float] = random.random,
+        on_refreshed: RefreshedCallback | None = None,
+    ) -> None:
+        self._store = store
+        self._http = http
+        self._clock = clock
+        self._masker = masker
+        self._owner = owner
+        self._hook_base_env = dict(hook_base_env)
+        self._rand = rand
+        self._on_refreshed = on_refreshed
+        self._limiters: dict[str, RateLimiter] = {}
+
+    def limiter(self, app: ApplicationSpec) -> RateLimiter:
+        """The application's rate limiter, replaced when its configured rate changes."""
+        current = self._limiters.get(app.name)
+        if current is None or current.rate != app.rate_limit:
+            current = self._limiters[app.name] = RateLimiter(app.rate_limit)
+        return current
+
+    async def refresh(
+        self, spec: TokenSpec, app: ApplicationSpec, *, force: bool = False
+    ) -> RefreshOutcome:
+        """Refresh ``spec`` if it is (still) due, or always with ``force``."""
+        name = spec.name
+        bound = log.bind(token=str(name))
+        now = self._clock.now()
+        lease = spec.timeout + _LEASE_MARGIN
+        claimed = await asyncio.to_thread(
+            self._store.claim, name, owner=self._owner, now=now, lease=lease
+        )
+        if not claimed:
+            bound.info("refresh_skipped", reason="claimed_by_another_process")
+            return RefreshOutcome(name, "busy", None)
+        try:
+            record = await asyncio.to_thread(self._store.get, name)
+            if record is None or record.token is None:
+                return RefreshOutcome(name, "skipped", record)
+            due = due_at(record, spec)
+            if not force and (due is None or due > self._clock.now()):
+                # Another process refreshed it since we scheduled it.
+                return RefreshOutcome(name, "skipped", record)
+            await self.limiter(app).acquire()
+            try:
+                token = await self._request(app, spec, record.token)
+            except OAuthError as error:
+                return await self._fail(spec, record, error)
+            await asyncio.to_thread(self._store.save_token, name, token, now=self._clock.now())
+        finally:
+            await asyncio.to_thread(self._store.release, name, owner=self._owner)
+        self._masker.add(token.access_token, token.refresh_token)
+        self._masker.discard(record.token.access_token, record.token.refresh_token)
+        bound.info("token_refreshed", expires_at=token.expires_at.isoformat())
+        await self.publish(spec, token)
+        if self._on_refreshed is not None:
+            self._on_refreshed(spec, token)
+        fresh = await asyncio.to_thread(self._store.get, name)
+        return RefreshOutcome(name, "ok", fresh)
+
+    async def publish(self, spec: TokenSpec, token: Token, *, run_hooks: bool = True) -> bool:
+        """Write the outputs of a committed token, then run ``on_refresh``.
+
+        Returns ``False`` when an output could not be written; hooks do not run
+        then, since consumers would read the old token.
+        """
+        try:
+            written = await asyncio.to_thread(write_outputs, spec.outputs, token)
+        except OutputError as error:
+            log.error("outputs_failed", token=str(spec.name), error=str(error))
+            return False
+        if written:
+            log.debug("outputs_written", token=str(spec.name), paths=[str(p) for p in written])
+        if run_hooks and spec.on_refresh:
+            await self._run_hook(spec, spec.on_refresh, token)
+        return True
+
+    async def _request(self, app: ApplicationSpec, spec: TokenSpec, current: Token) -> Token:
+        client = AsyncFactorial(
+            access_token=current.access_token,
+            base_url=app.base_url,
+            timeout=spec.timeout,
+            client=self._http,
+        )
+        return await client.refresh_access_token(
+            client_id=app.client_id,
+            client_secret=app.client_secret.reveal(),
+            refresh_token=current.refresh_token,
+        )
+
+    async def _fail(
+        self, spec: TokenSpec, record: TokenRecord, error: OAuthError
+    ) -> RefreshOutcome:
+        name = spec.name
+        now = self._clock.now()
+        failures = record.consecutive_failures + 1
+        message = self._masker.mask(str(error))
+        if error.transient:
+            delay = backoff_delay(
+                failures, spec.retry, retry_after=error.retry_after, random=self._rand
+            )
+            await asyncio.to_thread(
+                self._store.record_failure,
+                name,
+                error=message,
+                state=TokenState.FAILING,
+                now=now,
+                next_attempt_at=now + delay,
+            )
+            log.warning(
+                "refresh_failed",
+                token=str(name),
+                error=message,
+                attempt=failures,
+                retry_in=round(delay, 1),
+            )
+            return RefreshOutcome(name, "transient_error", await self._get(name))
+        await asyncio.to_thread(
+            self._store.record_failure,
+            name,
+            error=message,
+            state=TokenState.NEEDS_AUTHORIZATION,
+            now=now,
+            next_attempt_at=None,
+        )
+        log.error("needs_authorization", token=str(name), error=message)
+        if spec.on_failure and record.state is not TokenState.NEEDS_AUTHORIZATION:
+            await self._run_hook(spec, spec.on_failure, None)
+        return RefreshOutcome(name, "permanent_error", await self._get(name))
+
+    async def _get(self, name: TokenName) -> TokenRecord | None:
+        return await asyncio.to_thread(self._store.get, name)
+
+    async def _run_hook(self, spec: TokenSpec, argv: tuple[str, ...], token: Token | None) -> None:
+        env = hook_environment(
+            spec, expires_at=token.expires_at if token else None, base=self._hook_base_env
+        )
+        await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name))
