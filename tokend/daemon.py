@@ -1,8 +1,9 @@
-"""The daemon's lifecycle: load, heal outputs, schedule, refresh, reload, stop.
+"""The daemon's lifecycle: load, lock, heal outputs, loop, reload, stop.
 
 Signal handlers only set flags and wake the main loop (as uvicorn does); all
-work happens in the loop. One scheduler heap holds every token, so idle costs
-one wake-up a minute, whatever the number of tokens.
+work happens in the loop. Idle, the loop sleeps until the next token is due,
+but at most a minute, and compares wall-clock times on waking, so a suspend
+or a clock jump cannot make a token lapse.
 """
 
 from __future__ import annotations
@@ -17,26 +18,23 @@ from pathlib import Path
 
 import httpx
 import structlog
-from tokend.config import load_config
-from tokend.schedule import Scheduler, due_at
 
 from tokend.clock import Clock, SystemClock
+from tokend.config import load_config
 from tokend.errors import ConfigError
 from tokend.lock import StateDirLock
 from tokend.log import SecretMasker
-from tokend.model import Config, TokenName, TokenSpec
+from tokend.model import Config
 from tokend.refresher import RefreshedCallback, Refresher
-from tokend.state import SqliteStateStore, StateStore, TokenRecord
+from tokend.state import SqliteStateStore, StateStore
+from tokend.supervisor import Supervisor
+from tokend.systemd import Notifier
+from tokend.watch import watch_config
 
 log = structlog.get_logger(__name__)
 
-# Wake at least this often and compare wall-clock times, so a suspend/resume
-# or a clock jump cannot make a token lapse.
 MAX_SLEEP = 60.0
 SHUTDOWN_GRACE = 10.0
-# After an unexpected error in one token's work, try it again this much later.
-CRASH_RETRY = 30.0
-BUSY_RETRY = 5.0
 
 
 class Daemon:
@@ -50,17 +48,17 @@ class Daemon:
         clock: Clock | None = None,
         environ: Mapping[str, str] | None = None,
         on_refreshed: RefreshedCallback | None = None,
+        watch: bool = True,
     ) -> None:
         self._config_path = config_path
         self._masker = masker
         self._clock = clock or SystemClock()
         self._environ = dict(os.environ if environ is None else environ)
         self._on_refreshed = on_refreshed
-        self._config: Config | None = None
-        self._scheduler = Scheduler()
-        self._inflight: dict[TokenName, asyncio.Task[None]] = {}
+        self._watch = watch
+        self._notifier = Notifier(self._environ)
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stop_event = asyncio.Event()
         self._reload_requested = False
         self._rescan_requested = False
         self._signals = 0
@@ -68,9 +66,9 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit status."""
         config = load_config(self._config_path, environ=self._environ)
-        for warning in config.warnings:
-            log.warning("config_warning", message=warning)
-        with StateDirLock(config.state_dir) as _lock:
+        self._warn(config)
+        self._state_dir = config.state_dir
+        with StateDirLock(config.state_dir):
             store = SqliteStateStore(config.state_dir)
             try:
                 async with httpx.AsyncClient() as http:
@@ -78,9 +76,13 @@ class Daemon:
             finally:
                 store.close()
 
+    def request_stop(self) -> None:
+        """Stop scheduling, let in-flight refreshes commit, then return from ``run``."""
+        self._stop_event.set()
+        self._wake.set()
+
     async def _serve(self, config: Config, store: StateStore, http: httpx.AsyncClient) -> int:
-        self._store = store
-        self._refresher = Refresher(
+        refresher = Refresher(
             store=store,
             http=http,
             clock=self._clock,
@@ -89,29 +91,70 @@ class Daemon:
             hook_base_env=self._environ,
             on_refreshed=self._on_refreshed,
         )
+        self._supervisor = Supervisor(
+            store=store, refresher=refresher, clock=self._clock, masker=self._masker,
+            on_settled=self._settled,
+        )
         self._install_signal_handlers()
-        await self._apply(config)
+        await self._supervisor.apply(config)
+        background = [asyncio.create_task(self._watchdog())]
+        if self._watch:
+            background.append(
+                asyncio.create_task(watch_config(self._config_path, self._on_file_change,
+                                                 self._stop_event))
+            )
+        self._notifier.ready(self._supervisor.status_line())
         log.info("daemon_started", tokens=len(config.tokens), config=str(self._config_path))
-        while not self._stopping:
+        try:
+            await self._loop()
+        finally:
+            self._notifier.stopping()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        log.info("daemon_stopping", in_flight=self._supervisor.in_flight)
+        cancelled = await self._supervisor.drain(SHUTDOWN_GRACE)
+        log.info("daemon_stopped", cancelled=cancelled)
+        return 0
+
+    async def _loop(self) -> None:
+        status = ""
+        while not self._stop_event.is_set():
             self._wake.clear()
             if self._reload_requested:
                 self._reload_requested = False
                 await self._reload()
             if self._rescan_requested:
                 self._rescan_requested = False
-                await self._rescan()
-            for name in self._scheduler.due(self._clock.now()):
-                self._start_refresh(name)
+                await self._supervisor.rescan()
+            self._supervisor.start_due()
+            if (line := self._supervisor.status_line()) != status:
+                status = line
+                self._notifier.status(status)
             await self._sleep()
-        return await self._shutdown()
 
     async def _sleep(self) -> None:
-        next_at = self._scheduler.next_at()
+        next_at = self._supervisor.next_at()
         timeout = MAX_SLEEP
         if next_at is not None:
             timeout = min(MAX_SLEEP, max(0.0, next_at - self._clock.now()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog; a stalled event loop stops the pings, as it should."""
+        interval = self._notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _on_file_change(self) -> None:
+        self._request_reload()
+
+    def _settled(self) -> None:
+        self._wake.set()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,11 +162,6 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         loop.add_signal_handler(signal.SIGUSR1, self._request_rescan)
-
-    def request_stop(self) -> None:
-        """Stop scheduling, let in-flight refreshes commit, then return from ``run``."""
-        self._stopping = True
-        self._wake.set()
 
     def _on_stop_signal(self) -> None:
         self._signals += 1
@@ -141,118 +179,28 @@ class Daemon:
         self._wake.set()
 
     async def _reload(self) -> None:
+        self._notifier.reloading()
         try:
             config = await asyncio.to_thread(
                 load_config, self._config_path, environ=self._environ
             )
         except ConfigError as error:
             log.error("config_reload_failed", error=str(error))
+            self._notifier.ready(f"reload failed, running the last good config: {error}")
             return
-        await self._apply(config)
-
-    async def _apply(self, new: Config) -> None:
-        """Move from the current config to ``new``, touching only what changed."""
-        old = self._config
-        old_specs = {spec.name: spec for spec in old.tokens} if old else {}
-        new_specs = {spec.name: spec for spec in new.tokens}
-        for application in new.applications.values():
-            self._masker.add(application.client_secret.reveal())
-        self._config = new
-        self._global_slots = asyncio.Semaphore(new.concurrency)
-        self._app_slots = {
-            name: asyncio.Semaphore(app.concurrency) for name, app in new.applications.items()
-        }
-        removed = [name for name in old_specs if name not in new_specs]
-        for name in removed:
-            self._scheduler.cancel(name)
-        changed = [
-            spec for name, spec in new_specs.items()
-            if name in old_specs and old_specs[name] != spec
-        ]
-        added = [spec for name, spec in new_specs.items() if name not in old_specs]
-        records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
-        for spec in added + changed:
-            record = records.get(spec.name)
-            if record is not None and record.token is not None:
-                self._masker.add(record.token.access_token, record.token.refresh_token)
-                previous = old_specs.get(spec.name)
-                if previous is None or previous.outputs != spec.outputs:
-                    await self._refresher.publish(spec, record.token, run_hooks=False)
-            self._reschedule(spec, record)
-        if old is not None:
-            log.info(
-                "config_reloaded", added=len(added), removed=len(removed), changed=len(changed)
+        if config.state_dir != self._state_dir:
+            log.error(
+                "config_reload_failed",
+                error=f"state_dir changed to {config.state_dir}; restart tokend to move the state",
             )
-
-    async def _rescan(self) -> None:
-        """Pick up tokens another process (``tokend authorize``) stored."""
-        assert self._config is not None  # noqa: S101 -- set before the loop starts
-        records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
-        for spec in self._config.tokens:
-            record = records.get(spec.name)
-            if record is None or record.token is None or spec.name in self._inflight:
-                continue
-            due = due_at(record, spec)
-            if due != self._scheduler.when(spec.name):
-                self._masker.add(record.token.access_token, record.token.refresh_token)
-                await self._refresher.publish(spec, record.token, run_hooks=False)
-                self._reschedule(spec, record)
-
-    def _reschedule(self, spec: TokenSpec, record: TokenRecord | None) -> None:
-        due = due_at(record, spec)
-        if due is None:
-            self._scheduler.cancel(spec.name)
-        else:
-            self._scheduler.schedule(spec.name, due)
-
-    def _start_refresh(self, name: TokenName) -> None:
-        if name in self._inflight or self._config is None:
+            self._notifier.ready("reload failed: state_dir changed; restart to apply")
             return
-        spec = self._config.token(name)
-        if spec is None:
-            return
-        self._inflight[name] = asyncio.create_task(self._refresh(spec), name=str(name))
+        self._warn(config)
+        added, removed, changed = await self._supervisor.apply(config)
+        log.info("config_reloaded", added=added, removed=removed, changed=changed)
+        self._notifier.ready(self._supervisor.status_line())
 
-    async def _refresh(self, spec: TokenSpec) -> None:
-        assert self._config is not None  # noqa: S101 -- set before the loop starts
-        app = self._config.applications[spec.name.app]
-        try:
-            async with self._global_slots, self._app_slots[spec.name.app]:
-                if self._stopping:
-                    return
-                outcome = await self._refresher.refresh(spec, app)
-            current = self._config.token(spec.name)
-            if current is None:
-                return
-            if outcome.result == "busy":
-                # Another process holds the claim: look again once it is done.
-                self._scheduler.schedule(spec.name, self._clock.now() + BUSY_RETRY)
-            else:
-                self._reschedule(current, outcome.record)
-        except Exception as error:  # noqa: BLE001 -- one token's failure must never kill the daemon
-            self._retry_later(spec, error)
-        finally:
-            self._inflight.pop(spec.name, None)
-            self._wake.set()
-
-    def _retry_later(self, spec: TokenSpec, error: BaseException) -> None:
-        log.error(
-            "refresh_crashed",
-            token=str(spec.name),
-            error_type=type(error).__name__,
-            error=self._masker.mask(str(error)),
-            retry_in=CRASH_RETRY,
-        )
-        self._scheduler.schedule(spec.name, self._clock.now() + CRASH_RETRY)
-
-    async def _shutdown(self) -> int:
-        log.info("daemon_stopping", in_flight=len(self._inflight))
-        pending = list(self._inflight.values())
-        if pending:
-            _done, still = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=1.0)
-        log.info("daemon_stopped")
-        return 0
+    @staticmethod
+    def _warn(config: Config) -> None:
+        for warning in config.warnings:
+            log.warning("config_warning", message=warning)

@@ -14,6 +14,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import quote
 
 import httpx
 
@@ -77,7 +78,7 @@ def write_demo_config(folder: Path, base_url: str, client_secret: str) -> Path:
 
 def _authorization_key_from_browser(link: str, user: str) -> str:
     """Do what a person does: open the link, approve, read the key off the page."""
-    page = httpx.get(link, params={"user": user}, timeout=10.0)
+    page = httpx.get(f"{link}&user={quote(user)}", timeout=10.0)
     page.raise_for_status()
     match = _CODE.search(page.text)
     if match is None:

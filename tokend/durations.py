@@ -16,15 +16,13 @@ def parse_duration(value: str | float) -> float:
 
     Raises ``ValueError`` with the accepted forms, so a config error can quote it.
     """
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 90s, 5m, 1h or 7d")  # noqa: TRY004 -- pydantic turns ValueError, not TypeError, into a config error
-    if isinstance(value, int | float):
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is not None:
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError("must be a duration such as 90s, 5m, 1h or 7d")  # noqa: TRY004 -- pydantic turns ValueError, not TypeError, into a config error
-        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        raise ValueError("must be a duration such as 90s, 5m, 1h or 7d")
     if seconds < 0:
         raise ValueError("must not be negative")
     return seconds

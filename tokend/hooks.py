@@ -14,7 +14,6 @@ with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -86,41 +85,54 @@ async def run_hook(
 
     The timeout covers the hook's exit and the end of its output: a process
     left in the hook's group that keeps the output pipe open counts as part
-    of the hook and is killed with it.
+    of the hook and is killed with it (the hook's own exit code is still
+    reported). A process that left the group is out of reach; we stop reading
+    from it. Cancelling this coroutine (daemon shutdown) kills the group too.
     """
     command = tuple(argv)
     if not command:
         return _logged(name, timeout, HookResult(command, None, False, "", "empty command"))
+    # Our own pipe rather than PIPE: its read end is ours to close even when a
+    # process that escaped the group still holds the write end.
+    read_fd, write_fd = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=write_fd,
             stderr=asyncio.subprocess.STDOUT,
             env=dict(env),
             start_new_session=True,
         )
     except OSError as exc:
+        os.close(read_fd)
         error = _start_error(command[0], exc)
         return _logged(name, timeout, HookResult(command, None, False, "", error))
+    finally:
+        os.close(write_fd)
     capture = _Capture()
-    assert process.stdout is not None  # noqa: S101 -- guaranteed by stdout=PIPE; narrows the type
+    stream = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", buffering=0)
+    )
     tasks: set[asyncio.Task[Any]] = {
-        asyncio.create_task(capture.drain(process.stdout)),
+        asyncio.create_task(capture.drain(stream)),
         asyncio.create_task(process.wait()),
     }
     try:
         _, pending = await asyncio.wait(tasks, timeout=timeout)
-        # Not wait()'s result: on 3.11 it also waits for the pipe, which a
-        # straggler may hold after the hook itself has exited.
         returncode = process.returncode
         if pending:
             await _kill_group(process.pid, pending)
     except asyncio.CancelledError:
+        # Shutdown: no grace for the hook, but reap it so nothing outlives the daemon.
         _signal_group(process.pid, signal.SIGKILL)
+        await asyncio.wait(tasks, timeout=_KILL_GRACE)
         for task in tasks:
             task.cancel()
         raise
+    finally:
+        transport.close()
     timed_out = returncode is None
     return _logged(name, timeout, HookResult(command, returncode, timed_out, capture.text()))
 
@@ -147,21 +159,26 @@ class _Capture:
 
 async def _kill_group(pgid: int, pending: set[asyncio.Task[Any]]) -> None:
     """SIGTERM the hook's process group, SIGKILL it after a grace period."""
-    _signal_group(pgid, signal.SIGTERM)
-    _, still = await asyncio.wait(pending, timeout=_KILL_GRACE)
-    if still:
-        _signal_group(pgid, signal.SIGKILL)
+    still = pending
+    if _signal_group(pgid, signal.SIGTERM):
         _, still = await asyncio.wait(still, timeout=_KILL_GRACE)
-    # Only a process that left the group can still hold the pipe: stop waiting for it.
+        if still and _signal_group(pgid, signal.SIGKILL):
+            _, still = await asyncio.wait(still, timeout=_KILL_GRACE)
+    # Only a process that left the group can still hold the pipe: stop reading it.
     for task in still:
         task.cancel()
     await asyncio.gather(*still, return_exceptions=True)
 
 
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    # The group may be gone already, or a setuid hook may be beyond our reach.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def _signal_group(pgid: int, signum: signal.Signals) -> bool:
+    """Signal the group; ``False`` when nothing of it is left to signal."""
+    try:
         os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a setuid member we cannot touch: still worth waiting for
+    return True
 
 
 def _start_error(executable: str, exc: OSError) -> str:

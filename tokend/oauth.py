@@ -60,6 +60,8 @@ DEFAULT_BASE_URL = "https://api.factorialhr.com"
 # Fields whose values must never reach a message, even when a server echoes them back.
 _SECRET_FIELDS = ("client_secret", "code", "refresh_token", "token")
 _DESCRIPTION_LIMIT = 200
+# Shorter values are not real secrets, and redacting them would shred every message.
+_MIN_SECRET_LENGTH = 4
 # The largest epoch datetime can show; a token expiring later would break ``Token.expires_at``.
 _MAX_EPOCH = 253402300799
 _TRANSIENT_STATUSES = frozenset({408, 429})
@@ -234,10 +236,12 @@ def _raise_for_error(
 ) -> None:
     """Raise the classified error unless ``status_code`` is a success.
 
-    The status decides transient versus permanent; the body only names the error.
+    The status decides transient versus permanent (only the RFC's "retry later"
+    codes make a 4xx transient); the body names the error.
     """
     if 200 <= status_code < 300:
         return
+    secrets = tuple(secrets)
     data = _json_object(body)
     code = data.get("error") if data is not None else None
     description = data.get("error_description") if data is not None else None
@@ -299,7 +303,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 def _scrub(text: str, secrets: Iterable[str]) -> str:
     """Make server text safe for a log line: no secrets, no control characters, bounded."""
     for secret in secrets:
-        if secret:
+        if len(secret) >= _MIN_SECRET_LENGTH:
             text = text.replace(secret, "[redacted]")
     text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
     if len(text) > _DESCRIPTION_LIMIT:

@@ -89,8 +89,60 @@ def write_atomic(
     Skipping identical writes keeps inotify watchers of the file quiet.
     """
     path = Path(path)
-    if _is_unchanged(path, content, mode, owner, group):
+    temp = _prepare(path, content, mode, owner, group)
+    if temp is None:
         return False
+    _rename(temp, path)
+    _fsync_directory(path.parent, path)
+    return True
+
+
+def write_outputs(outputs: Iterable[OutputSpec], token: Token) -> list[Path]:
+    """Write every output; return the paths (re)written.
+
+    All new files are prepared and fsynced first, then renamed one right after
+    the other, so the outputs of one token change together: a consumer that uses
+    the new token from one file (which kills the old one at the server) will
+    not find the old token in a sibling file a moment later.
+
+    One broken output must not keep the others stale, so every output is tried
+    and the failures are reported together in one :class:`OutputError`.
+    """
+    prepared: list[tuple[Path, Path]] = []
+    failures: list[str] = []
+    for spec in outputs:
+        try:
+            content = render(spec, token)
+            temp = _prepare(Path(spec.path), content, spec.mode, spec.owner, spec.group)
+        except OutputError as exc:
+            failures.append(str(exc))
+            continue
+        if temp is not None:
+            prepared.append((temp, Path(spec.path)))
+    written: list[Path] = []
+    for temp, path in prepared:
+        try:
+            _rename(temp, path)
+            written.append(path)
+        except OutputError as exc:
+            failures.append(str(exc))
+    for directory, path in {path.parent: path for path in written}.items():
+        try:
+            _fsync_directory(directory, path)
+        except OutputError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise OutputError(f"{len(failures)} output(s) failed: " + "; ".join(failures))
+    return written
+
+
+def _prepare(
+    path: Path, content: bytes, mode: int, owner: int | None, group: int | None
+) -> Path | None:
+    """A fsynced temporary file beside ``path`` holding ``content`` with its final mode and
+    owner, or ``None`` when ``path`` already is exactly that."""
+    if _is_unchanged(path, content, mode, owner, group):
+        return None
     _ensure_directory(path)
     temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
@@ -108,35 +160,21 @@ def write_atomic(
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(temp, path)
     except OSError as exc:
         _unlink_quietly(temp)
         raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
     except BaseException:
         _unlink_quietly(temp)
         raise
-    _fsync_directory(path.parent, path)
-    return True
+    return temp
 
 
-def write_outputs(outputs: Iterable[OutputSpec], token: Token) -> list[Path]:
-    """Write every output; return the paths (re)written.
-
-    One broken output must not keep the others stale, so every output is tried
-    and the failures are reported together in one :class:`OutputError`.
-    """
-    written: list[Path] = []
-    failures: list[str] = []
-    for spec in outputs:
-        try:
-            content = render(spec, token)
-            if write_atomic(spec.path, content, mode=spec.mode, owner=spec.owner, group=spec.group):
-                written.append(spec.path)
-        except OutputError as exc:
-            failures.append(str(exc))
-    if failures:
-        raise OutputError(f"{len(failures)} output(s) failed: " + "; ".join(failures))
-    return written
+def _rename(temp: Path, path: Path) -> None:
+    try:
+        os.rename(temp, path)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def remove_outputs(outputs: Iterable[OutputSpec]) -> None:

@@ -15,7 +15,6 @@ from typing import Literal
 
 import httpx
 import structlog
-from tokend.schedule import backoff_delay, due_at
 
 from tokend.clock import Clock
 from tokend.errors import OAuthError, OutputError
@@ -26,6 +25,7 @@ from tokend.model import ApplicationSpec, TokenName, TokenSpec
 from tokend.oauth import Token
 from tokend.outputs import write_outputs
 from tokend.ratelimit import RateLimiter
+from tokend.schedule import backoff_delay, due_at
 from tokend.state import StateStore, TokenRecord, TokenState
 
 log = structlog.get_logger(__name__)

@@ -2,9 +2,10 @@
 
 It behaves like Doorkeeper as Factorial configures it: single-use codes that
 return the same token when exchanged twice, refresh-token rotation where the
-old refresh token survives until the new access token is first used, expiring
-refresh tokens, a POST rate limit and injectable faults. The model is not
-thread-safe on purpose: ``sandbox.py`` holds one lock around every call.
+old refresh token survives until the new access token is first used, and
+expiring refresh tokens. Rate limit, faults and statistics live in
+``sandbox_traffic.py``. The model is not thread-safe on purpose: ``sandbox.py``
+holds one lock around every call.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from tokend.clock import Clock
 OOB = "urn:ietf:wg:oauth:2.0:oob"
 CODE_LIFETIME = 600.0
 GRANTS = ("authorization_code", "refresh_token")
-FAULT_KINDS = ("status", "hang", "close", "html", "malformed_json", "missing_fields")
 _SCOPES = {frozenset({"read"}): "read", frozenset({"write"}): "write"}
 _SCOPES[frozenset({"read", "write"})] = "read write"
-_COUNTERS = ("authorization_code", "refresh_token", "revoke", "me", "rate_limited", "faulted")
 
 
 @dataclass(frozen=True)
@@ -64,31 +63,10 @@ def normalize_scope(scope: str) -> str:
     """``read``, ``write`` or ``read write``; clients send ``read+write``, form-decoded or not."""
     canonical = _SCOPES.get(frozenset(scope.replace("+", " ").split()))
     if canonical is None:
-        raise _refuse(400, "invalid_scope", "The requested scope is invalid, unknown, or malformed.")
+        raise _refuse(
+            400, "invalid_scope", "The requested scope is invalid, unknown, or malformed."
+        )
     return canonical
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A misbehaviour to show instead of answering the next ``count`` token requests."""
-
-    kind: str
-    count: int = 1
-    status: int = 500
-    retry_after: float | None = None
-    seconds: float = 60.0
-    error: str | None = None
-    grant: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
-        if self.count < 1:
-            raise ValueError("fault count must be at least 1")
-        if not 100 <= self.status <= 599:
-            raise ValueError("fault status must be an HTTP status code")
-        if self.grant is not None and self.grant not in GRANTS:
-            raise ValueError(f"fault grant must be one of {', '.join(GRANTS)}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +94,7 @@ class _Pair:
 
 
 class SandboxModel:
-    """Clients, codes and token pairs, plus the bookkeeping the tests read back."""
+    """Clients, codes and token pairs."""
 
     def __init__(
         self,
@@ -124,26 +102,17 @@ class SandboxModel:
         clock: Clock,
         access_token_lifetime: float,
         refresh_token_lifetime: float,
-        rate_limit: float | None,
         clients: Mapping[str, str],
     ) -> None:
-        if rate_limit is not None and rate_limit <= 0:
-            raise ValueError("rate_limit must be positive (or None for no limit)")
         self._clock = clock
         # The wire carries whole seconds; the server enforces what it advertises.
         self._expires_in = max(1, math.ceil(access_token_lifetime))
         self._refresh_lifetime = refresh_token_lifetime
-        self._rate = rate_limit
-        self._bucket = max(1.0, rate_limit or 1.0)
-        self._bucket_at = clock.now()
         self._clients = dict(clients)
         self._codes: dict[str, _Code] = {}
         self._pairs: dict[str, _Pair] = {}  # by refresh token
         self._by_access: dict[str, str] = {}  # access token -> refresh token
         self._child: dict[str, str] = {}  # refresh token -> refresh token of its latest successor
-        self._faults: list[Fault] = []
-        self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._log: list[tuple[float, str, int]] = []
 
     def add_client(self, client_id: str, client_secret: str) -> None:
         if not client_id or not client_secret:
@@ -194,7 +163,6 @@ class SandboxModel:
 
     def revoke(self, form: Mapping[str, str], basic: tuple[str, str] | None) -> Reply:
         """Answer one ``POST /oauth/revoke``: 200 even for unknown tokens (RFC 7009)."""
-        self._counts["revoke"] += 1
         try:
             client_id = self._authenticate(form, basic)
             token = form.get("token", "")
@@ -209,7 +177,6 @@ class SandboxModel:
 
     def me(self, access_token: str) -> Reply:
         """``GET /api/v1/me``: the first use of an access token kills its predecessor."""
-        self._counts["me"] += 1
         pair = self._pairs.get(self._by_access.get(access_token, ""))
         if (
             pair is None
@@ -247,56 +214,6 @@ class SandboxModel:
         for pair in victims:
             self._set_status(pair, "revoked")
         return len(victims)
-
-    def take_rate_slot(self) -> float | None:
-        """Spend one POST from the token bucket; None if allowed, else seconds to wait."""
-        if self._rate is None:
-            return None
-        now = self._clock.now()
-        capacity = max(1.0, self._rate)
-        self._bucket = min(capacity, self._bucket + max(0.0, now - self._bucket_at) * self._rate)
-        self._bucket_at = now
-        if self._bucket >= 1.0:
-            self._bucket -= 1.0
-            return None
-        self._counts["rate_limited"] += 1
-        return (1.0 - self._bucket) / self._rate
-
-    def add_fault(self, fault: Fault) -> None:
-        self._faults.append(fault)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def next_fault(self, grant: str) -> Fault | None:
-        """Consume one use of the first pending fault that applies to ``grant``."""
-        for index, fault in enumerate(self._faults):
-            if fault.grant in (None, grant):
-                if fault.count == 1:
-                    del self._faults[index]
-                else:
-                    self._faults[index] = replace(fault, count=fault.count - 1)
-                self._counts["faulted"] += 1
-                return fault
-        return None
-
-    def count_grant(self, grant: str) -> None:
-        """Count a token request by grant type, whatever its fate (rate limit, fault, answer)."""
-        if grant in GRANTS:
-            self._counts[grant] += 1
-
-    def log_token_request(self, at: float, grant: str, status: int) -> None:
-        self._log.append((at, grant, status))
-
-    def stats(self) -> dict[str, int]:
-        return dict(self._counts)
-
-    def token_requests(self) -> list[tuple[float, str, int]]:
-        return list(self._log)
-
-    def reset_stats(self) -> None:
-        self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._log = []
 
     def _authenticate(self, form: Mapping[str, str], basic: tuple[str, str] | None) -> str:
         client_id, secret = basic or (form.get("client_id", ""), form.get("client_secret", ""))

@@ -72,7 +72,7 @@ class StateStore(Protocol):
         """Note a failed attempt; the stored token stays, only an explicit revoke deletes it."""
 
     def delete_token(self, name: TokenName) -> None:
-        """Forget the token of ``name`` (explicit revoke): it becomes not_authorized."""
+        """Forget the token of ``name`` (explicit revoke): not_authorized; unknown names: no-op."""
 
     def claim(self, name: TokenName, *, owner: str, now: float, lease: float) -> bool:
         """Lease ``name`` to ``owner`` until ``now + lease``; ``False`` while another holds it."""
@@ -278,7 +278,7 @@ class SqliteStateStore(StateStore):
     def claim(self, name: TokenName, *, owner: str, now: float, lease: float) -> bool:
         with self._write("claim lease") as conn:
             held = conn.execute(_LEASE_HOLDER, _key(name)).fetchone()
-            if held is not None and held[0] != owner and held[1] > now + 1e9:
+            if held is not None and held[0] != owner and held[1] > now:
                 return False
             conn.execute(_LEASE_TAKE, (*_key(name), owner, now + lease))
             return True

@@ -1,0 +1,145 @@
+"""Support for end-to-end tests: a config on disk, the real CLI and daemon as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tokend.sandbox import Sandbox
+
+CLIENT_ID = "e2e-client"
+CLIENT_SECRET = "e2e-client-secret-Zq7x9Kw2"  # distinctive, so a leak is easy to find
+
+
+@dataclass
+class Setup:
+    """A config folder with a state dir and an output dir."""
+
+    root: Path
+    sandbox: Sandbox
+    tokens: Sequence[tuple[str, str]]
+    extra_token_yaml: dict[str, str] = field(default_factory=dict)
+    defaults_yaml: str = "  refresh_at: 0.5\n  retry: {initial: 1s, max: 4s}\n"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def output(self, user: str, scope: str, suffix: str) -> Path:
+        return self.root / "out" / f"{user}-{scope.replace('+', '-')}.{suffix}"
+
+    def write(self) -> Path:
+        secret = self.root / "client.secret"
+        secret.write_text(CLIENT_SECRET + "\n")
+        secret.chmod(0o600)
+        entries = ""
+        for user, scope in self.tokens:
+            entries += (
+                f"      - user: {user}\n"
+                f"        scope: {scope}\n"
+                f"        outputs:\n"
+                f"          - path: {self.output(user, scope, 'token')}\n"
+                f"          - path: {self.output(user, scope, 'env')}\n"
+                f"            format: env\n"
+                f"          - path: {self.output(user, scope, 'json')}\n"
+                f"            format: json\n"
+                f"{self.extra_token_yaml.get(user, '')}"
+            )
+        self.config.write_text(
+            f"state_dir: {self.state_dir}\n"
+            f"defaults:\n{self.defaults_yaml}"
+            f"applications:\n"
+            f"  app:\n"
+            f"    base_url: {self.sandbox.url}\n"
+            f"    client_id: {CLIENT_ID}\n"
+            f"    client_secret_file: {secret}\n"
+            f"    tokens:\n{entries}"
+        )
+        return self.config
+
+
+def tokend(*args: str, config: Path | None = None, timeout: float = 30.0,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``tokend`` CLI and wait for it."""
+    argv = [sys.executable, "-m", "tokend"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, timeout=timeout, check=False,
+        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+    )
+
+
+def authorize(setup: Setup, user: str, scope: str) -> None:
+    """Authorize one token through the CLI with a key the sandbox issued."""
+    key = setup.sandbox.authorize(
+        client_id=CLIENT_ID, redirect_uri="urn:ietf:wg:oauth:2.0:oob", scope=scope, user=user
+    )
+    # --key=KEY: a key may start with "-", which argparse would take for an option.
+    result = tokend("authorize", f"app/{user}/{scope}", f"--key={key}", config=setup.config)
+    assert result.returncode == 0, result.stderr
+
+
+class Daemon:
+    """``tokend run`` as a subprocess, its JSON log lines collected in a file."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tokend", "--config", str(config), "run"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.events() if line.get("event") == event]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+        self._log.close()
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it is true, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class StartDaemon(Protocol):
+    """The ``start_daemon`` fixture."""
+
+    def __call__(self, config: Path, name: str = "daemon") -> Daemon: ...
+
+
+def refreshed(daemon: Daemon, token: str) -> int:
+    """How many times the daemon logged ``token_refreshed`` for ``token``."""
+    return sum(1 for event in daemon.named("token_refreshed") if event.get("token") == token)

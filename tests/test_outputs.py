@@ -1,0 +1,341 @@
+"""Output files: exact formats, atomic and durable replacement, and refusal of unsafe targets."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tokend.errors import OutputError
+from tokend.model import OutputSpec
+from tokend.oauth import Token
+from tokend.outputs import remove_outputs, render, write_atomic, write_outputs
+
+ACCESS = "acc.ess-TOKEN_~+/=9"
+REFRESH = "refresh-secret-value"
+CREATED = int(datetime(2026, 11, 29, 3, 21, 56, tzinfo=UTC).timestamp())
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown or drop privileges")
+
+
+def make_token(access: str = ACCESS) -> Token:
+    return Token(
+        access_token=access,
+        token_type="Bearer",
+        expires_in=3600,
+        refresh_token=REFRESH,
+        scope="read",
+        created_at=CREATED,
+    )
+
+
+@pytest.fixture
+def umask_077() -> Iterator[None]:
+    """A strict umask, to prove modes are set explicitly rather than left to umask."""
+    previous = os.umask(0o077)
+    yield
+    os.umask(previous)
+
+
+def test_token_format_is_the_bare_access_token(tmp_path: Path) -> None:
+    """A program reading the token file gets exactly the token, with no trailing newline."""
+    assert render(OutputSpec(tmp_path / "t"), make_token()) == ACCESS.encode(), "token differs"
+
+
+def test_env_format_is_one_unquoted_assignment(tmp_path: Path) -> None:
+    """The env file is one VAR=token line, as systemd, docker and sh all read it."""
+    content = render(OutputSpec(tmp_path / "e", format="env"), make_token())
+    assert content == f"FACTORIAL_ACCESS_TOKEN={ACCESS}\n".encode(), "env line differs"
+
+
+def test_env_format_uses_the_configured_variable(tmp_path: Path) -> None:
+    """The operator can choose the variable name the consuming program expects."""
+    spec = OutputSpec(tmp_path / "e", format="env", variable="API_TOKEN")
+    assert render(spec, make_token()).startswith(b"API_TOKEN="), "variable name not used"
+
+
+def test_json_format_has_sorted_public_fields_and_utc_expiry(tmp_path: Path) -> None:
+    """The JSON file holds token, type, scope and the expiry as ISO 8601 UTC, keys sorted."""
+    content = render(OutputSpec(tmp_path / "j", format="json"), make_token())
+    assert content.endswith(b"\n")
+    document = json.loads(content)
+    assert list(document) == ["access_token", "expires_at", "scope", "token_type"]
+    assert document["expires_at"] == "2026-11-29T04:21:56Z"
+    assert document["scope"] == "read"
+    assert document["token_type"] == "Bearer"
+    assert document["access_token"] == ACCESS, "access token differs"
+
+
+@pytest.mark.parametrize("output_format", ["token", "env", "json"])
+def test_no_format_contains_the_refresh_token(tmp_path: Path, output_format: str) -> None:
+    """Readers of output files can never steal the refresh token and take over the grant."""
+    spec = OutputSpec(tmp_path / "o", format=output_format)  # type: ignore[arg-type]
+    assert REFRESH.encode() not in render(spec, make_token()), "refresh token leaked"
+
+
+UNSAFE_TOKENS = ['ab"c', "ab'c", "a b", "a$b", "a\nb", "a#b", "a\\b", "a`b", "~ab", ""]
+
+
+@pytest.mark.parametrize("bad", UNSAFE_TOKENS)
+def test_env_refuses_a_token_that_cannot_be_written_unquoted(tmp_path: Path, bad: str) -> None:
+    """A token that would change meaning in some env-file reader is refused, not mangled."""
+    with pytest.raises(OutputError) as caught:
+        render(OutputSpec(tmp_path / "e", format="env"), make_token(bad))
+    assert str(tmp_path / "e") in str(caught.value)
+
+
+def test_env_refuses_an_invalid_variable_name(tmp_path: Path) -> None:
+    """A variable name no shell accepts is reported instead of producing a broken file."""
+    with pytest.raises(OutputError, match="not a valid variable name"):
+        render(OutputSpec(tmp_path / "e", format="env", variable="1-BAD"), make_token())
+
+
+def test_env_file_sourced_by_sh_gives_back_the_token(tmp_path: Path) -> None:
+    """`. file` in a POSIX shell sets the variable to exactly the token."""
+    path = tmp_path / "token.env"
+    write_atomic(path, render(OutputSpec(path, format="env"), make_token()))
+    result = subprocess.run(
+        ["sh", "-c", '. "$1"; printf %s "$FACTORIAL_ACCESS_TOKEN"', "sh", str(path)],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    assert result.stdout == ACCESS, "sourced token differs"
+
+
+def test_files_are_private_by_default(tmp_path: Path) -> None:
+    """Without a configured mode, only the owner can read the token."""
+    path = tmp_path / "t"
+    assert write_atomic(path, b"x") is True
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("umask_077")
+def test_configured_mode_is_applied_regardless_of_umask(tmp_path: Path) -> None:
+    """A configured mode such as 0644 is what the file gets, even under a strict umask."""
+    path = tmp_path / "t"
+    write_atomic(path, b"x", mode=0o644)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@as_root
+def test_owner_and_group_are_applied(tmp_path: Path) -> None:
+    """The file belongs to the configured owner and group, so that service can read it."""
+    path = tmp_path / "t"
+    write_atomic(path, b"x", mode=0o640, owner=NOBODY, group=NOBODY)
+    info = path.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (NOBODY, NOBODY, 0o640)
+
+
+def test_unchanged_content_is_not_rewritten(tmp_path: Path) -> None:
+    """Writing the same token again leaves the file alone: no inotify noise, same inode."""
+    path = tmp_path / "t"
+    write_atomic(path, b"same")
+    before = path.stat()
+    assert write_atomic(path, b"same") is False
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_changed_content_replaces_the_file_atomically(tmp_path: Path) -> None:
+    """A new token arrives as a new file: a reader holding the old one still sees it whole."""
+    path = tmp_path / "t"
+    write_atomic(path, b"old-token")
+    with path.open("rb") as old:
+        before = os.fstat(old.fileno()).st_ino
+        assert write_atomic(path, b"new-token-longer") is True
+        assert old.read() == b"old-token"
+    assert path.read_bytes() == b"new-token-longer"
+    assert path.stat().st_ino != before
+
+
+def test_same_content_with_wrong_mode_is_fixed(tmp_path: Path) -> None:
+    """A file whose permissions drifted is rewritten with the configured mode."""
+    path = tmp_path / "t"
+    write_atomic(path, b"same")
+    path.chmod(0o666)
+    assert write_atomic(path, b"same", mode=0o600) is True
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_symlink_at_target_is_refused(tmp_path: Path, target_exists: bool) -> None:
+    """A planted symlink cannot redirect the token elsewhere: the write is refused."""
+    victim = tmp_path / "victim"
+    if target_exists:
+        victim.write_bytes(b"precious")
+    link = tmp_path / "out"
+    link.symlink_to(victim)
+    with pytest.raises(OutputError, match="is a symlink; refusing") as caught:
+        write_atomic(link, b"token")
+    assert link.is_symlink()
+    assert victim.read_bytes() == b"precious" if target_exists else not victim.exists()
+    assert "token" not in str(caught.value).replace(str(tmp_path), "")
+
+
+def test_directory_at_target_is_refused(tmp_path: Path) -> None:
+    """A directory at an output path is never replaced, and its content stays."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep").write_bytes(b"keep")
+    with pytest.raises(OutputError, match="is a directory"):
+        write_atomic(target, b"token")
+    assert (target / "keep").read_bytes() == b"keep"
+
+
+def test_parent_that_is_a_file_gives_a_clear_error(tmp_path: Path) -> None:
+    """An output under a regular file names that file as the problem."""
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(OutputError, match=f"parent {blocker} is not a directory"):
+        write_atomic(blocker / "sub" / "t", b"token")
+
+
+@pytest.mark.usefixtures("umask_077")
+def test_missing_parents_are_created_0755(tmp_path: Path) -> None:
+    """Missing directories are created world-traversable, whatever the daemon's umask."""
+    path = tmp_path / "a" / "b" / "t"
+    write_atomic(path, b"token")
+    assert path.read_bytes() == b"token"
+    for directory in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A root-owned 0755 directory that an unprivileged user can reach but not write."""
+    directory = Path(tempfile.mkdtemp(prefix="tokend-outputs-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def _error_as_nobody(path: Path) -> str:
+    """The OutputError message of ``write_atomic(path)`` run by a forked child as ``nobody``.
+
+    A fork rather than a new interpreter: the venv's Python may live where
+    ``nobody`` cannot reach it.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child reports through the pipe
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                write_atomic(path, b"token")
+                message = "written"
+            except OutputError as exc:
+                message = str(exc)
+            os.write(write_end, message.encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "child failed"
+    return message
+
+
+@as_root
+def test_unwritable_directory_gives_a_clear_error(shared_dir: Path) -> None:
+    """Without write permission the error names the directory and says why."""
+    message = _error_as_nobody(shared_dir / "t")
+    assert message == (
+        f"{shared_dir / 't'}: cannot create a file in {shared_dir}: Permission denied"
+    )
+    assert os.listdir(shared_dir) == []
+
+
+def test_write_outputs_writes_the_rest_when_one_fails(tmp_path: Path) -> None:
+    """One broken output does not keep the other files stale; the error names the broken one."""
+    broken = tmp_path / "dir"
+    broken.mkdir()
+    good = tmp_path / "good"
+    specs = [OutputSpec(broken), OutputSpec(good, format="json")]
+    with pytest.raises(OutputError, match=f"1 output\\(s\\) failed: {broken} is a directory"):
+        write_outputs(specs, make_token())
+    assert json.loads(good.read_bytes())["scope"] == "read"
+
+
+def test_write_outputs_returns_only_rewritten_paths(tmp_path: Path) -> None:
+    """The caller learns which files changed, so it can log exactly those."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_outputs([OutputSpec(first)], make_token())
+    written = write_outputs([OutputSpec(first), OutputSpec(second)], make_token())
+    assert written == [second]
+
+
+def test_no_temporary_file_left_after_success(tmp_path: Path) -> None:
+    """A successful write leaves only the output file in its directory."""
+    write_atomic(tmp_path / "t", b"token")
+    assert os.listdir(tmp_path) == ["t"]
+
+
+def test_no_temporary_file_left_after_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails midway leaves the old file and no debris."""
+    (tmp_path / "t").write_bytes(b"old")
+
+    def failing_rename(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OutputError, match="cannot write: Input/output error"):
+        write_atomic(tmp_path / "t", b"new")
+    assert os.listdir(tmp_path) == ["t"]
+    assert (tmp_path / "t").read_bytes() == b"old"
+
+
+def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
+    """While the token is rewritten again and again, every read is one whole version."""
+    path = tmp_path / "t"
+    versions = (b"short", b"L" * 20000)
+    write_atomic(path, versions[0])
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for index in range(500):
+                write_atomic(path, versions[index % 2])
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    torn = 0
+    while not done.is_set():
+        torn += path.read_bytes() not in versions
+        reads += 1
+    thread.join()
+    assert torn == 0, f"{torn} of {reads} reads saw a partial file"
+    assert reads > 0
+
+
+def test_remove_outputs_deletes_files_only(tmp_path: Path) -> None:
+    """Revoking removes the token files, ignores missing ones and leaves directories alone."""
+    token_file = tmp_path / "t"
+    token_file.write_bytes(b"token")
+    directory = tmp_path / "d"
+    directory.mkdir()
+    missing = tmp_path / "missing"
+    remove_outputs([OutputSpec(token_file), OutputSpec(missing), OutputSpec(directory)])
+    assert not token_file.exists()
+    assert directory.is_dir()

@@ -1,0 +1,311 @@
+"""Load the YAML configuration into the frozen runtime values of :mod:`tokend.model`.
+
+Three steps, so each error can say exactly where it is:
+
+1. :mod:`tokend.config_yaml` parses the file, remembering the position of every
+   key and value (and refusing duplicate keys, which YAML would silently drop);
+2. pydantic checks the shape (:mod:`tokend.config_schema`, private to this
+   loader: pydantic never reaches the rest of tokend), fed by one
+   pydantic-settings source for the document and one for the environment:
+   ``TOKEND_STATE_DIR`` overrides ``state_dir``;
+3. :class:`_Builder` layers ``defaults`` → application → token, reads secrets,
+   resolves owners and groups, and finds duplicates across the whole file.
+
+All errors are collected and raised as one ConfigError, one per line,
+``file:line:col: key.path: message``. No message ever quotes a value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import grp
+import os
+import pwd
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from tokend.config_schema import (
+    MODE_HINT,
+    Application,
+    Output,
+    Settings,
+    SettingsSource,
+    Token,
+    Tuning,
+    known_keys,
+)
+from tokend.config_yaml import Document, KeyPath, Problems, format_key_path, read_document
+from tokend.durations import format_duration
+from tokend.errors import ConfigError
+from tokend.model import (
+    ApplicationSpec,
+    Config,
+    OutputSpec,
+    RetryPolicy,
+    Secret,
+    TokenName,
+    TokenSpec,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/tokend")
+ENV_SETTINGS = ("state_dir",)
+"""Top-level scalars an environment variable ``TOKEND_<NAME>`` may override."""
+
+_SECRET_KEYS = ("client_secret", "client_secret_file", "client_secret_env",
+                "client_secret_credential")
+_TUNING = ("refresh_at", "timeout", "refresh_token_lifetime", "hook_timeout")
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml``."""
+    env = os.environ if environ is None else environ
+    return Path(env["TOKEND_CONFIG"]) if env.get("TOKEND_CONFIG") else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve the configuration at ``path``.
+
+    ``environ`` (default ``os.environ``) supplies ``TOKEND_*`` overrides,
+    ``STATE_DIRECTORY``, ``CREDENTIALS_DIRECTORY`` and ``client_secret_env``
+    variables. Raises ConfigError listing every problem found.
+    """
+    env = os.environ if environ is None else environ
+    document = read_document(path)
+    problems = Problems(document)
+    overrides = {name: env[f"TOKEND_{name.upper()}"] for name in ENV_SETTINGS
+                 if env.get(f"TOKEND_{name.upper()}")}
+    # Top-level x-* keys hold anchors for the rest of the file (as in docker compose).
+    data = {key: value for key, value in document.data.items() if not key.startswith("x-")}
+    sources = (SettingsSource(Settings, overrides), SettingsSource(Settings, data))
+    try:
+        # pydantic-settings' documented hook for ready-made sources; mypy only sees the fields.
+        settings = Settings(_build_sources=(sources, {}))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            _report(error, problems, overrides)
+        problems.check()
+        raise  # unreachable: a ValidationError always carries errors
+    config = _Builder(path, document, problems, env).build(settings, overrides)
+    problems.check()
+    return config
+
+
+def _report(error: ErrorDetails, problems: Problems, overrides: Mapping[str, str]) -> None:
+    """Turn one pydantic error into a located message that never shows the input."""
+    loc: KeyPath = tuple(error["loc"])
+    location = f"$TOKEND_{loc[0]}".upper() if loc and loc[0] in overrides else None
+    kind = error["type"]
+    if kind == "missing":
+        problems.add(loc, "required key is missing", anchor=loc[:-1], key=True, location=location)
+    elif kind == "extra_forbidden":
+        problems.add(loc, "unknown key" + _hint(loc), key=True, location=location)
+    elif loc and loc[-1] == "[key]":
+        problems.add(loc[:-1], _describe(error), key=True, location=location)
+    else:
+        problems.add(loc, _describe(error), location=location)
+
+
+def _hint(loc: KeyPath) -> str:
+    close = difflib.get_close_matches(str(loc[-1]), known_keys(loc[:-1]), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+_EXPECTED = {"string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+             "model_type": "a mapping", "float_type": "a number", "int_type": "a whole number",
+             "int_from_float": "a whole number", "tuple_type": "a list"}
+
+
+def _describe(error: ErrorDetails) -> str:
+    if error["type"] == "value_error":
+        return str(error.get("ctx", {}).get("error", "is not valid"))
+    expected = _EXPECTED.get(error["type"])
+    if expected is None:
+        return error["msg"]
+    value = error["input"]
+    if value is None:
+        return f"is empty; it must be {expected}"
+    kind = ("true/false" if isinstance(value, bool)
+            else "a number" if isinstance(value, int)
+            else "a decimal number" if isinstance(value, float)
+            else "text" if isinstance(value, str)
+            else "a mapping" if isinstance(value, dict)
+            else "a list" if isinstance(value, list)
+            else "another kind of value")
+    scalar = isinstance(value, bool | int | float)
+    quote = "; quote it" if expected == "a string" and scalar else ""
+    return f"must be {expected}, not {kind}{quote}"
+
+
+class _Builder:
+    """Layers defaults → application → token and resolves what lives outside the file."""
+
+    def __init__(self, path: Path, document: Document, problems: Problems,
+                 environ: Mapping[str, str]) -> None:
+        self._path = path
+        self._doc = document
+        self._problems = problems
+        self._environ = environ
+        self._warnings: list[str] = []
+        self._outputs: dict[Path, KeyPath] = {}
+        self._tokens: dict[TokenName, KeyPath] = {}
+
+    def build(self, settings: Settings, overrides: Mapping[str, str]) -> Config:
+        defaults = settings.defaults
+        self._retry(("defaults",), defaults)
+        applications: dict[str, ApplicationSpec] = {}
+        tokens: list[TokenSpec] = []
+        for name, app in settings.applications.items():
+            where: KeyPath = ("applications", name)
+            self._retry(where, app, defaults)
+            applications[name] = ApplicationSpec(
+                name=name, client_id=app.client_id, client_secret=self._secret(app, where),
+                **_layered(("base_url", "redirect_uri"), app),
+                **_layered(("rate_limit", "concurrency", "timeout"), app, defaults),
+            )
+            for index, token in enumerate(app.tokens):
+                tokens.append(self._token(name, token, (*where, "tokens", index), app, defaults))
+        concurrency = {} if defaults.concurrency is None else {"concurrency": defaults.concurrency}
+        return Config(source=self._path, state_dir=self._state_dir(settings, overrides),
+                      applications=applications, tokens=tuple(tokens),
+                      warnings=tuple(self._warnings), **concurrency)
+
+    def _state_dir(self, settings: Settings, overrides: Mapping[str, str]) -> Path:
+        if "state_dir" in overrides:
+            return Path(overrides["state_dir"]).absolute()
+        if settings.state_dir is not None:
+            return self._path.absolute().parent / settings.state_dir
+        systemd = self._environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(systemd).absolute() if systemd else DEFAULT_STATE_DIR
+
+    def _retry(self, where: KeyPath, *layers: Tuning) -> RetryPolicy:
+        """Merge ``initial`` and ``max`` separately, so a token can change just one of them."""
+        retries = [layer.retry for layer in layers if layer.retry is not None]
+        policy = RetryPolicy(**_layered(("initial", "max"), *retries))
+        if layers[0].retry is not None and policy.max < policy.initial:
+            self._problems.add((*where, "retry"),
+                               f"max ({format_duration(policy.max)}) must not be shorter than "
+                               f"initial ({format_duration(policy.initial)})")
+        return policy
+
+    def _token(self, app_name: str, token: Token, where: KeyPath, *layers: Tuning) -> TokenSpec:
+        name = TokenName(app_name, token.user, token.scope)
+        if name in self._tokens:
+            first = self._tokens[name]
+            self._problems.add(where, f"token {name} is configured twice; first at "
+                               f"{self._doc.location(first)} ({format_key_path(first)})")
+        self._tokens.setdefault(name, where)
+        outputs = tuple(self._output(output, (*where, "outputs", index))
+                        for index, output in enumerate(token.outputs))
+        return TokenSpec(name=name, outputs=outputs, on_refresh=tuple(token.on_refresh),
+                         on_failure=tuple(token.on_failure),
+                         retry=self._retry(where, token, *layers),
+                         **_layered(_TUNING, token, *layers))
+
+    def _output(self, output: Output, where: KeyPath) -> OutputSpec:
+        path = Path(output.path)
+        if path in self._outputs:
+            first = self._outputs[path]
+            self._problems.add((*where, "path"), f"{path} is also written by "
+                               f"{format_key_path(first)} ({self._doc.location(first)})")
+        self._outputs.setdefault(path, (*where, "path"))
+        if output.variable is not None and output.format != "env":
+            self._problems.add((*where, "variable"), "only applies to format: env", key=True)
+        text = self._doc.plain.get((*where, "mode"), "0")
+        if isinstance(output.mode, int) and text[:1].isdigit() and not text.startswith("0"):
+            self._problems.add((*where, "mode"), MODE_HINT)
+        return OutputSpec(path=path, format=output.format, mode=output.mode,
+                          owner=self._id(output.owner, (*where, "owner"), _uid, "user"),
+                          group=self._id(output.group, (*where, "group"), _gid, "group"),
+                          **({} if output.variable is None else {"variable": output.variable}))
+
+    def _id(self, value: int | str | None, where: KeyPath, lookup: Callable[[str], int],
+            kind: str) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return lookup(value)
+        except (KeyError, ValueError):
+            self._problems.add(where, f"unknown {kind} {value!r}")
+            return None
+
+    def _secret(self, app: Application, where: KeyPath) -> Secret:
+        given = sorted((key for key in _SECRET_KEYS if getattr(app, key) is not None),
+                       key=lambda key: self._doc.mark((*where, key), key=True) or (0, 0))
+        if len(given) != 1:
+            if not given:
+                self._problems.add(where, "needs a client secret: set one of "
+                                   + ", ".join(_SECRET_KEYS), key=True)
+            for extra in given[1:]:
+                self._problems.add((*where, extra), f"conflicts with {given[0]}: give the client "
+                                   "secret in exactly one way", key=True)
+            return Secret("")
+        key = given[0]
+        if app.client_secret is not None:
+            warning = (f"{self._doc.source}: holds an inline client_secret and is readable by "
+                       "other users; chmod 600 it or use client_secret_file")
+            if self._doc.mode & 0o004 and warning not in self._warnings:
+                self._warnings.append(warning)
+            return Secret("x")
+        if app.client_secret_env is not None:
+            value = self._environ.get(app.client_secret_env)
+            if not value:
+                state = "is not set" if value is None else "is empty"
+                self._problems.add((*where, key), f"environment variable "
+                                   f"{app.client_secret_env} {state}")
+            return Secret(value or "")
+        if app.client_secret_file is not None:
+            file = self._path.absolute().parent / app.client_secret_file
+        else:
+            directory = self._environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                self._problems.add((*where, key), "needs $CREDENTIALS_DIRECTORY, which systemd "
+                                   "sets for LoadCredential=; it is not set")
+                return Secret("")
+            file = Path(directory) / str(app.client_secret_credential)
+        return Secret(self._read_secret(file, (*where, key)))
+
+    def _read_secret(self, file: Path, where: KeyPath) -> str:
+        try:
+            value = file.read_text(encoding="utf-8").rstrip()
+        except FileNotFoundError:
+            problem = "no such file"
+        except IsADirectoryError:
+            problem = "is a directory"
+        except PermissionError:
+            problem = "permission denied"
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
+        except (OSError, ValueError) as exc:
+            problem = getattr(exc, "strerror", None) or "cannot be read"
+        else:
+            if value:
+                return value
+            problem = "is empty"
+        self._problems.add(where, f"cannot read the secret from {file}: {problem}")
+        return ""
+
+
+def _uid(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
+def _layered(names: tuple[str, ...], *layers: Any) -> dict[str, Any]:
+    """The innermost value set for each name; names set nowhere keep the dataclass default."""
+    chosen: dict[str, Any] = {}
+    for name in names:
+        value = next((v for layer in layers if (v := getattr(layer, name, None)) is not None), None)
+        if value is not None:
+            chosen[name] = value
+    return chosen
+
+
+__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "default_config_path", "load_config"]

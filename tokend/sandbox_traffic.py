@@ -1,0 +1,121 @@
+"""What the sandbox does to requests before the OAuth model sees them, and what it counts.
+
+The rate limit and the injected faults stand for the network and the real
+server's bad days; the counters and the request log let tests prove that a
+daemon spreads its refreshes out instead of bursting. Not thread-safe on
+purpose: ``sandbox.py`` holds one lock around every call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tokend.clock import Clock
+from tokend.sandbox_model import GRANTS
+
+FAULT_KINDS = ("status", "hang", "close", "html", "malformed_json", "missing_fields")
+COUNTERS = ("authorization_code", "refresh_token", "revoke", "me", "rate_limited", "faulted")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A misbehaviour to show instead of answering the next ``count`` token requests.
+
+    ``status`` answers ``status`` with an OAuth error body (``error``, optional
+    ``retry_after``); ``hang`` waits ``seconds`` then closes without answer;
+    ``close`` closes at once; ``html`` is a proxy's 502 page; ``malformed_json``
+    a truncated 200 body; ``missing_fields`` a 200 body without
+    ``refresh_token`` and ``expires_in``. ``grant`` limits it to one grant type.
+    """
+
+    kind: str
+    count: int = 1
+    status: int = 500
+    retry_after: float | None = None
+    seconds: float = 60.0
+    error: str | None = None
+    grant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
+        if self.count < 1:
+            raise ValueError("fault count must be at least 1")
+        if not 100 <= self.status <= 599:
+            raise ValueError("fault status must be an HTTP status code")
+        if self.grant is not None and self.grant not in GRANTS:
+            raise ValueError(f"fault grant must be one of {', '.join(GRANTS)}")
+
+    @property
+    def answer_status(self) -> int:
+        """The status the client sees; 0 when it gets no answer at all."""
+        statuses = {"status": self.status, "html": 502, "malformed_json": 200,
+                    "missing_fields": 200}
+        return statuses.get(self.kind, 0)
+
+
+class Traffic:
+    """A token bucket over POSTs to /oauth/*, a queue of faults, counters and a request log."""
+
+    def __init__(self, *, clock: Clock, rate_limit: float | None) -> None:
+        if rate_limit is not None and rate_limit <= 0:
+            raise ValueError("rate_limit must be positive (or None for no limit)")
+        self._clock = clock
+        self._rate = rate_limit
+        # One second's worth of burst, but never less than a single request.
+        self._capacity = max(1.0, rate_limit or 1.0)
+        self._bucket = self._capacity
+        self._bucket_at = clock.now()
+        self._faults: list[Fault] = []
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._log: list[tuple[float, str, int]] = []
+
+    def take_rate_slot(self) -> float | None:
+        """Spend one POST from the bucket; None if allowed, else the seconds to wait."""
+        if self._rate is None:
+            return None
+        now = self._clock.now()
+        refill = max(0.0, now - self._bucket_at) * self._rate
+        self._bucket = min(self._capacity, self._bucket + refill)
+        self._bucket_at = now
+        if self._bucket >= 1.0:
+            self._bucket -= 1.0
+            return None
+        self._counts["rate_limited"] += 1
+        return (1.0 - self._bucket) / self._rate
+
+    def add_fault(self, fault: Fault) -> None:
+        self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def next_fault(self, grant: str) -> Fault | None:
+        """Consume one use of the first pending fault that applies to ``grant``."""
+        for index, fault in enumerate(self._faults):
+            if fault.grant in (None, grant):
+                if fault.count == 1:
+                    del self._faults[index]
+                else:
+                    self._faults[index] = replace(fault, count=fault.count - 1)
+                self._counts["faulted"] += 1
+                return fault
+        return None
+
+    def count(self, counter: str) -> None:
+        """Count one request of a kind in ``COUNTERS``; other kinds (a bad grant) are ignored."""
+        if counter in self._counts:
+            self._counts[counter] += 1
+
+    def log_token_request(self, at: float, grant: str, status: int) -> None:
+        self._log.append((at, grant, status))
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def token_requests(self) -> list[tuple[float, str, int]]:
+        return list(self._log)
+
+    def reset_stats(self) -> None:
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._log = []

@@ -1,0 +1,181 @@
+"""Every configured token in one place: what is scheduled, what is in flight, what changed.
+
+The daemon's loop asks the supervisor to start what is due and to apply a new
+config; the supervisor keeps one heap for all tokens and never more than one
+refresh per token in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+
+import structlog
+
+from tokend.clock import Clock
+from tokend.log import SecretMasker
+from tokend.model import Config, TokenName, TokenSpec
+from tokend.refresher import Refresher
+from tokend.schedule import Scheduler, due_at
+from tokend.state import StateStore, TokenRecord, TokenState
+
+log = structlog.get_logger(__name__)
+
+# After an unexpected error in one token's work, try it again this much later.
+CRASH_RETRY = 30.0
+# When another process holds a token's claim, look again this much later.
+BUSY_RETRY = 5.0
+
+
+class Supervisor:
+    """Schedules and runs the refreshes of the tokens of the current config."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        refresher: Refresher,
+        clock: Clock,
+        masker: SecretMasker,
+        on_settled: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._refresher = refresher
+        self._clock = clock
+        self._masker = masker
+        self._on_settled = on_settled
+        self._config: Config | None = None
+        self._specs: dict[TokenName, TokenSpec] = {}
+        self._scheduler = Scheduler()
+        self._inflight: dict[TokenName, asyncio.Task[None]] = {}
+        self._states: dict[TokenName, TokenState] = {}
+        self._global_slots = asyncio.Semaphore(1)
+        self._app_slots: dict[str, asyncio.Semaphore] = {}
+        self.stopping = False
+
+    def next_at(self) -> float | None:
+        """When the next token is due, or ``None`` when nothing is scheduled."""
+        return self._scheduler.next_at()
+
+    def start_due(self) -> None:
+        """Start a refresh for every token that is due now."""
+        for name in self._scheduler.due(self._clock.now()):
+            spec = self._specs.get(name)
+            if spec is not None and name not in self._inflight:
+                self._inflight[name] = asyncio.create_task(self._refresh(spec), name=str(name))
+
+    def status_line(self) -> str:
+        """``3 tokens ok, 1 needs_authorization``: what systemd shows in ``systemctl status``."""
+        counts = Counter(self._states.get(name, TokenState.NOT_AUTHORIZED) for name in self._specs)
+        if not counts:
+            return "no tokens configured"
+        parts = [f"{count} {state.value}" for state, count in sorted(counts.items())]
+        return f"{len(self._specs)} tokens: " + ", ".join(parts)
+
+    async def apply(self, new: Config) -> tuple[int, int, int]:
+        """Move to ``new``, touching only what changed; return (added, removed, changed).
+
+        Added tokens are scheduled and their outputs written from the store;
+        changed outputs are written without a refresh; unchanged tokens are
+        left alone, so a reload never causes a refresh storm.
+        """
+        old_specs = self._specs
+        new_specs = {spec.name: spec for spec in new.tokens}
+        for application in new.applications.values():
+            self._masker.add(application.client_secret.reveal())
+        self._config = new
+        self._specs = new_specs
+        self._global_slots = asyncio.Semaphore(new.concurrency)
+        self._app_slots = {
+            name: asyncio.Semaphore(app.concurrency) for name, app in new.applications.items()
+        }
+        removed = [name for name in old_specs if name not in new_specs]
+        for name in removed:
+            self._scheduler.cancel(name)
+            self._states.pop(name, None)
+        added = [spec for name, spec in new_specs.items() if name not in old_specs]
+        changed = [
+            spec for name, spec in new_specs.items()
+            if name in old_specs and old_specs[name] != spec
+        ]
+        if added or changed:
+            records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
+            for spec in added + changed:
+                record = records.get(spec.name)
+                previous = old_specs.get(spec.name)
+                outputs_changed = previous is None or previous.outputs != spec.outputs
+                await self._adopt(spec, record, write_outputs=outputs_changed)
+        return len(added), len(removed), len(changed)
+
+    async def rescan(self) -> None:
+        """Pick up tokens another process (``tokend authorize``) stored."""
+        records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
+        for name, spec in self._specs.items():
+            record = records.get(name)
+            if record is None or name in self._inflight:
+                continue
+            if due_at(record, spec) != self._scheduler.when(name):
+                await self._adopt(spec, record, write_outputs=True)
+
+    async def drain(self, grace: float) -> int:
+        """Let in-flight refreshes finish for ``grace`` seconds, cancel the rest; return
+        how many were cancelled."""
+        self.stopping = True
+        pending = list(self._inflight.values())
+        if not pending:
+            return 0
+        _done, still = await asyncio.wait(pending, timeout=grace)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=1.0)
+        return len(still)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def _adopt(self, spec: TokenSpec, record: TokenRecord | None, *, write_outputs: bool
+                     ) -> None:
+        if record is not None and record.token is not None:
+            self._masker.add(record.token.access_token, record.token.refresh_token)
+            if write_outputs:
+                await self._refresher.publish(spec, record.token, run_hooks=False)
+        self._track(spec, record)
+
+    def _track(self, spec: TokenSpec, record: TokenRecord | None) -> None:
+        self._states[spec.name] = record.state if record else TokenState.NOT_AUTHORIZED
+        due = due_at(record, spec)
+        if due is None:
+            self._scheduler.cancel(spec.name)
+        else:
+            self._scheduler.schedule(spec.name, due)
+
+    async def _refresh(self, spec: TokenSpec) -> None:
+        assert self._config is not None  # noqa: S101 -- apply() runs before anything is due
+        app = self._config.applications[spec.name.app]
+        try:
+            async with self._global_slots, self._app_slots[spec.name.app]:
+                if self.stopping:
+                    return
+                outcome = await self._refresher.refresh(spec, app)
+            current = self._specs.get(spec.name)
+            if current is None:
+                return
+            if outcome.result == "busy":
+                self._scheduler.schedule(spec.name, self._clock.now() + BUSY_RETRY)
+            else:
+                self._track(current, outcome.record)
+        except Exception as error:  # noqa: BLE001 -- one token's failure must never kill the daemon
+            log.error(
+                "refresh_crashed",
+                token=str(spec.name),
+                error_type=type(error).__name__,
+                error=self._masker.mask(str(error)),
+                retry_in=CRASH_RETRY,
+            )
+            self._scheduler.schedule(spec.name, self._clock.now() + CRASH_RETRY)
+        finally:
+            self._inflight.pop(spec.name, None)
+            self._on_settled()
