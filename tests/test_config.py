@@ -86,6 +86,8 @@ def test_minimal_config_gets_documented_defaults() -> None:
     config = load(APP)
     app = config.applications["payroll"]
     token = config.tokens[0]
+    assert (app.name, app.client_id) == ("payroll", "abc")
+    assert app.client_secret == Secret(SECRET), "inline secret differs"
     assert (app.base_url, app.redirect_uri) == ("https://api.factorialhr.com",
                                                 "urn:ietf:wg:oauth:2.0:oob")
     assert (app.rate_limit, app.concurrency, app.timeout) == (3.0, 8, 30.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -121,7 +122,7 @@ def test_an_outage_is_ridden_out_with_backoff(
 
     failures = [t for t, grant, status in sandbox.token_requests() if status == 503]
     assert len(failures) == 5
-    gaps = [later - earlier for earlier, later in zip(failures, failures[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(failures)]
     # retry: initial 1 s doubling to 4 s, each delay jittered into [50 %, 100 %].
     assert all(gap >= 0.45 for gap in gaps), f"retried too fast: {gaps}"
     assert sum(gaps) >= 0.5 * (1 + 2 + 4 + 4), f"no backoff: {gaps}"

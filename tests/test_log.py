@@ -48,8 +48,11 @@ def test_a_secret_in_an_exception_is_masked() -> None:
     masker.add(SECRET)
     stream = io.StringIO()
     configure_logging("info", masker=masker, stream=stream, json=True)
-    try:
+    def fail() -> None:
         raise RuntimeError(f"boom {SECRET}")
+
+    try:
+        fail()
     except RuntimeError:
         structlog.get_logger("test").exception("crashed")
     assert SECRET not in stream.getvalue()

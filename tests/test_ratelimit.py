@@ -35,7 +35,7 @@ def test_an_idle_limiter_does_not_bank_permits() -> None:
 
 
 def test_no_window_ever_exceeds_the_limit() -> None:
-    """Over any 60 s window of granted slots, at most rate × 60 fit."""
+    """Over any 60 s window of granted slots, at most rate * 60 fit."""
     clock = FakeMonotonic()
     limiter = RateLimiter(3.0, monotonic=clock)
     slots = [clock.now + limiter.reserve() for _ in range(1000)]

@@ -16,6 +16,7 @@ from tokend.clock import Clock
 from tokend.factorial import Factorial
 from tokend.hooks import hook_environment, run_hook
 from tokend.lock import running_daemon_pid
+from tokend.log import SecretMasker
 from tokend.model import Config, TokenSpec
 from tokend.oauth import Token
 from tokend.outputs import write_outputs
@@ -37,11 +38,18 @@ def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = N
 
 
 def exchange_and_store(
-    config: Config, spec: TokenSpec, authorization_key: str, *, store: StateStore, clock: Clock
+    config: Config,
+    spec: TokenSpec,
+    authorization_key: str,
+    *,
+    store: StateStore,
+    clock: Clock,
+    masker: SecretMasker,
 ) -> Token:
     """Exchange the key, commit the token durably, write the outputs, run ``on_refresh``,
     and tell a running daemon to pick the token up."""
     app = config.applications[spec.name.app]
+    masker.add(app.client_secret.reveal())
     with Factorial(access_token="", base_url=app.base_url, timeout=spec.timeout) as client:
         token = client.obtain_access_token(
             client_id=app.client_id,
@@ -49,10 +57,13 @@ def exchange_and_store(
             redirect_uri=app.redirect_uri,
             authorization_key=authorization_key,
         )
+    masker.add(token.access_token, token.refresh_token)
     store.save_token(spec.name, token, now=clock.now())
     write_outputs(spec.outputs, token)
     if spec.on_refresh:
-        env = hook_environment(spec, expires_at=token.expires_at, base=os.environ)
+        env = hook_environment(
+            spec, expires_at=token.expires_at, base=masker.without_secrets(os.environ)
+        )
         asyncio.run(
             run_hook(spec.on_refresh, env=env, timeout=spec.hook_timeout, name=str(spec.name))
         )

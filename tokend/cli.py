@@ -103,7 +103,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     from tokend.model import resolve_token
     from tokend.state import SqliteStateStore
 
-    _masker_and_logging(args)
+    masker = _masker_and_logging(args)
     config = load_config(_config_path(args))
     spec = resolve_token(config, args.name)
     print("Authorization required. Follow this link and store your authorization key:")
@@ -117,7 +117,9 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         raise _usage("the authorization key is empty")
     store = SqliteStateStore(config.state_dir)
     try:
-        token = exchange_and_store(config, spec, key, store=store, clock=SystemClock())
+        token = exchange_and_store(
+            config, spec, key, store=store, clock=SystemClock(), masker=masker
+        )
     finally:
         store.close()
     print(f"{spec.name} authorized; access token valid until {token.expires_at.isoformat()}")

@@ -11,8 +11,9 @@ Three steps, so each error can say exactly where it is:
 3. :class:`_Builder` layers ``defaults`` → application → token, reads secrets,
    resolves owners and groups, and finds duplicates across the whole file.
 
-All errors are collected and raised as one ConfigError, one per line,
-``file:line:col: key.path: message``. No message ever quotes a value.
+Every error of a step is collected and raised as one ConfigError, one per
+line in file order, ``file:line:col: key.path: message`` (step 3 runs only
+once the shape is right). No message ever quotes a value from the file.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class _Builder:
         if output.variable is not None and output.format != "env":
             self._problems.add((*where, "variable"), "only applies to format: env", key=True)
         text = self._doc.plain.get((*where, "mode"), "0")
-        if isinstance(output.mode, int) and text[:1].isdigit() and not text.startswith("0"):
+        if text[:1].isdigit() and not text.startswith("0"):
             self._problems.add((*where, "mode"), MODE_HINT)
         return OutputSpec(path=path, format=output.format, mode=output.mode,
                           owner=self._id(output.owner, (*where, "owner"), _uid, "user"),
@@ -250,7 +251,7 @@ class _Builder:
                        "other users; chmod 600 it or use client_secret_file")
             if self._doc.mode & 0o004 and warning not in self._warnings:
                 self._warnings.append(warning)
-            return Secret("x")
+            return Secret(app.client_secret.get_secret_value())
         if app.client_secret_env is not None:
             value = self._environ.get(app.client_secret_env)
             if not value:

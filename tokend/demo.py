@@ -117,8 +117,9 @@ def run_demo(
                 key = _authorization_key_from_browser(
                     authorization_link(config, spec), spec.name.user
                 )
-                token = exchange_and_store(config, spec, key, store=store, clock=SystemClock())
-                masker.add(token.access_token, token.refresh_token)
+                token = exchange_and_store(
+                    config, spec, key, store=store, clock=SystemClock(), masker=masker
+                )
                 _print_line(out, spec, token, "authorized")
         finally:
             store.close()

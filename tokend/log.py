@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -55,6 +55,11 @@ class SecretMasker:
         for short in self._short:
             text = text.replace(short, MASK)
         return _CANDIDATE.sub(self._mask_word, text)
+
+    def without_secrets(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``environ`` minus every variable holding a known secret (``client_secret_env``),
+        so a hook's environment never carries one."""
+        return {key: value for key, value in environ.items() if self.mask(value) == value}
 
     def _mask_word(self, match: re.Match[str]) -> str:
         word = match.group(0)

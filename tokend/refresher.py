@@ -195,6 +195,8 @@ class Refresher:
 
     async def _run_hook(self, spec: TokenSpec, argv: tuple[str, ...], token: Token | None) -> None:
         env = hook_environment(
-            spec, expires_at=token.expires_at if token else None, base=self._hook_base_env
+            spec,
+            expires_at=token.expires_at if token else None,
+            base=self._masker.without_secrets(self._hook_base_env),
         )
         await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name))
