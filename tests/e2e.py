@@ -27,6 +27,7 @@ class Setup:
     sandbox: Sandbox
     tokens: Sequence[tuple[str, str]]
     extra_token_yaml: dict[str, str] = field(default_factory=dict)
+    extra_outputs_yaml: dict[str, str] = field(default_factory=dict)
     defaults_yaml: str = "  refresh_at: 0.5\n  retry: {initial: 1s, max: 4s}\n"
 
     @property
@@ -41,9 +42,15 @@ class Setup:
         return self.root / "out" / f"{user}-{scope.replace('+', '-')}.{suffix}"
 
     def write(self) -> Path:
+        """Write the client secret file and the config file; return the config's path."""
         secret = self.root / "client.secret"
         secret.write_text(CLIENT_SECRET + "\n")
         secret.chmod(0o600)
+        self.config.write_text(self.render())
+        return self.config
+
+    def render(self) -> str:
+        """The config file's text for the current settings."""
         entries = ""
         for user, scope in self.tokens:
             entries += (
@@ -55,19 +62,19 @@ class Setup:
                 f"            format: env\n"
                 f"          - path: {self.output(user, scope, 'json')}\n"
                 f"            format: json\n"
+                f"{self.extra_outputs_yaml.get(user, '')}"
                 f"{self.extra_token_yaml.get(user, '')}"
             )
-        self.config.write_text(
+        return (
             f"state_dir: {self.state_dir}\n"
             f"defaults:\n{self.defaults_yaml}"
             f"applications:\n"
             f"  app:\n"
             f"    base_url: {self.sandbox.url}\n"
             f"    client_id: {CLIENT_ID}\n"
-            f"    client_secret_file: {secret}\n"
+            f"    client_secret_file: {self.root / 'client.secret'}\n"
             f"    tokens:\n{entries}"
         )
-        return self.config
 
 
 def tokend(*args: str, config: Path | None = None, timeout: float = 30.0,

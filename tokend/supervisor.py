@@ -50,6 +50,8 @@ class Supervisor:
         self._scheduler = Scheduler()
         self._inflight: dict[TokenName, asyncio.Task[None]] = {}
         self._states: dict[TokenName, TokenState] = {}
+        # Tokens to try once although they need authorization (their config changed).
+        self._forced: set[TokenName] = set()
         self._global_slots = asyncio.Semaphore(1)
         self._app_slots: dict[str, asyncio.Semaphore] = {}
         self.stopping = False
@@ -76,11 +78,13 @@ class Supervisor:
     async def apply(self, new: Config) -> tuple[int, int, int]:
         """Move to ``new``, touching only what changed; return (added, removed, changed).
 
-        Added tokens are scheduled and their outputs written from the store;
-        changed outputs are written without a refresh; unchanged tokens are
-        left alone, so a reload never causes a refresh storm.
+        Every output is written from the store, which heals a deleted or stale
+        file without a refresh and leaves files that are already right untouched.
+        Unchanged tokens keep their schedule, so a reload never causes a refresh
+        storm; a token that needs authorization is tried once more when its
+        settings or its application's credentials changed.
         """
-        old_specs = self._specs
+        old_config, old_specs = self._config, self._specs
         new_specs = {spec.name: spec for spec in new.tokens}
         for application in new.applications.values():
             self._masker.add(application.client_secret.reveal())
@@ -94,18 +98,23 @@ class Supervisor:
         for name in removed:
             self._scheduler.cancel(name)
             self._states.pop(name, None)
-        added = [spec for name, spec in new_specs.items() if name not in old_specs]
+        added = [name for name in new_specs if name not in old_specs]
         changed = [
-            spec for name, spec in new_specs.items()
-            if name in old_specs and old_specs[name] != spec
+            name for name, spec in new_specs.items()
+            if name in old_specs and (
+                old_specs[name] != spec
+                or old_config is None
+                or old_config.applications.get(name.app) != new.applications[name.app]
+            )
         ]
-        if added or changed:
-            records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
-            for spec in added + changed:
-                record = records.get(spec.name)
-                previous = old_specs.get(spec.name)
-                outputs_changed = previous is None or previous.outputs != spec.outputs
-                await self._adopt(spec, record, write_outputs=outputs_changed)
+        records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
+        for name, spec in new_specs.items():
+            record = records.get(name)
+            if record is not None and record.token is not None:
+                self._masker.add(record.token.access_token, record.token.refresh_token)
+                await self._refresher.publish(spec, record.token, run_hooks=False)
+            if name in added or name in changed:
+                self._track(spec, record, retry_if_stuck=name in changed)
         return len(added), len(removed), len(changed)
 
     async def rescan(self) -> None:
@@ -116,7 +125,10 @@ class Supervisor:
             if record is None or name in self._inflight:
                 continue
             if due_at(record, spec) != self._scheduler.when(name):
-                await self._adopt(spec, record, write_outputs=True)
+                if record.token is not None:
+                    self._masker.add(record.token.access_token, record.token.refresh_token)
+                    await self._refresher.publish(spec, record.token, run_hooks=False)
+                self._track(spec, record)
 
     async def drain(self, grace: float) -> int:
         """Let in-flight refreshes finish for ``grace`` seconds, cancel the rest; return
@@ -136,17 +148,17 @@ class Supervisor:
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    async def _adopt(self, spec: TokenSpec, record: TokenRecord | None, *, write_outputs: bool
-                     ) -> None:
-        if record is not None and record.token is not None:
-            self._masker.add(record.token.access_token, record.token.refresh_token)
-            if write_outputs:
-                await self._refresher.publish(spec, record.token, run_hooks=False)
-        self._track(spec, record)
-
-    def _track(self, spec: TokenSpec, record: TokenRecord | None) -> None:
+    def _track(
+        self, spec: TokenSpec, record: TokenRecord | None, *, retry_if_stuck: bool = False
+    ) -> None:
         self._states[spec.name] = record.state if record else TokenState.NOT_AUTHORIZED
         due = due_at(record, spec)
+        stuck = record is not None and record.token is not None and (
+            record.state is TokenState.NEEDS_AUTHORIZATION
+        )
+        if due is None and stuck and retry_if_stuck:
+            self._forced.add(spec.name)
+            due = self._clock.now()
         if due is None:
             self._scheduler.cancel(spec.name)
         else:
@@ -159,7 +171,9 @@ class Supervisor:
             async with self._global_slots, self._app_slots[spec.name.app]:
                 if self.stopping:
                     return
-                outcome = await self._refresher.refresh(spec, app)
+                force = spec.name in self._forced
+                self._forced.discard(spec.name)
+                outcome = await self._refresher.refresh(spec, app, force=force)
             current = self._specs.get(spec.name)
             if current is None:
                 return
