@@ -23,8 +23,8 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     """Start ``tokend run`` subprocesses; every one still running is killed at the end."""
     started: list[Daemon] = []
 
-    def start(config: Path, name: str = "daemon") -> Daemon:
-        daemon = Daemon(config, tmp_path / f"{name}-{len(started)}.log")
+    def start(config: Path, name: str = "daemon", env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(config, tmp_path / f"{name}-{len(started)}.log", env)
         started.append(daemon)
         return daemon
 

@@ -102,12 +102,13 @@ def authorize(setup: Setup, user: str, scope: str) -> None:
 class Daemon:
     """``tokend run`` as a subprocess, its JSON log lines collected in a file."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tokend", "--config", str(config), "run"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
 
     def events(self) -> list[dict[str, Any]]:
@@ -144,7 +145,9 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
 class StartDaemon(Protocol):
     """The ``start_daemon`` fixture."""
 
-    def __call__(self, config: Path, name: str = "daemon") -> Daemon: ...
+    def __call__(
+        self, config: Path, name: str = "daemon", env: dict[str, str] | None = None
+    ) -> Daemon: ...
 
 
 def refreshed(daemon: Daemon, token: str) -> int:
