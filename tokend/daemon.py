@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,8 @@ import structlog
 
 from tokend.clock import Clock, SystemClock
 from tokend.config import load_config
-from tokend.errors import ConfigError
+from tokend.daemon_status import DaemonStatus, write_daemon_status
+from tokend.errors import ConfigError, TokendError
 from tokend.lock import StateDirLock
 from tokend.log import SecretMasker
 from tokend.model import Config
@@ -103,6 +105,10 @@ class Daemon:
                 asyncio.create_task(watch_config(self._config_path, self._on_file_change,
                                                  self._stop_event))
             )
+        self._status = DaemonStatus(
+            pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path)
+        )
+        await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
         self._notifier.ready(self._supervisor.status_line())
         log.info("daemon_started", tokens=len(config.tokens), config=str(self._config_path))
         try:
@@ -185,20 +191,37 @@ class Daemon:
                 load_config, self._config_path, environ=self._environ
             )
         except ConfigError as error:
-            log.error("config_reload_failed", error=str(error))
-            self._notifier.ready(f"reload failed, running the last good config: {error}")
+            await self._reload_failed(str(error))
             return
         if config.state_dir != self._state_dir:
-            log.error(
-                "config_reload_failed",
-                error=f"state_dir changed to {config.state_dir}; restart tokend to move the state",
+            await self._reload_failed(
+                f"state_dir changed to {config.state_dir}; restart tokend to move the state"
             )
-            self._notifier.ready("reload failed: state_dir changed; restart to apply")
             return
         self._warn(config)
         added, removed, changed = await self._supervisor.apply(config)
         log.info("config_reloaded", added=added, removed=removed, changed=changed)
+        await self._record_reload(None)
         self._notifier.ready(self._supervisor.status_line())
+
+    async def _reload_failed(self, error: str) -> None:
+        """Keep running on the last good config, and say so everywhere an operator looks."""
+        log.error("config_reload_failed", error=error)
+        await self._record_reload(error)
+        first_line = error.splitlines()[0] if error else error
+        self._notifier.ready(f"reload failed, running the last good config: {first_line}")
+
+    async def _record_reload(self, error: str | None) -> None:
+        self._status = replace(
+            self._status,
+            last_reload_at=self._clock.now(),
+            last_reload_ok=error is None,
+            last_reload_error=error,
+        )
+        try:
+            await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
+        except TokendError as failure:
+            log.error("daemon_status_write_failed", error=str(failure))
 
     @staticmethod
     def _warn(config: Config) -> None:
