@@ -32,3 +32,32 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     for daemon in started:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kills", type=int, default=50,
+        help="SIGKILLs in the crash-safety test (CI: 50; soak: --kills 1000)",
+    )
+    parser.addoption(
+        "--soak", action="store_true", help="run the long versions of the reliability tests",
+    )
+
+
+_FIGURES = pytest.StashKey[dict[str, str]]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Reliability figures a test measured; printed at the end of the run."""
+    return request.config.stash.setdefault(_FIGURES, {})
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    measured = config.stash.get(_FIGURES, {})
+    if measured:
+        terminalreporter.section("reliability figures")
+        for name, value in measured.items():
+            terminalreporter.write_line(f"{name}: {value}")

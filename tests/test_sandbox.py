@@ -479,3 +479,48 @@ def test_burst_of_posts_is_served_quickly(sandbox: Sandbox, http: httpx.Client) 
     assert statuses == {400}
     assert time.monotonic() - started < 5
     assert sandbox.stats()["refresh_token"] == 1000
+
+
+def test_a_delayed_answer_still_rotates(sandbox: Sandbox, http: httpx.Client) -> None:
+    """A "delay" fault does the refresh at once but answers late, like a slow server."""
+    token = new_token(sandbox, http)
+    sandbox.inject_fault("delay", seconds=0.5, grant="refresh_token")
+    started = time.monotonic()
+    response = refresh(http, token["refresh_token"])
+    assert time.monotonic() - started >= 0.5
+    assert response.status_code == 200
+    assert sandbox.refresh_token_state(response.json()["refresh_token"]) == "live"
+
+
+def test_a_dropped_answer_leaves_the_old_refresh_token_usable(
+    sandbox: Sandbox, http: httpx.Client
+) -> None:
+    """A "drop" fault rotates but never answers; retrying with the old token still works."""
+    token = new_token(sandbox, http)
+    sandbox.inject_fault("drop", grant="refresh_token")
+    with pytest.raises(httpx.TransportError):
+        refresh(http, token["refresh_token"])
+    retry = refresh(http, token["refresh_token"])
+    assert retry.status_code == 200
+    assert sandbox.token_requests()[-2][2] == 0, "the dropped request was logged as answered"
+
+
+def test_issue_token_gives_a_working_pair_without_http(
+    sandbox: Sandbox, http: httpx.Client
+) -> None:
+    """issue_token seeds tokens in bulk; the pair refreshes like an exchanged one."""
+    token = sandbox.issue_token(client_id="demo-client", user="zoe", scope="read")
+    assert me(http, token["access_token"]).json()["user"] == "zoe"
+    assert refresh(http, token["refresh_token"]).status_code == 200
+    assert sandbox.stats()["authorization_code"] == 0
+
+
+def test_issued_secrets_lists_every_token(sandbox: Sandbox, http: httpx.Client) -> None:
+    """Leak hunts need every token the server ever handed out, rotated ones included."""
+    first = new_token(sandbox, http)
+    second = refresh(http, first["refresh_token"]).json()
+    issued = set(sandbox.issued_secrets())
+    wanted = {first["access_token"], first["refresh_token"],
+              second["access_token"], second["refresh_token"]}
+    assert wanted <= issued
+    assert len(issued) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 from pathlib import Path
 from types import TracebackType
 
@@ -69,3 +70,32 @@ def running_daemon_pid(state_dir: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def owner_id() -> str:
+    """Who holds a claim: ``host:pid:start``, where ``start`` tells a reused pid apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether the process named by an :func:`owner_id` on this host has ended.
+
+    Claims of other hosts (a shared store) are never judged dead from here:
+    their lease expiry covers them.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    current = _start_time(int(pid_text))
+    return current is None or (bool(start) and current != start)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot, or ``None`` when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses; fields resume after the last ")".
+    return stat.rpartition(")")[2].split()[19]

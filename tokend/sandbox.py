@@ -15,13 +15,14 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from tokend.clock import Clock, SystemClock
 from tokend.sandbox_http import SandboxHTTPServer
 from tokend.sandbox_model import Refusal, Reply, SandboxModel, error_reply
-from tokend.sandbox_traffic import Fault, Traffic
+from tokend.sandbox_traffic import PROCESSED_FAULTS, Fault, Traffic
 
 
 class Sandbox:
@@ -149,6 +150,18 @@ class Sandbox:
         with self._lock:
             self._traffic.reset_stats()
 
+    def issue_token(
+        self, *, client_id: str, user: str = "demo", scope: str = "read+write"
+    ) -> dict[str, Any]:
+        """Issue a token pair directly, as a code exchange would: for seeding many tokens."""
+        with self._lock:
+            return self._model.issue(client_id=client_id, user=user, scope=scope)
+
+    def issued_secrets(self) -> list[str]:
+        """Every access and refresh token this sandbox ever issued."""
+        with self._lock:
+            return self._model.issued_secrets()
+
     def refresh_token_state(self, refresh_token: str) -> str:
         """live, rotated, expired, revoked or unknown."""
         with self._lock:
@@ -189,9 +202,19 @@ class _Backend:
             answer: Reply | Fault | None = None if wait is None else _rate_limited(wait)
             if answer is None:
                 answer = self._traffic.next_fault(grant)
+            if isinstance(answer, Fault) and answer.kind in PROCESSED_FAULTS:
+                fault = answer
+                answer = replace(
+                    self._model.token(form, basic),
+                    delay=fault.seconds if fault.kind == "delay" else 0.0,
+                    dropped=fault.kind == "drop",
+                )
             if answer is None:
                 answer = self._model.token(form, basic)
-            status = answer.answer_status if isinstance(answer, Fault) else answer.status
+            if isinstance(answer, Fault):
+                status = answer.answer_status
+            else:
+                status = 0 if answer.dropped else answer.status
             self._traffic.log_token_request(received, grant, status)
             return answer
 

@@ -119,7 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
             answer = backend.token_request(form, self._basic_auth())
             if isinstance(answer, Fault):
                 self._act_out(answer)
+            elif answer.dropped:
+                self._hang_up()
             else:
+                if answer.delay:
+                    backend.stopping.wait(answer.delay)
                 self._send_reply(answer)
         elif route == ("POST", "/oauth/revoke"):
             self._send_reply(backend.revoke_request(form, self._basic_auth()))
@@ -185,9 +189,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if fault.kind == "hang":
                 self.server.backend.stopping.wait(fault.seconds)
-            self.close_connection = True
-            with contextlib.suppress(OSError):  # the client gave up first
-                self.connection.shutdown(socket.SHUT_RDWR)
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close the connection without a word, as a crashing proxy would."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client gave up first
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _send_reply(self, reply: Reply) -> None:
         self._send(reply.status, json.dumps(reply.body).encode(), _JSON, reply.headers)

@@ -34,6 +34,10 @@ class Reply:
     status: int
     body: Mapping[str, Any]
     headers: tuple[tuple[str, str], ...] = ()
+    # Seconds to wait before answering, and whether to close instead of answering:
+    # the server did its work, but the client hears late or never.
+    delay: float = 0.0
+    dropped: bool = False
 
 
 def error_reply(
@@ -189,6 +193,17 @@ class SandboxModel:
             )
         self._take_up(pair)
         return Reply(200, {"user": pair.user, "scope": pair.scope})
+
+    def issue(self, *, client_id: str, user: str, scope: str) -> dict[str, Any]:
+        """A token pair as an authorization-code exchange would give it, without the HTTP."""
+        if client_id not in self._clients:
+            raise _refuse(400, "invalid_client", "Client authentication failed: unknown client.")
+        return self._token_body(self._issue(client_id, user, normalize_scope(scope), parent=None))
+
+    def issued_secrets(self) -> list[str]:
+        """Every access and refresh token ever issued, so tests can hunt for leaks."""
+        return [secret for pair in self._pairs.values()
+                for secret in (pair.access_token, pair.refresh_token)]
 
     def refresh_token_state(self, refresh_token: str) -> str:
         """live, rotated, expired, revoked or unknown."""

@@ -13,7 +13,11 @@ from dataclasses import dataclass, replace
 from tokend.clock import Clock
 from tokend.sandbox_model import GRANTS
 
-FAULT_KINDS = ("status", "hang", "close", "html", "malformed_json", "missing_fields")
+FAULT_KINDS = (
+    "status", "hang", "close", "html", "malformed_json", "missing_fields", "delay", "drop",
+)
+# Faults that let the request through to the model, then tamper with the answer.
+PROCESSED_FAULTS = ("delay", "drop")
 COUNTERS = ("authorization_code", "refresh_token", "revoke", "me", "rate_limited", "faulted")
 
 
@@ -25,7 +29,9 @@ class Fault:
     ``retry_after``); ``hang`` waits ``seconds`` then closes without answer;
     ``close`` closes at once; ``html`` is a proxy's 502 page; ``malformed_json``
     a truncated 200 body; ``missing_fields`` a 200 body without
-    ``refresh_token`` and ``expires_in``. ``grant`` limits it to one grant type.
+    ``refresh_token`` and ``expires_in``; ``delay`` does the work (a refresh
+    rotates) but answers only after ``seconds``; ``drop`` does the work and
+    closes without answer. ``grant`` limits it to one grant type.
     """
 
     kind: str
@@ -50,7 +56,7 @@ class Fault:
     def answer_status(self) -> int:
         """The status the client sees; 0 when it gets no answer at all."""
         statuses = {"status": self.status, "html": 502, "malformed_json": 200,
-                    "missing_fields": 200}
+                    "missing_fields": 200, "delay": 200}
         return statuses.get(self.kind, 0)
 
 

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +22,11 @@ from typing import Any, Protocol
 from tokend.errors import StateError
 from tokend.model import TokenName
 from tokend.oauth import Token
+
+
+def _nobody_is_dead(owner: str) -> bool:
+    """Without knowledge of liveness, every lease holder counts until its lease ends."""
+    return False
 
 
 class TokenState(StrEnum):
@@ -74,8 +79,20 @@ class StateStore(Protocol):
     def delete_token(self, name: TokenName) -> None:
         """Forget the token of ``name`` (explicit revoke): not_authorized; unknown names: no-op."""
 
-    def claim(self, name: TokenName, *, owner: str, now: float, lease: float) -> bool:
-        """Lease ``name`` to ``owner`` until ``now + lease``; ``False`` while another holds it."""
+    def claim(
+        self,
+        name: TokenName,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        holder_is_dead: Callable[[str], bool] = _nobody_is_dead,
+    ) -> bool:
+        """Lease ``name`` to ``owner`` until ``now + lease``; ``False`` while another holds it.
+
+        A holder that ``holder_is_dead`` says has died (a SIGKILLed daemon) no
+        longer counts, so a restart need not wait for its lease to run out.
+        """
 
     def release(self, name: TokenName, *, owner: str) -> None: ...
 
@@ -275,10 +292,23 @@ class SqliteStateStore(StateStore):
         with self._write("delete token") as conn:
             conn.execute(_DELETE, _key(name))
 
-    def claim(self, name: TokenName, *, owner: str, now: float, lease: float) -> bool:
+    def claim(
+        self,
+        name: TokenName,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        holder_is_dead: Callable[[str], bool] = _nobody_is_dead,
+    ) -> bool:
         with self._write("claim lease") as conn:
             held = conn.execute(_LEASE_HOLDER, _key(name)).fetchone()
-            if held is not None and held[0] != owner and held[1] > now:
+            if (
+                held is not None
+                and held[0] != owner
+                and held[1] > now
+                and not holder_is_dead(held[0])
+            ):
                 return False
             conn.execute(_LEASE_TAKE, (*_key(name), owner, now + lease))
             return True
