@@ -161,7 +161,7 @@ def test_backoff_is_capped() -> None:
 
 def test_backoff_jitter_stays_between_half_and_full_delay() -> None:
     """Tokens failing together retry spread out, each within [delay/2, delay]."""
-    rng = random.Random(7)  # noqa: S311 -- seeded jitter for a repeatable test, not crypto
+    rng = random.Random(7)
     delays = [backoff_delay(3, RETRY, retry_after=None, random=rng.random) for _ in range(1000)]
     assert all(20.0 <= delay <= 40.0 for delay in delays)
     assert max(delays) - min(delays) > 15.0
@@ -244,7 +244,7 @@ def test_due_order_matches_the_latest_schedule(ops: list[tuple[int, float | None
 
 def test_100k_tokens_schedule_quickly() -> None:
     """A very large deployment is scheduled and drained in moments, in due order."""
-    rng = random.Random(1)  # noqa: S311 -- seeded test data, not crypto
+    rng = random.Random(1)
     at = {TokenName("app", f"u{i}", "read"): rng.uniform(0, 1e6) for i in range(100_000)}
     started = time.monotonic()
     scheduler = Scheduler()
