@@ -362,3 +362,49 @@ def test_reading_100k_tokens_is_fast(store: StateStore) -> None:
     elapsed = time.monotonic() - started
     assert len(records) == 100_000
     assert elapsed < 5.0
+
+
+def test_a_problem_marks_the_token_failing_and_clearing_it_restores_ok(
+    store: StateStore,
+) -> None:
+    """An output problem shows as failing with its message, and clears without a refresh."""
+    store.save_token(NAME, make_token(1), now=1000.0)
+    store.set_problem(NAME, error="outputs: /run/x: Read-only file system")
+    failing = store.get(NAME)
+    assert failing is not None
+    assert failing.state is TokenState.FAILING
+    assert failing.last_error == "outputs: /run/x: Read-only file system"
+    assert failing.consecutive_failures == 0
+    store.set_problem(NAME, error=None)
+    healed = store.get(NAME)
+    assert healed is not None and healed.token == make_token(1)
+    assert healed.state is TokenState.OK
+    assert healed.last_error is None
+
+
+def test_a_problem_of_an_unauthorized_token_changes_nothing(store: StateStore) -> None:
+    """Only a stored token can have an output problem; a never-authorized one stays absent."""
+    store.set_problem(NAME, error="x")
+    assert store.get(NAME) is None
+
+
+def test_a_dead_holder_no_longer_blocks_a_claim(state_dir: Path) -> None:
+    """A SIGKILLed daemon's lease is taken over at once when its death is known."""
+    first, second = SqliteStateStore(state_dir), SqliteStateStore(state_dir)
+    try:
+        assert first.claim(NAME, owner="dead-one", now=100.0, lease=60.0)
+        assert not second.claim(NAME, owner="next", now=101.0, lease=60.0)
+        assert second.claim(
+            NAME, owner="next", now=101.0, lease=60.0,
+            holder_is_dead=lambda owner: owner == "dead-one",
+        )
+    finally:
+        first.close()
+        second.close()
+
+
+def test_leases_leave_the_store_fully_durable(store: SqliteStateStore) -> None:
+    """Claims skip the fsync, but token commits after them are synchronous=FULL again."""
+    assert store.claim(NAME, owner="me", now=1.0, lease=5.0)
+    store.release(NAME, owner="me")
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
