@@ -13,6 +13,7 @@ one-line message and an exit code)::
     │   └── PermanentOAuthError     a person must act: invalid_grant,
     │                               invalid_client, other 4xx
     ├── StateError                  the state store cannot be opened or written
+    │   └── AlreadyRunningError     another daemon holds the state directory
     ├── OutputError                 an output file cannot be written
     └── NotFoundError               a token name matches nothing (or too much)
 
@@ -89,6 +90,10 @@ class PermanentOAuthError(OAuthError):
 
 class StateError(TokendError):
     """The state store cannot be opened, migrated or written."""
+
+
+class AlreadyRunningError(StateError):
+    """Another tokend daemon already runs on the same state directory."""
 
 
 class OutputError(TokendError):

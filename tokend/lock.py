@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from tokend.errors import StateError
+from tokend.errors import AlreadyRunningError, StateError
 
 LOCK_NAME = "tokend.pid"
 
@@ -27,18 +27,26 @@ class StateDirLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StateDirLock:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as error:
+            raise StateError(f"cannot use state directory {self.path.parent}: "
+                             f"{error.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise StateError(
+            raise AlreadyRunningError(
                 f"another tokend (pid {holder}) is already running on {self.path.parent}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as error:
+            os.close(fd)
+            raise StateError(f"cannot write {self.path}: {error.strerror}") from None
         self._fd = fd
         return self
 
