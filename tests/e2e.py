@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
 
 from tokend.sandbox import Sandbox
 
@@ -29,6 +34,8 @@ class Setup:
     extra_token_yaml: dict[str, str] = field(default_factory=dict)
     extra_outputs_yaml: dict[str, str] = field(default_factory=dict)
     defaults_yaml: str = "  refresh_at: 0.5\n  retry: {initial: 1s, max: 4s}\n"
+    top_level_yaml: str = ""
+    """More top-level keys (such as a ``metrics:`` block), each line ending in a newline."""
 
     @property
     def config(self) -> Path:
@@ -67,6 +74,7 @@ class Setup:
             )
         return (
             f"state_dir: {self.state_dir}\n"
+            f"{self.top_level_yaml}"
             f"defaults:\n{self.defaults_yaml}"
             f"applications:\n"
             f"  app:\n"
@@ -153,3 +161,33 @@ class StartDaemon(Protocol):
 def refreshed(daemon: Daemon, token: str) -> int:
     """How many times the daemon logged ``token_refreshed`` for ``token``."""
     return sum(1 for event in daemon.named("token_refreshed") if event.get("token") == token)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def key_from_authorization_page(link: str, user: str) -> str:
+    """What a person does with an oob link: open it, approve as ``user``, read the key."""
+    page = httpx.get(f"{link}&user={quote(user)}", timeout=10.0)
+    page.raise_for_status()
+    match = re.search(r'<code id="authorization_code">([^<]+)</code>', page.text)
+    assert match is not None, "the authorization page shows no key"
+    return match.group(1)
+
+
+def with_app_settings(setup: Setup, yaml: str) -> Path:
+    """Write ``setup``'s config with extra application keys (``redirect_uri: …``)."""
+    config = setup.write()
+    text = setup.render().replace("    client_id:", f"{yaml}    client_id:", 1)
+    config.write_text(text)
+    return config
+
+
+def sandbox_with_lifetime(seconds: float) -> Sandbox:
+    """A sandbox for the e2e client whose access tokens live ``seconds`` (use with ``with``)."""
+    return Sandbox(access_token_lifetime=seconds, clients={CLIENT_ID: CLIENT_SECRET})

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
+from collections.abc import Callable
+from typing import TextIO
 
 import structlog
 
 from tokend.clock import Clock
+from tokend.errors import ConfigError
 from tokend.factorial import Factorial
 from tokend.hooks import hook_environment, run_hook
+from tokend.listen import Listener, listen_address
 from tokend.lock import running_daemon_pid
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenSpec
@@ -23,6 +28,8 @@ from tokend.outputs import write_outputs
 from tokend.state import StateStore
 
 log = structlog.get_logger(__name__)
+
+PROMPT = "Authorization required. Follow this link and store your authorization key:"
 
 
 def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = None) -> str:
@@ -35,6 +42,41 @@ def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = N
         base_url=app.base_url,
         state=state,
     )
+
+
+def obtain_key(
+    config: Config,
+    spec: TokenSpec,
+    *,
+    listen: bool,
+    timeout: float,
+    out: TextIO,
+    read_key: Callable[[], str],
+) -> str:
+    """Show the link and get the authorization key: from ``read_key`` (the ``--key``
+    argument or a prompt), or with ``listen`` from the browser's redirect.
+
+    The listener is bound before the link is shown, so a quick browser cannot
+    arrive before it; the link's random ``state`` is what the listener checks.
+    """
+    listener = None
+    state = None
+    if listen:
+        app = config.applications[spec.name.app]
+        address = listen_address(app.redirect_uri)
+        if address is None:
+            raise ConfigError(
+                f"--listen needs an http://127.0.0.1:PORT/... or http://localhost:PORT/... "
+                f"redirect_uri; application {app.name!r} has {app.redirect_uri!r}"
+            )
+        state = secrets.token_urlsafe(24)
+        listener = Listener(address, state)
+    print(PROMPT, file=out)
+    print(authorization_link(config, spec, state=state), file=out, flush=True)
+    if listener is None:
+        return read_key().strip()
+    print(f"Waiting up to {timeout:g} s for the browser to come back...", file=out, flush=True)
+    return listener.wait(timeout)
 
 
 def exchange_and_store(

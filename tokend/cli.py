@@ -17,18 +17,27 @@ from tokend import __version__
 
 if TYPE_CHECKING:
     from tokend.log import SecretMasker
+    from tokend.model import Config, TokenSpec
+    from tokend.state import StateStore
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+_NAME_HELP = "APP/USER/SCOPE (the scope may be left out if unique)"
 
 
 def _config_path(args: argparse.Namespace) -> Path:
     if args.config is not None:
         return Path(args.config)
-    from tokend.config import default_config_path
+    from tokend.quickconfig import quick_config_path  # not tokend.config: no pydantic here
 
-    return default_config_path()
+    return quick_config_path()
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from tokend.config import load_config
+
+    return load_config(_config_path(args))
 
 
 def _masker_and_logging(args: argparse.Namespace, *, level: str | None = None) -> SecretMasker:
@@ -55,9 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     masker = _masker_and_logging(args, level=args.log_level if args.verbose else "warning")
     try:
-        return run_demo(
-            duration=args.duration, lifetime=args.lifetime, masker=masker, out=sys.stdout
-        )
+        return run_demo(duration=args.duration, lifetime=args.lifetime, masker=masker,
+                        out=sys.stdout)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -71,19 +79,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     for pair in args.client or ["demo-client:demo-secret"]:
         client_id, sep, secret = pair.partition(":")
         if not sep or not client_id or not secret:
-            raise _usage(f"--client {pair!r} must be ID:SECRET")
+            raise _UsageError(f"--client {pair!r} must be ID:SECRET")
         clients[client_id] = secret
     try:
         sandbox = Sandbox(
-            host=args.host,
-            port=args.port,
+            host=args.host, port=args.port, clients=clients,
             access_token_lifetime=parse_duration(args.access_token_lifetime),
             refresh_token_lifetime=parse_duration(args.refresh_token_lifetime),
-            rate_limit=None if args.rate_limit == "off" else parse_rate(args.rate_limit),
-            clients=clients,
-        )
+            rate_limit=None if args.rate_limit == "off" else parse_rate(args.rate_limit))
     except ValueError as error:
-        raise _usage(str(error)) from None
+        raise _UsageError(str(error)) from None
     sandbox.start()
     print(sandbox.url, flush=True)
     try:
@@ -95,56 +100,134 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_authorize(args: argparse.Namespace) -> int:
-    """Authorize one token: print the link, read the key, store the token."""
-    from tokend.authorize import authorization_link, exchange_and_store
-    from tokend.clock import SystemClock
-    from tokend.config import load_config
-    from tokend.model import resolve_token
+def _with_store(args: argparse.Namespace, work: Callable[[Config, StateStore, SecretMasker], int]
+                ) -> int:
+    """Set up logging, load the config, open the store, run ``work``, close the store."""
     from tokend.state import SqliteStateStore
 
     masker = _masker_and_logging(args)
-    config = load_config(_config_path(args))
-    spec = resolve_token(config, args.name)
-    print("Authorization required. Follow this link and store your authorization key:")
-    print(authorization_link(config, spec), flush=True)
-    key = args.key
-    if key is None:
-        if not sys.stdin.isatty():
-            raise _usage("no terminal to read the authorization key from; pass --key KEY")
-        key = input("Authorization key: ").strip()
-    if not key:
-        raise _usage("the authorization key is empty")
+    config = _load(args)
     store = SqliteStateStore(config.state_dir)
     try:
-        token = exchange_and_store(
-            config, spec, key, store=store, clock=SystemClock(), masker=masker
-        )
+        return work(config, store, masker)
     finally:
         store.close()
-    print(f"{spec.name} authorized; access token valid until {token.expires_at.isoformat()}")
+
+
+def _specs(config: Config, names: Sequence[str]) -> list[TokenSpec]:
+    """The tokens ``names`` mean (each once, in order), or every configured token."""
+    from tokend.model import resolve_token
+
+    return list(dict.fromkeys(resolve_token(config, name) for name in names)) or list(
+        config.tokens)
+
+
+def cmd_authorize(args: argparse.Namespace) -> int:
+    """Authorize one token: print the link, get the key, store the token, write its outputs."""
+    from tokend.authorize import exchange_and_store, obtain_key
+    from tokend.clock import SystemClock
+
+    def read_key() -> str:
+        if args.key is not None:
+            return str(args.key)
+        if not sys.stdin.isatty():
+            raise _UsageError("no terminal to read the authorization key from; pass --key=KEY")
+        return input("Authorization key: ")
+
+    def work(config: Config, store: StateStore, masker: SecretMasker) -> int:
+        (spec,) = _specs(config, [args.name])
+        key = obtain_key(config, spec, listen=args.listen, timeout=args.timeout,
+                         out=sys.stdout, read_key=read_key)
+        if not key:
+            raise _UsageError("the authorization key is empty")
+        token = exchange_and_store(config, spec, key, store=store, clock=SystemClock(),
+                                   masker=masker)
+        print(f"{spec.name} authorized; access token valid until {token.expires_at.isoformat()}")
+        return EXIT_OK
+
+    return _with_store(args, work)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show every token's state, expiries and last error, and the daemon's health."""
+    import time
+
+    from tokend.status import build_report, render_json, render_text, stored_records
+
+    config = _load(args)
+    now = time.time()
+    report = build_report(config, _specs(config, args.names), stored_records(config.state_dir),
+                          now=now)
+    print(render_json(report) if args.json else render_text(report, now=now))
+    return EXIT_OK if report.healthy else EXIT_FAILURE
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print the current access token; exit 1 when there is no valid one."""
+    import time
+
+    from tokend.quickconfig import quick_state_dir
+    from tokend.quicktoken import current_access_token
+
+    state_dir = quick_state_dir(_config_path(args))
+    print(current_access_token(state_dir, args.name, now=time.time()))
     return EXIT_OK
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """Refresh the due tokens now (all of them with --force), exactly as the daemon does."""
+    from tokend.clock import SystemClock
+    from tokend.operator import refresh_tokens
+
+    def work(config: Config, store: StateStore, masker: SecretMasker) -> int:
+        lines = refresh_tokens(config, _specs(config, args.names), force=args.force,
+                               explicit=bool(args.names), store=store, clock=SystemClock(),
+                               masker=masker)
+        print("\n".join(line.text for line in lines))
+        return EXIT_FAILURE if any(line.failed for line in lines) else EXIT_OK
+
+    return _with_store(args, work)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke a token at the server, forget it and remove its outputs."""
+    from tokend.clock import SystemClock
+    from tokend.operator import revoke
+
+    def work(config: Config, store: StateStore, masker: SecretMasker) -> int:
+        (spec,) = _specs(config, [args.name])
+        print(revoke(config, spec, local_only=args.local_only, store=store, clock=SystemClock(),
+                     masker=masker))
+        return EXIT_OK
+
+    return _with_store(args, work)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and what it points at: secrets, folders, URLs, rate limits."""
+    from tokend.check import check_config
+    from tokend.status import stored_records
+
+    config = _load(args)
+    records = stored_records(config.state_dir)
+    lifetimes = {r.name: r.token.expires_in for r in records if r.token is not None}
+    report = check_config(config, lifetimes=lifetimes)
+    print(report.render())
+    return EXIT_FAILURE if report.problems else EXIT_OK
 
 
 class _UsageError(Exception):
     """A command line that cannot be carried out as written."""
 
 
-def _usage(message: str) -> _UsageError:
-    return _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, with an example in every verb's help."""
     parser = argparse.ArgumentParser(
         prog="tokend",
-        description="Keep OAuth access tokens for the Factorial HR API fresh, forever.",
-    )
+        description="Keep OAuth access tokens for the Factorial HR API fresh, forever.")
     parser.add_argument("--version", action="version", version=f"tokend {__version__}")
     parser.add_argument(
-        "--config",
-        help="config file (default: $TOKEND_CONFIG, else /etc/tokend/config.yaml)",
-    )
+        "--config", help="config file (default: $TOKEND_CONFIG, else /etc/tokend/config.yaml)")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="log verbosity; debug also shows tracebacks (default: info)",
@@ -166,9 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verb("demo", cmd_demo, "tokend demo --duration 60")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
-    demo.add_argument(
-        "--lifetime", type=float, default=20.0, help="access-token lifetime in seconds (20)"
-    )
+    demo.add_argument("--lifetime", type=float, default=20.0,
+                      help="access-token lifetime in seconds (20)")
     demo.add_argument("--verbose", action="store_true", help="also show the daemon's log")
 
     sandbox = verb("sandbox", cmd_sandbox, "tokend sandbox --port 8000 --client app:secret")
@@ -177,14 +259,39 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--access-token-lifetime", default="1h")
     sandbox.add_argument("--refresh-token-lifetime", default="7d")
     sandbox.add_argument("--rate-limit", default="200/min", help="POST limit, or 'off'")
-    sandbox.add_argument(
-        "--client", action="append", metavar="ID:SECRET",
-        help="register a client (repeatable; default demo-client:demo-secret)",
-    )
+    sandbox.add_argument("--client", action="append", metavar="ID:SECRET",
+                         help="register a client (repeatable; default demo-client:demo-secret)")
 
-    authorize = verb("authorize", cmd_authorize, "tokend authorize payroll/alice/read")
-    authorize.add_argument("name", help="APP/USER/SCOPE (the scope may be left out if unique)")
-    authorize.add_argument("--key", help="the authorization key, instead of a prompt")
+    authorize = verb("authorize", cmd_authorize, "tokend authorize payroll/alice/read\n"
+                     "  tokend authorize payroll/alice --key=-KEY-STARTING-WITH-A-DASH\n"
+                     "  tokend authorize payroll/alice/read --listen --timeout 120")
+    authorize.add_argument("name", help=_NAME_HELP)
+    authorize.add_argument("--key", help="the authorization key, instead of a prompt; write "
+                           "--key=KEY when it starts with '-'")
+    authorize.add_argument("--listen", action="store_true",
+                           help="catch the key with a local listener on the http://127.0.0.1:PORT"
+                           " or http://localhost:PORT redirect_uri")
+    authorize.add_argument("--timeout", type=float, default=300.0,
+                           help="with --listen, give up after this many seconds (300)")
+
+    status = verb("status", cmd_status, "tokend status --json payroll/alice")
+    status.add_argument("names", nargs="*", metavar="NAME", help="only these tokens")
+    status.add_argument("--json", action="store_true", help="one JSON object (see README)")
+
+    token = verb("token", cmd_token,
+                 'curl -H "Authorization: Bearer $(tokend token payroll/alice)" ...')
+    token.add_argument("name", help=_NAME_HELP)
+
+    refresh = verb("refresh", cmd_refresh, "tokend refresh --force payroll/alice/read")
+    refresh.add_argument("names", nargs="*", metavar="NAME", help="only these tokens")
+    refresh.add_argument("--force", action="store_true", help="refresh even if not due yet")
+
+    revoke = verb("revoke", cmd_revoke, "tokend revoke payroll/alice/read")
+    revoke.add_argument("name", help=_NAME_HELP)
+    revoke.add_argument("--local-only", action="store_true",
+                        help="do not call the server (it is gone); only forget the token here")
+
+    verb("check", cmd_check, "tokend --config /etc/tokend/config.yaml check")
     return parser
 
 
@@ -196,11 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         status: int = args.func(args)
-    except _UsageError as error:
-        parser.error(str(error))
-    except (ConfigError, NotFoundError) as error:
+    except (_UsageError, ConfigError, NotFoundError) as error:
         return _fail(args, error, EXIT_USAGE)
-    except TokendError as error:
+    except (TokendError, OSError) as error:
         return _fail(args, error, EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130

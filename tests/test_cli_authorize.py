@@ -1,0 +1,137 @@
+"""``tokend authorize`` end to end: a person, a browser, the sandbox and a running daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.e2e import (
+    Setup,
+    StartDaemon,
+    authorize,
+    free_port,
+    key_from_authorization_page,
+    refreshed,
+    tokend,
+    wait_for,
+    with_app_settings,
+)
+from tokend.sandbox import Sandbox
+
+PROMPT = "Authorization required. Follow this link and store your authorization key:"
+
+
+def _start(config: Path, *args: str, stdin: int | None = subprocess.DEVNULL) -> (
+    subprocess.Popen[str]
+):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokend", "--config", str(config), "authorize", *args],
+        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_oob_flow_link_then_key_at_the_prompt_then_token_and_outputs(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The seed's text and link, the key typed at a terminal, and the token in every output."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")])
+    setup.write()
+    master, slave = pty.openpty()
+    process = _start(setup.config, "app/alice", stdin=slave)
+    os.close(slave)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == PROMPT + "\n"
+        link = process.stdout.readline().strip()
+        assert link.startswith(f"{sandbox.url}/oauth/authorize?client_id=e2e-client&")
+        assert "scope=read&" in link or link.endswith("scope=read")
+        key = key_from_authorization_page(link, "alice")
+        os.write(master, f"{key}\n".encode())
+        out, err = process.communicate(timeout=30)
+    finally:
+        os.close(master)
+    assert process.returncode == 0, err
+    assert "app/alice/read authorized; access token valid until" in out
+    current = tokend("token", "app/alice/read", config=setup.config)
+    assert current.returncode == 0
+    token = current.stdout.removesuffix("\n")
+    assert setup.output("alice", "read", "token").read_text() == token, "token output differs"
+    assert setup.output("alice", "read", "env").read_text() == f"FACTORIAL_ACCESS_TOKEN={token}\n"
+    document = json.loads(setup.output("alice", "read", "json").read_text())
+    assert document["access_token"] == token, "json output differs"
+    assert httpx.get(f"{sandbox.url}/api/v1/me", timeout=5,
+                     headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def _listen_setup(tmp_path: Path, sandbox: Sandbox) -> tuple[Setup, str]:
+    setup = Setup(tmp_path, sandbox, [("alice", "read")])
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    with_app_settings(setup, f"    redirect_uri: {redirect}\n")
+    return setup, redirect
+
+
+def test_listen_flow_the_browser_brings_the_code_and_forgeries_are_refused(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Following the link lands on the listener; a request with another state is refused."""
+    setup, redirect = _listen_setup(tmp_path, sandbox)
+    process = _start(setup.config, "app/alice/read", "--listen", "--timeout", "20")
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == PROMPT + "\n"
+        link = process.stdout.readline().strip()
+        assert "state=" in link
+        forged = httpx.get(redirect, params={"code": "forged", "state": "guess"}, timeout=5)
+        assert forged.status_code == 400
+        page = httpx.get(f"{link}&user=alice", follow_redirects=True, timeout=10)
+        assert page.status_code == 200
+        assert "close this window" in page.text
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
+    assert "app/alice/read authorized" in out
+    assert sandbox.stats()["authorization_code"] == 1
+    assert setup.output("alice", "read", "token").exists()
+
+
+def test_listen_times_out_with_one_clear_line(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Nobody opens the link: exit 1 after --timeout, one line on stderr, no traceback."""
+    setup, _redirect = _listen_setup(tmp_path, sandbox)
+    started = time.monotonic()
+    result = tokend("authorize", "app/alice/read", "--listen", "--timeout", "1",
+                    config=setup.config)
+    assert result.returncode == 1
+    assert result.stderr.startswith("tokend: error: no authorization arrived within 1 s")
+    assert len(result.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 10
+    assert not setup.output("alice", "read", "token").exists()
+
+
+def test_a_running_daemon_picks_up_an_authorization_within_a_second(
+    tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """No restart: the daemon schedules the new token at once (here: refreshes it at once)."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")],
+                  defaults_yaml="  refresh_at: 0.1\n  retry: {initial: 1s, max: 4s}\n")
+    setup.write()
+    daemon = start_daemon(setup.config)
+    wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
+    authorize(setup, "alice", "read")
+    wait_for(lambda: refreshed(daemon, "app/alice/read") >= 1, 1.0,
+             "the daemon to refresh the newly authorized token")
+    status = tokend("status", "--json", config=setup.config)
+    document = json.loads(status.stdout)
+    assert document["daemon"]["running"] is True
+    assert document["daemon"]["pid"] == daemon.process.pid
+    assert [row["state"] for row in document["tokens"]] == ["ok"]
+    assert status.returncode == 0
+    assert daemon.stop() == 0

@@ -1,0 +1,185 @@
+"""``tokend refresh`` and ``revoke`` by hand, with and without a running daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import (
+    Setup,
+    StartDaemon,
+    authorize,
+    refreshed,
+    sandbox_with_lifetime,
+    tokend,
+    wait_for,
+)
+from tokend.model import TokenName
+from tokend.sandbox import Sandbox
+from tokend.state import SqliteStateStore
+
+TOKENS = [("alice", "read"), ("bob", "read"), ("carol", "read")]
+
+
+@pytest.fixture
+def hour_sandbox() -> Iterator[Sandbox]:
+    """Hour-long access tokens: nothing comes due or expires while a test runs slowly."""
+    with sandbox_with_lifetime(3600) as server:
+        yield server
+
+
+def _stored_refresh_token(setup: Setup, user: str) -> str | None:
+    store = SqliteStateStore(setup.state_dir)
+    try:
+        record = store.get(TokenName("app", user, "read"))
+    finally:
+        store.close()
+    return None if record is None or record.token is None else record.token.refresh_token
+
+
+def test_refresh_skips_tokens_that_are_not_due(tmp_path: Path, hour_sandbox: Sandbox) -> None:
+    """Without --force only due tokens are refreshed; the others say when they will be."""
+    sandbox = hour_sandbox
+    setup = Setup(tmp_path, sandbox, TOKENS[:2])
+    setup.write()
+    authorize(setup, "alice", "read")
+    result = tokend("refresh", config=setup.config)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("app/alice/read: skipped; not due until ")
+    assert lines[1].startswith("app/bob/read: skipped; not authorized")
+    assert sandbox.stats()["refresh_token"] == 0
+    named = tokend("refresh", "app/bob/read", config=setup.config)
+    assert named.returncode == 1, "a named token that cannot be refreshed is a failure"
+
+
+def test_forced_refresh_writes_outputs_and_runs_hooks_like_the_daemon(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """--force rotates the token, rewrites every output and runs on_refresh."""
+    marker = tmp_path / "hook.log"
+    hook = f"        on_refresh: [sh, -c, 'echo \"$TOKEND_TOKEN\" >> {marker}']\n"
+    setup = Setup(tmp_path, sandbox, TOKENS[:1], {"alice": hook})
+    setup.write()
+    authorize(setup, "alice", "read")
+    before = setup.output("alice", "read", "token").read_text()
+    result = tokend("refresh", "--force", config=setup.config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("app/alice/read: refreshed; valid until ")
+    after = setup.output("alice", "read", "token").read_text()
+    assert after != before, "the output still holds the old token"
+    assert tokend("token", "app/alice", config=setup.config).stdout == after + "\n", "differs"
+    assert marker.read_text().splitlines() == ["app/alice/read", "app/alice/read"]
+
+
+def test_concurrent_refreshes_and_a_daemon_never_refresh_a_token_twice(
+    tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """Every refresh request the sandbox saw is one committed rotation; none was refused."""
+    # refresh_at 0.3: the daemon wants each token again ~1 s after any rotation, so it
+    # keeps competing with the forced CLI refreshes instead of being pushed back by them.
+    setup = Setup(tmp_path, sandbox, TOKENS,
+                  defaults_yaml="  refresh_at: 0.3\n  retry: {initial: 1s, max: 4s}\n")
+    setup.write()
+    for user, scope in TOKENS:
+        authorize(setup, user, scope)
+    daemon = start_daemon(setup.config)
+    wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
+    argv = [sys.executable, "-m", "tokend", "--config", str(setup.config), "refresh", "--force"]
+    outputs: list[str] = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        batch = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 stdin=subprocess.DEVNULL, text=True) for _ in range(2)]
+        for process in batch:
+            out, _ = process.communicate(timeout=30)
+            assert process.returncode == 0, out
+            outputs.append(out)
+    assert daemon.stop() == 0
+
+    cli = sum(line.count(": refreshed;") for line in outputs)
+    by_daemon = sum(refreshed(daemon, f"app/{user}/read") for user, _ in TOKENS)
+    assert cli >= 2 and by_daemon >= 2, f"too little concurrency to prove much: {cli}, {by_daemon}"
+
+    requests = [status for _at, grant, status in sandbox.token_requests()
+                if grant == "refresh_token"]
+    assert requests == [200] * len(requests), "a refresh was refused"
+    assert sandbox.stats()["refresh_token"] == cli + by_daemon
+    # The sandbox has no public view of its token chain; each refreshed pair names the
+    # refresh token it replaced, so a refresh token used twice shows up as a repeated parent.
+    parents = [pair.parent for pair in sandbox._model._pairs.values() if pair.parent]
+    assert len(parents) == cli + by_daemon
+    assert len(set(parents)) == len(parents), "a refresh token was used twice"
+    for user, _ in TOKENS:
+        token = _stored_refresh_token(setup, user)
+        assert token is not None and sandbox.refresh_token_state(token) == "live", user
+
+
+def test_revoke_kills_the_token_at_the_server_and_removes_the_outputs(
+    tmp_path: Path, hour_sandbox: Sandbox
+) -> None:
+    """After revoke the refresh token is dead, the files are gone, the state not_authorized."""
+    sandbox = hour_sandbox
+    setup = Setup(tmp_path, sandbox, TOKENS[:2])
+    setup.write()
+    authorize(setup, "alice", "read")
+    authorize(setup, "bob", "read")
+    refresh_token = _stored_refresh_token(setup, "alice")
+    assert refresh_token is not None
+    result = tokend("revoke", "app/alice", config=setup.config)
+    assert result.returncode == 0, result.stderr
+    assert "revoked at the server and locally" in result.stdout
+    assert sandbox.refresh_token_state(refresh_token) == "revoked"
+    assert not any(setup.output("alice", "read", s).exists() for s in ("token", "env", "json"))
+    assert setup.output("bob", "read", "token").exists()
+    status = json.loads(tokend("status", "--json", config=setup.config).stdout)
+    assert [row["state"] for row in status["tokens"]] == ["not_authorized", "ok"]
+    assert tokend("token", "app/alice/read", config=setup.config).returncode == 1
+
+
+def test_revoke_with_a_running_daemon_stops_its_refreshes(
+    tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """The daemon forgets a revoked token at once: no refresh, no error, no file brought back."""
+    setup = Setup(tmp_path, sandbox, TOKENS[:2])
+    setup.write()
+    authorize(setup, "alice", "read")
+    authorize(setup, "bob", "read")
+    daemon = start_daemon(setup.config)
+    wait_for(lambda: refreshed(daemon, "app/alice/read") >= 1, 10, "a first refresh")
+    assert tokend("revoke", "app/alice/read", config=setup.config).returncode == 0
+    alice = refreshed(daemon, "app/alice/read")
+    bob = refreshed(daemon, "app/bob/read")
+    wait_for(lambda: refreshed(daemon, "app/bob/read") >= bob + 1, 10, "bob to go on")
+    time.sleep(0.5)
+    assert refreshed(daemon, "app/alice/read") == alice
+    assert not daemon.named("needs_authorization") and not daemon.named("refresh_failed")
+    assert not setup.output("alice", "read", "token").exists()
+    assert daemon.stop() == 0
+
+
+def test_revoke_keeps_everything_when_the_server_cannot_be_reached(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Nothing is deleted on a failed revoke; --local-only forgets the token anyway."""
+    setup = Setup(tmp_path, sandbox, TOKENS[:1])
+    setup.write()
+    authorize(setup, "alice", "read")
+    sandbox.stop()
+    failed = tokend("revoke", "app/alice/read", config=setup.config)
+    assert failed.returncode == 1
+    assert "nothing was deleted" in failed.stderr and "--local-only" in failed.stderr
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert setup.output("alice", "read", "token").exists()
+    assert _stored_refresh_token(setup, "alice") is not None
+    local = tokend("revoke", "--local-only", "app/alice/read", config=setup.config)
+    assert local.returncode == 0
+    assert "locally only" in local.stdout
+    assert not setup.output("alice", "read", "token").exists()
+    assert _stored_refresh_token(setup, "alice") is None

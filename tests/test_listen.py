@@ -1,0 +1,117 @@
+"""``authorize --listen``: the one-shot listener takes the real redirect and nothing else."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tokend.errors import TokendError
+from tokend.listen import ListenAddress, Listener, listen_address
+
+STATE = "expected-state-value"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("http://127.0.0.1:8765/callback", ListenAddress("127.0.0.1", 8765, "/callback")),
+        ("http://localhost:9000", ListenAddress("127.0.0.1", 9000, "/")),
+        ("urn:ietf:wg:oauth:2.0:oob", None),
+        ("https://127.0.0.1:8765/callback", None),
+        ("http://example.com:8765/callback", None),
+        ("http://127.0.0.1/callback", None),
+    ],
+)
+def test_only_loopback_http_with_a_port_can_be_listened_on(
+    uri: str, expected: ListenAddress | None
+) -> None:
+    """--listen works for http://127.0.0.1:PORT/… and http://localhost:PORT/… only."""
+    assert listen_address(uri) == expected
+
+
+@pytest.fixture
+def listening() -> Iterator[tuple[str, list[object]]]:
+    """A listener waiting (up to 5 s) in a thread; the list receives its code or error."""
+    port = free_port()
+    listener = Listener(ListenAddress("127.0.0.1", port, "/callback"), STATE)
+    result: list[object] = []
+
+    def wait() -> None:
+        try:
+            result.append(listener.wait(5.0))
+        except TokendError as error:
+            result.append(error)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/callback", result
+    thread.join(10)
+
+
+def test_the_right_state_brings_the_code_and_a_closing_page(
+    listening: tuple[str, list[object]],
+) -> None:
+    """The browser lands on "you can close this window" and the code reaches tokend."""
+    url, result = listening
+    page = httpx.get(url, params={"code": "the-code", "state": STATE}, timeout=5)
+    assert page.status_code == 200
+    assert "close this window" in page.text
+    time.sleep(0.1)
+    assert result == ["the-code"]
+
+
+def test_a_forged_state_is_refused_and_the_listener_keeps_waiting(
+    listening: tuple[str, list[object]],
+) -> None:
+    """A request without the link's state gets 400; the real one still works afterwards."""
+    url, result = listening
+    forged = httpx.get(url, params={"code": "evil", "state": "guessed"}, timeout=5)
+    missing = httpx.get(url, params={"code": "evil"}, timeout=5)
+    elsewhere = httpx.get(url.replace("/callback", "/favicon.ico"), timeout=5)
+    assert (forged.status_code, missing.status_code, elsewhere.status_code) == (400, 400, 404)
+    assert result == []
+    httpx.get(url, params={"code": "real", "state": STATE}, timeout=5)
+    time.sleep(0.1)
+    assert result == ["real"]
+
+
+def test_a_refusal_by_the_server_ends_the_wait_with_its_reason(
+    listening: tuple[str, list[object]],
+) -> None:
+    """When the person clicks "deny", tokend says so instead of waiting for the timeout."""
+    url, result = listening
+    params = {"error": "access_denied", "error_description": "denied", "state": STATE}
+    assert httpx.get(url, params=params, timeout=5).status_code == 400
+    time.sleep(0.1)
+    assert len(result) == 1 and "refused: denied" in str(result[0])
+
+
+def test_waiting_times_out_with_a_clear_message() -> None:
+    """Nobody comes: after the timeout the error says what happened and what to do."""
+    listener = Listener(ListenAddress("127.0.0.1", free_port(), "/"), STATE)
+    started = time.monotonic()
+    with pytest.raises(TokendError, match=r"no authorization arrived within 0\.3 s"):
+        listener.wait(0.3)
+    assert time.monotonic() - started < 2
+
+
+def test_a_busy_port_is_a_clear_error() -> None:
+    """If something else holds the redirect's port, the error names it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(TokendError, match=f"cannot listen on 127.0.0.1:{port}"):
+            Listener(ListenAddress("127.0.0.1", port, "/"), STATE)

@@ -1,0 +1,140 @@
+"""``tokend token``'s fast path: the same state_dir as the full loader, without its imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tokend.config import default_config_path, load_config
+from tokend.errors import ConfigError, NotFoundError
+from tokend.model import TokenName
+from tokend.oauth import Token
+from tokend.quickconfig import quick_config_path, quick_state_dir
+from tokend.quicktoken import NoValidTokenError, current_access_token
+from tokend.state import SqliteStateStore
+
+APP = """\
+applications:
+  payroll:
+    client_id: abc
+    client_secret: s3cr3t-value
+    tokens:
+      - user: alice
+        scope: read
+      - user: alice
+        scope: write
+      - user: bob
+        scope: read
+"""
+
+
+@pytest.mark.parametrize(
+    ("head", "environ"),
+    [
+        ("state_dir: state\n", {}),
+        ("state_dir: ../elsewhere/state\n", {}),
+        ("state_dir: /var/lib/custom\n", {}),
+        ("state_dir: state\n", {"TOKEND_STATE_DIR": "/srv/override"}),
+        ("state_dir: state\n", {"TOKEND_STATE_DIR": "relative/override"}),
+        ("", {"STATE_DIRECTORY": "/var/lib/tokend-unit:/var/lib/other"}),
+        ("", {}),
+        ("x-anchor: &a {}\nstate_dir: 'quoted dir'\n", {"TOKEND_STATE_DIR": ""}),
+    ],
+    ids=["relative", "parent", "absolute", "env-absolute", "env-relative", "systemd",
+         "default", "quoted-empty-env"],
+)
+def test_state_dir_agrees_with_load_config(
+    tmp_path: Path, head: str, environ: dict[str, str]
+) -> None:
+    """`tokend token` reads the same store the daemon writes, whatever the rule used."""
+    path = tmp_path / "conf" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(head + APP)
+    path.chmod(0o600)
+    assert quick_state_dir(path, environ=environ) == load_config(path, environ=environ).state_dir
+
+
+@pytest.mark.parametrize("environ", [{}, {"TOKEND_CONFIG": "/x/c.yaml"}, {"TOKEND_CONFIG": ""}])
+def test_default_config_path_agrees(environ: dict[str, str]) -> None:
+    """--config's default is the same for the fast path and the full loader."""
+    assert quick_config_path(environ) == default_config_path(environ)
+
+
+@pytest.mark.parametrize("text", ["state_dir: [a]\n", "- a list\n", "state_dir: '  '\n", "{"])
+def test_a_broken_file_is_a_config_error_pointing_at_check(tmp_path: Path, text: str) -> None:
+    """A file the fast path cannot read says so and sends the operator to `tokend check`."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="tokend check"):
+        quick_state_dir(path, environ={})
+
+
+def _store(tmp_path: Path, *, created_at: int) -> Path:
+    state = tmp_path / "state"
+    store = SqliteStateStore(state)
+    for user, scope in (("alice", "read"), ("alice", "write"), ("bob", "read")):
+        token = Token(f"access-{user}-{scope}", "Bearer", 3600, "refresh", scope, created_at)
+        store.save_token(TokenName("payroll", user, scope), token, now=created_at)
+    store.delete_token(TokenName("payroll", "alice", "write"))
+    store.close()
+    return state
+
+
+def test_a_valid_token_is_found_by_its_full_or_unambiguous_name(tmp_path: Path) -> None:
+    """APP/USER/SCOPE always works; APP/USER when the user has one token."""
+    now = int(time.time())
+    state = _store(tmp_path, created_at=now)
+    assert current_access_token(state, "payroll/bob", now=now) == "access-bob-read"
+    assert current_access_token(state, "payroll/alice/read", now=now) == "access-alice-read"
+
+
+def test_an_ambiguous_name_lists_the_candidates(tmp_path: Path) -> None:
+    """payroll/alice has two scopes: the error names both."""
+    state = _store(tmp_path, created_at=int(time.time()))
+    with pytest.raises(NotFoundError, match="payroll/alice/read, payroll/alice/write"):
+        current_access_token(state, "payroll/alice", now=time.time())
+
+
+@pytest.mark.parametrize(
+    ("name", "later", "message"),
+    [
+        ("payroll/alice/write", 0, "not authorized"),
+        ("payroll/carol/read", 0, "no token named"),
+        ("payroll/bob/read", 3600, "expired at"),
+    ],
+    ids=["revoked", "unknown", "expired"],
+)
+def test_no_valid_token_is_a_clear_error(
+    tmp_path: Path, name: str, later: int, message: str
+) -> None:
+    """Revoked, unknown and expired tokens fail with a message instead of a dead token."""
+    now = int(time.time())
+    state = _store(tmp_path, created_at=now)
+    with pytest.raises(NoValidTokenError, match=message):
+        current_access_token(state, name, now=now + later)
+
+
+def test_tokend_token_does_not_import_httpx_pydantic_or_structlog(tmp_path: Path) -> None:
+    """`tokend token` runs in $(…) all day: it must start without the heavy libraries."""
+    now = int(time.time())
+    _store(tmp_path, created_at=now)
+    config = tmp_path / "config.yaml"
+    config.write_text("state_dir: state\n" + APP)
+    script = textwrap.dedent(f"""
+        import json, sys
+        from tokend.cli import main
+        status = main(["--config", {str(config)!r}, "token", "payroll/bob/read"])
+        heavy = sorted(m for m in ("httpx", "pydantic", "structlog") if m in sys.modules)
+        print(json.dumps({{"status": status, "heavy": heavy}}), file=sys.stderr)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30, check=False, env={**os.environ})
+    assert result.stdout == "access-bob-read\n"
+    assert json.loads(result.stderr.splitlines()[-1]) == {"status": 0, "heavy": []}

@@ -1,0 +1,131 @@
+"""``tokend status`` rows: which state an operator sees, and the JSON a monitor reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tokend.daemon_status import DaemonStatus, write_daemon_status
+from tokend.lock import StateDirLock
+from tokend.model import Config, TokenName, TokenSpec
+from tokend.oauth import Token
+from tokend.state import TokenRecord, TokenState
+from tokend.status import build_report, daemon_row, render_json, render_text, token_row
+
+NAME = TokenName("payroll", "alice", "read")
+SPEC = TokenSpec(name=NAME, refresh_token_lifetime=7 * 86400.0)
+T0 = 1_700_000_000
+ACCESS = "access-token-value-never-shown"
+REFRESH = "refresh-token-value-never-shown"
+
+
+def record(
+    *, state: TokenState = TokenState.OK, created_at: int = T0, with_token: bool = True,
+    last_error: str | None = None,
+) -> TokenRecord:
+    token = Token(ACCESS, "Bearer", 3600, REFRESH, "read", created_at)
+    return TokenRecord(
+        name=NAME, token=token if with_token else None,
+        refresh_token_issued_at=float(created_at) if with_token else None, state=state,
+        last_attempt_at=None, last_refresh_at=float(created_at), last_error=last_error,
+        consecutive_failures=1 if state is TokenState.FAILING else 0,
+        next_attempt_at=T0 + 60.0 if state is TokenState.FAILING else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("stored", "now", "expected"),
+    [
+        (None, T0, "not_authorized"),
+        (record(with_token=False, state=TokenState.NOT_AUTHORIZED), T0, "not_authorized"),
+        (record(), T0 + 10, "ok"),
+        (record(state=TokenState.FAILING), T0 + 10, "failing"),
+        (record(state=TokenState.NEEDS_AUTHORIZATION), T0 + 10, "needs_authorization"),
+        (record(), T0 + 3600, "expired"),
+        (record(state=TokenState.FAILING), T0 + 4000, "expired"),
+        (record(state=TokenState.NEEDS_AUTHORIZATION), T0 + 4000, "needs_authorization"),
+    ],
+    ids=["never-stored", "revoked", "fresh", "failing", "refused", "access-expired",
+         "failing-and-expired", "refused-and-expired"],
+)
+def test_state_follows_the_documented_rule(
+    stored: TokenRecord | None, now: float, expected: str
+) -> None:
+    """The state column says what a person must do, even with no daemon running."""
+    assert token_row(SPEC, stored, now=now).state == expected
+
+
+def test_a_dead_refresh_token_is_expired_even_if_the_access_token_lives() -> None:
+    """A refresh token past its lifetime can no longer be used: the token is expired."""
+    short = TokenSpec(name=NAME, refresh_token_lifetime=60.0)
+    assert token_row(short, record(), now=T0 + 61).state == "expired"
+
+
+def test_row_times_come_from_the_token_and_the_spec() -> None:
+    """Access expiry is created_at + expires_in, the refresh token's is issue + lifetime."""
+    row = token_row(SPEC, record(), now=T0)
+    assert row.expires_at == T0 + 3600
+    assert row.refresh_token_expires_at == T0 + 7 * 86400
+    assert row.next_refresh_at is not None and T0 < row.next_refresh_at < T0 + 3600
+    assert row.last_refresh_at == T0
+
+
+def _config(tmp_path: Path) -> Config:
+    return Config(source=tmp_path / "config.yaml", state_dir=tmp_path / "state",
+                  applications={}, tokens=(SPEC,))
+
+
+def test_json_has_the_documented_schema_and_no_secret(tmp_path: Path) -> None:
+    """Monitors get exactly the documented keys, ISO 8601 UTC times, and never a token."""
+    config = _config(tmp_path)
+    report = build_report(config, [SPEC], [record(last_error="server_error (HTTP 503)")],
+                          now=T0 + 10)
+    text = render_json(report)
+    assert ACCESS not in text and REFRESH not in text, "a token leaked into status --json"
+    document = json.loads(text)
+    assert set(document) == {"tokens", "daemon", "config"}
+    (row,) = document["tokens"]
+    assert set(row) == {"name", "state", "expires_at", "refresh_token_expires_at",
+                        "next_refresh_at", "last_refresh_at", "last_error"}
+    assert row["name"] == "payroll/alice/read"
+    assert row["expires_at"] == "2023-11-14T23:13:20Z"
+    assert row["last_error"] == "server_error (HTTP 503)"
+    assert document["daemon"] == {"running": False, "pid": None, "started_at": None,
+                                  "last_reload_at": None, "last_reload_ok": None,
+                                  "last_reload_error": None}
+    assert document["config"] == {"path": str(config.source), "tokens": 1}
+
+
+def test_text_shows_relative_times_and_the_last_error(tmp_path: Path) -> None:
+    """People read "in 59m" and the error under its token, never a token."""
+    report = build_report(_config(tmp_path), [SPEC], [record(last_error="boom")], now=T0 + 60)
+    text = render_text(report, now=T0 + 60)
+    assert "payroll/alice/read" in text and "in 59m" in text
+    assert "last error: boom" in text
+    assert "daemon: not running" in text
+    assert ACCESS not in text and REFRESH not in text, "a token leaked into status"
+
+
+def test_daemon_row_reports_a_failed_reload_of_the_running_daemon(tmp_path: Path) -> None:
+    """The daemon's own status file is read only while that daemon holds the lock."""
+    state = tmp_path / "state"
+    state.mkdir()
+    write_daemon_status(state, DaemonStatus(pid=1, started_at=T0, config="c.yaml"))
+    assert daemon_row(state).running is False
+    with StateDirLock(state):
+        write_daemon_status(state, DaemonStatus(
+            pid=os.getpid(), started_at=T0, config="c.yaml", last_reload_at=T0 + 5,
+            last_reload_ok=False, last_reload_error="bad key"))
+        row = daemon_row(state)
+    assert row.running and row.pid == os.getpid()
+    assert row.last_reload_ok is False and row.last_reload_error == "bad key"
+
+
+def test_report_is_unhealthy_when_any_token_needs_attention(tmp_path: Path) -> None:
+    """Exit status 0 only when every listed token is ok."""
+    config = _config(tmp_path)
+    assert build_report(config, [SPEC], [record()], now=T0).healthy
+    assert not build_report(config, [SPEC], [], now=T0).healthy

@@ -1,0 +1,127 @@
+"""``tokend authorize --listen``: catch the redirect in a one-shot local HTTP listener.
+
+With a ``http://127.0.0.1:PORT/…`` or ``http://localhost:PORT/…`` redirect URI
+the browser brings the authorization code to us, so nobody copies a key by
+hand. The link carries a random ``state``; a request without that exact state
+did not come from our link (another local program, a forged page) and is
+refused with 400 while the listener keeps waiting for the real one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tokend.errors import TokendError
+
+LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1"}
+_PAGE = ("<!doctype html><html><head><meta charset=utf-8><title>tokend</title></head>"
+         "<body><h1>{title}</h1><p>{text}</p></body></html>")
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """Where the listener binds and which path it answers."""
+
+    host: str
+    port: int
+    path: str
+
+
+def listen_address(redirect_uri: str) -> ListenAddress | None:
+    """The address of a loopback ``http`` redirect URI with an explicit port, else ``None``."""
+    parts = urlsplit(redirect_uri)
+    host = LOOPBACK_HOSTS.get(parts.hostname or "")
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme != "http" or host is None or port is None:
+        return None
+    return ListenAddress(host, port, parts.path or "/")
+
+
+class _Server(HTTPServer):
+    """Remembers the expected state and the first valid code."""
+
+    def __init__(self, address: ListenAddress, state: str) -> None:
+        self.expected_path = address.path
+        self.expected_state = state
+        self.code: str | None = None
+        self.denied: str | None = None
+        super().__init__((address.host, address.port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 5.0  # a connection that never sends a request must not block the listener
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the query holds the code, which must not reach a terminal or log."""
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != self.server.expected_path:
+            self._answer(404, "Not found", "This is tokend's one-shot authorization listener.")
+            return
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        state = query.get("state", "")
+        if not hmac.compare_digest(state.encode(), self.server.expected_state.encode()):
+            self._answer(400, "Refused", "This request does not carry the state of tokend's "
+                         "authorization link, so it was not started by tokend. Ignored.")
+            return
+        if "error" in query:
+            self.server.denied = query.get("error_description") or query["error"]
+            self._answer(400, "Authorization failed", "The server refused the authorization. "
+                         "See the terminal for details.")
+            return
+        code = query.get("code", "")
+        if not code:
+            self._answer(400, "Refused", "The request carries no authorization code.")
+            return
+        self.server.code = code
+        self._answer(200, "tokend is authorized", "You can close this window.")
+
+    def _answer(self, status: int, title: str, text: str) -> None:
+        body = _PAGE.format(title=html.escape(title), text=html.escape(text)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Listener:
+    """Bound on creation (so the port is ours before the link is shown), served by ``wait``."""
+
+    def __init__(self, address: ListenAddress, state: str) -> None:
+        try:
+            self._server = _Server(address, state)
+        except OSError as exc:
+            raise TokendError(f"cannot listen on {address.host}:{address.port} for the "
+                              f"redirect: {exc.strerror}") from None
+
+    def wait(self, timeout: float) -> str:
+        """Serve until a request with the right state brings a code; return the code."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._server.code is None and self._server.denied is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TokendError(
+                        f"no authorization arrived within {timeout:g} s; run the command "
+                        "again and open the link in a browser on this machine"
+                    )
+                self._server.timeout = min(remaining, 1.0)
+                self._server.handle_request()
+        finally:
+            self._server.server_close()
+        if self._server.denied is not None:
+            raise TokendError(f"the authorization was refused: {self._server.denied}")
+        return self._server.code or ""

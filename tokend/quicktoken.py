@@ -1,0 +1,94 @@
+"""``tokend token``: the current access token straight from the store, in milliseconds.
+
+Importing :mod:`tokend.state` would import :mod:`tokend.oauth` and with it
+httpx, so this module reads the one row it needs with :mod:`sqlite3` directly,
+read-only, against the schema in ``state.py`` (version 1). It never writes:
+a consumer calling it in a loop cannot disturb the daemon.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tokend.errors import NotFoundError, StateError, TokendError
+
+DATABASE_NAME = "tokend.db"
+_KNOWN_SCHEMA = 1
+_ROWS = "SELECT app, user, scope, access_token, created_at, expires_in, state FROM tokens"
+
+
+@dataclass(frozen=True, repr=False)
+class _Row:
+    name: str
+    access_token: str | None
+    expires_at: float | None
+    state: str
+
+
+class NoValidTokenError(TokendError):
+    """The token exists in config or store, but there is no usable access token right now."""
+
+
+def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
+    """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``).
+
+    Raises :class:`NoValidTokenError` when there is no such token in the store
+    (never authorized, or a typo: without loading the config the two look alike),
+    when it is not authorized or has expired; :class:`NotFoundError` when the
+    name is ambiguous.
+    A token in ``needs_authorization`` is still returned while its access token
+    lasts: the server may accept it until then.
+    """
+    rows = _read_rows(state_dir / DATABASE_NAME)
+    row = _resolve(rows, text)
+    if row.access_token is None or row.expires_at is None:
+        raise NoValidTokenError(f"{row.name} is not authorized; run `tokend authorize {row.name}`")
+    if row.expires_at <= now:
+        when = datetime.fromtimestamp(row.expires_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        hint = ("it needs a new authorization" if row.state == "needs_authorization"
+                else "is the daemon running? see `tokend status`")
+        raise NoValidTokenError(f"the access token of {row.name} expired at {when}; {hint}")
+    return row.access_token
+
+
+def _read_rows(path: Path) -> list[_Row]:
+    if not path.exists():
+        raise NoValidTokenError(f"no token has been authorized yet (no store at {path})")
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open the state store {path}: {exc}") from None
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version != _KNOWN_SCHEMA:
+            raise StateError(f"state store {path} has schema version {version}; this "
+                             f"`tokend token` reads version {_KNOWN_SCHEMA}")
+        raw = conn.execute(_ROWS).fetchall()
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read the state store {path}: {exc}") from None
+    finally:
+        conn.close()
+    return [
+        _Row(f"{app}/{user}/{scope}", access,
+             None if created is None or lifetime is None else float(created + lifetime), state)
+        for app, user, scope, access, created, lifetime, state in raw
+    ]
+
+
+def _resolve(rows: list[_Row], text: str) -> _Row:
+    """The same rule as :func:`tokend.model.resolve_token`, over the names in the store."""
+    parts = text.split("/")
+    matches = [row for row in rows if row.name.split("/")[: len(parts)] == parts]
+    if len(parts) in (2, 3) and len(matches) == 1:
+        return matches[0]
+    if len(parts) == 3 or not matches:
+        known = ", ".join(row.name for row in rows) or "none"
+        raise NoValidTokenError(
+            f"no token named {text!r} has been authorized (or it is not configured); "
+            f"stored tokens: {known}"
+        )
+    listed = ", ".join(row.name for row in matches)
+    raise NotFoundError(f"{text!r} is ambiguous; say which one: {listed}")

@@ -1,0 +1,209 @@
+"""``tokend status``: one row per configured token, the daemon's health, as text or JSON.
+
+A token's state is the store's, refined by time so a glance tells the truth
+even when no daemon is running:
+
+* ``not_authorized``: no token stored (never authorized, or revoked);
+* ``needs_authorization``: the server refused the refresh token; a person must act;
+* ``expired``: the stored access token or refresh token is past its lifetime, so
+  consumers are reading a dead token (typically: the daemon is not running);
+* ``failing``: refreshes fail transiently and are being retried, the access
+  token still works;
+* ``ok``: otherwise.
+
+Nothing here ever shows a token or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tokend.daemon_status import read_daemon_status
+from tokend.durations import format_duration
+from tokend.lock import running_daemon_pid
+from tokend.model import Config, TokenSpec
+from tokend.schedule import due_at
+from tokend.state import SqliteStateStore, TokenRecord, TokenState
+
+EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """What ``status`` shows about one token; times are epoch seconds or ``None``."""
+
+    name: str
+    state: str
+    expires_at: float | None
+    refresh_token_expires_at: float | None
+    next_refresh_at: float | None
+    last_refresh_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class DaemonRow:
+    """Whether a daemon runs on this state directory, and how its last reload went."""
+
+    running: bool
+    pid: int | None
+    started_at: float | None
+    last_reload_at: float | None
+    last_reload_ok: bool | None
+    last_reload_error: str | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything ``tokend status`` prints."""
+
+    config_path: Path
+    config_tokens: int
+    tokens: tuple[TokenRow, ...]
+    daemon: DaemonRow
+
+    @property
+    def healthy(self) -> bool:
+        """Every listed token ``ok`` and no failed reload: exit status 0."""
+        return all(row.state == TokenState.OK for row in self.tokens) and (
+            self.daemon.last_reload_ok is not False
+        )
+
+
+def token_row(spec: TokenSpec, record: TokenRecord | None, *, now: float) -> TokenRow:
+    """The row of one configured token, from its stored record (``None``: never stored)."""
+    token = record.token if record is not None else None
+    if record is None or token is None:
+        state = str(record.state if record is not None else TokenState.NOT_AUTHORIZED)
+        if state != TokenState.NEEDS_AUTHORIZATION:
+            state = str(TokenState.NOT_AUTHORIZED)
+        return TokenRow(str(spec.name), state, None, None, None,
+                        record.last_refresh_at if record else None,
+                        record.last_error if record else None)
+    refresh_expires = None
+    if record.refresh_token_issued_at is not None:
+        refresh_expires = record.refresh_token_issued_at + spec.refresh_token_lifetime
+    state = str(record.state)
+    if record.state in (TokenState.OK, TokenState.FAILING) and (
+        token.expires_at_epoch <= now or (refresh_expires is not None and refresh_expires <= now)
+    ):
+        state = EXPIRED
+    return TokenRow(str(spec.name), state, token.expires_at_epoch, refresh_expires,
+                    due_at(record, spec), record.last_refresh_at, record.last_error)
+
+
+def daemon_row(state_dir: Path) -> DaemonRow:
+    """The daemon's pid from the state-dir lock; its start and reload from ``daemon.json``."""
+    pid = running_daemon_pid(state_dir)
+    status = read_daemon_status(state_dir) if pid is not None else None
+    if status is None or status.pid != pid:
+        return DaemonRow(pid is not None, pid, None, None, None, None)
+    return DaemonRow(True, pid, status.started_at, status.last_reload_at,
+                     status.last_reload_ok, status.last_reload_error)
+
+
+def build_report(
+    config: Config, specs: list[TokenSpec], records: list[TokenRecord], *, now: float
+) -> StatusReport:
+    """Rows for ``specs`` (in config order) from the store's ``records``."""
+    by_name = {record.name: record for record in records}
+    rows = tuple(token_row(spec, by_name.get(spec.name), now=now) for spec in specs)
+    return StatusReport(config.source, len(config.tokens), rows, daemon_row(config.state_dir))
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_json(report: StatusReport) -> str:
+    """The documented ``status --json`` object (README, "tokend status")."""
+    daemon = report.daemon
+    document: dict[str, Any] = {
+        "tokens": [
+            {
+                "name": row.name,
+                "state": row.state,
+                "expires_at": _iso(row.expires_at),
+                "refresh_token_expires_at": _iso(row.refresh_token_expires_at),
+                "next_refresh_at": _iso(row.next_refresh_at),
+                "last_refresh_at": _iso(row.last_refresh_at),
+                "last_error": row.last_error,
+            }
+            for row in report.tokens
+        ],
+        "daemon": {
+            "running": daemon.running,
+            "pid": daemon.pid,
+            "started_at": _iso(daemon.started_at),
+            "last_reload_at": _iso(daemon.last_reload_at),
+            "last_reload_ok": daemon.last_reload_ok,
+            "last_reload_error": daemon.last_reload_error,
+        },
+        "config": {"path": str(report.config_path), "tokens": report.config_tokens},
+    }
+    return json.dumps(document, indent=2)
+
+
+def _relative(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "-"
+    delta = epoch - now
+    if abs(delta) < 1:
+        return "now"
+    text = format_duration(abs(delta))
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+_HEADERS = ("TOKEN", "STATE", "EXPIRES", "REFRESH TOKEN", "NEXT REFRESH", "LAST REFRESH")
+
+
+def render_text(report: StatusReport, *, now: float) -> str:
+    """A table for people: relative times, the last error on its own line below its row."""
+    table = [_HEADERS] + [
+        (row.name, row.state, _relative(row.expires_at, now),
+         _relative(row.refresh_token_expires_at, now), _relative(row.next_refresh_at, now),
+         _relative(row.last_refresh_at, now))
+        for row in report.tokens
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS))]
+    lines = []
+    for index, line in enumerate(table):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+                     .rstrip())
+        error = report.tokens[index - 1].last_error if index else None
+        if error:
+            lines.append(f"  last error: {error}")
+    lines.append("")
+    lines.append(_daemon_line(report.daemon, now))
+    return "\n".join(lines)
+
+
+def _daemon_line(daemon: DaemonRow, now: float) -> str:
+    if not daemon.running:
+        return "daemon: not running"
+    line = f"daemon: running (pid {daemon.pid}"
+    if daemon.started_at is not None:
+        line += f", started {_relative(daemon.started_at, now)}"
+    line += ")"
+    if daemon.last_reload_ok is False:
+        line += f"; last reload FAILED {_relative(daemon.last_reload_at, now)}: "
+        line += f"{daemon.last_reload_error}; still running the previous config"
+    return line
+
+
+def stored_records(state_dir: Path) -> list[TokenRecord]:
+    """Every record in the store, or none when no store exists yet (without creating one:
+    ``status`` and ``check`` only look)."""
+    if not (state_dir / "tokend.db").exists():
+        return []
+    store = SqliteStateStore(state_dir)
+    try:
+        return store.all()
+    finally:
+        store.close()
