@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tokend.config import default_config_path, load_config
 from tokend.errors import ConfigError
-from tokend.model import Config, OutputSpec, RetryPolicy, Secret, TokenName
+from tokend.model import Config, MetricsSpec, OutputSpec, RetryPolicy, Secret, TokenName
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 SECRET = "S3CR3T-do-not-show"
@@ -284,6 +284,33 @@ def test_empty_tokend_state_dir_variable_is_ignored() -> None:
     assert load("state_dir: /srv/t\n" + APP, {"TOKEND_STATE_DIR": ""}).state_dir == Path("/srv/t")
 
 
+def test_metrics_are_off_by_default() -> None:
+    """Without a metrics block no listener is configured."""
+    assert load(APP).metrics is None
+
+
+def test_empty_metrics_block_listens_on_the_default_loopback_port() -> None:
+    """``metrics: {}`` turns the listener on at 127.0.0.1:9464, loopback only."""
+    assert load("metrics: {}\n" + APP).metrics == MetricsSpec("127.0.0.1", 9464, False)
+
+
+@pytest.mark.parametrize(("listen", "host", "port"), [
+    ("127.0.0.1:0", "127.0.0.1", 0), ("localhost:9100", "localhost", 9100),
+    ("[::1]:9464", "::1", 9464), ("127.1.2.3:80", "127.1.2.3", 80),
+])
+def test_metrics_listen_on_any_loopback_address(listen: str, host: str, port: int) -> None:
+    """Every loopback form is accepted without allow_remote; port 0 means a free port."""
+    config = load(f'metrics: {{listen: "{listen}"}}\n' + APP)
+    assert config.metrics == MetricsSpec(host, port, False)
+
+
+def test_metrics_allow_remote_permits_all_interfaces() -> None:
+    """``allow_remote: true`` is the explicit opt-in to serve other hosts."""
+    config = load('metrics: {listen: "0.0.0.0:9464", allow_remote: true}\n' + APP)
+    assert config.metrics == MetricsSpec("0.0.0.0", 9464, True)
+    assert config.metrics.listen == "0.0.0.0:9464"
+
+
 # --- broken files: the exact message an operator reads ------------------------------------
 
 T = APP  # token-level keys go on line 7 at column 9
@@ -448,6 +475,27 @@ BROKEN: list[tuple[str, str, str]] = [
      "not a single value"),
     ("empty file", "# nothing yet\n",
      "config.yaml: is empty; it needs at least an applications: mapping"),
+    ("metrics on all interfaces", 'metrics: {listen: "0.0.0.0:9464"}\n' + T,
+     "config.yaml:1:19: metrics.listen: is not a loopback address, so other hosts could read "
+     "the metrics; set metrics.allow_remote: true to allow it"),
+    ("metrics on a host name", "metrics:\n  listen: metrics.example.com:9464\n" + T,
+     "config.yaml:2:11: metrics.listen: is not a loopback address, so other hosts could read "
+     "the metrics; set metrics.allow_remote: true to allow it"),
+    ("metrics without port", "metrics: {listen: 127.0.0.1}\n" + T,
+     "config.yaml:1:19: metrics.listen: must be HOST:PORT such as 127.0.0.1:9464 ([::1]:9464 "
+     "for IPv6)"),
+    ("metrics port too big", "metrics: {listen: 127.0.0.1:70000}\n" + T,
+     "config.yaml:1:19: metrics.listen: must be HOST:PORT such as 127.0.0.1:9464 ([::1]:9464 "
+     "for IPv6)"),
+    ("metrics IPv6 without brackets", 'metrics: {listen: "::1:9464"}\n' + T,
+     "config.yaml:1:19: metrics.listen: must be HOST:PORT such as 127.0.0.1:9464 ([::1]:9464 "
+     "for IPv6)"),
+    ("metrics port as number", "metrics: {listen: 9464}\n" + T,
+     "config.yaml:1:19: metrics.listen: must be a string, not a number; quote it"),
+    ("metrics allow_remote text", 'metrics: {allow_remote: "yes"}\n' + T,
+     "config.yaml:1:25: metrics.allow_remote: must be true or false, not text"),
+    ("metrics key typo", "metrics: {listn: 127.0.0.1:1}\n" + T,
+     "config.yaml:1:11: metrics.listn: unknown key; did you mean listen?"),
 ]
 
 

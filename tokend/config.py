@@ -37,7 +37,9 @@ from tokend.config_schema import (
     SettingsSource,
     Token,
     Tuning,
+    is_loopback,
     known_keys,
+    split_listen,
 )
 from tokend.config_yaml import Document, KeyPath, Problems, format_key_path, read_document
 from tokend.durations import format_duration
@@ -45,6 +47,7 @@ from tokend.errors import ConfigError
 from tokend.model import (
     ApplicationSpec,
     Config,
+    MetricsSpec,
     OutputSpec,
     RetryPolicy,
     Secret,
@@ -118,7 +121,8 @@ def _hint(loc: KeyPath) -> str:
 
 _EXPECTED = {"string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
              "model_type": "a mapping", "float_type": "a number", "int_type": "a whole number",
-             "int_from_float": "a whole number", "tuple_type": "a list"}
+             "int_from_float": "a whole number", "tuple_type": "a list",
+             "bool_type": "true or false"}
 
 
 def _describe(error: ErrorDetails) -> str:
@@ -173,7 +177,18 @@ class _Builder:
         concurrency = {} if defaults.concurrency is None else {"concurrency": defaults.concurrency}
         return Config(source=self._path, state_dir=self._state_dir(settings, overrides),
                       applications=applications, tokens=tuple(tokens),
-                      warnings=tuple(self._warnings), **concurrency)
+                      warnings=tuple(self._warnings), metrics=self._metrics(settings),
+                      **concurrency)
+
+    def _metrics(self, settings: Settings) -> MetricsSpec | None:
+        """Off unless configured; a listener reachable from other hosts must be asked for."""
+        if settings.metrics is None:
+            return None
+        host, port = split_listen(settings.metrics.listen)
+        if not (settings.metrics.allow_remote or is_loopback(host)):
+            self._problems.add(("metrics", "listen"), "is not a loopback address, so other hosts "
+                               "could read the metrics; set metrics.allow_remote: true to allow it")
+        return MetricsSpec(host=host, port=port, allow_remote=settings.metrics.allow_remote)
 
     def _state_dir(self, settings: Settings, overrides: Mapping[str, str]) -> Path:
         if "state_dir" in overrides:

@@ -8,6 +8,7 @@ the value, which may be a secret.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -117,6 +118,36 @@ def _credential(value: str) -> str:
     return value
 
 
+LISTEN_HINT = "must be HOST:PORT such as 127.0.0.1:9464 ([::1]:9464 for IPv6)"
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``127.0.0.1:9464`` or ``[::1]:9464`` as (host, port); port 0 picks a free one."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without brackets: which colon starts the port?
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or "\0" in host:
+        raise ValueError(LISTEN_HINT)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only ever reaches this machine; other names may resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(value: str) -> str:
+    split_listen(value)
+    return value
+
+
 def _mode(value: object) -> int:
     """A quoted octal string, or the int YAML made of an unquoted ``0640``."""
     if isinstance(value, str) and (match := _OCTAL.fullmatch(value)):
@@ -223,6 +254,11 @@ class Application(Pooled):
     tokens: Annotated[list[Token], BeforeValidator(_empty_list)] = Field(default_factory=list)
 
 
+class Metrics(_Model):
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:9464"
+    allow_remote: bool = False
+
+
 class Settings(BaseSettings):
     """The whole file; environment variables ``TOKEND_<KEY>`` override top-level scalars."""
 
@@ -232,6 +268,7 @@ class Settings(BaseSettings):
     defaults: Annotated[Pooled, BeforeValidator(_empty_mapping)] = Field(default_factory=Pooled)
     applications: Annotated[dict[AppName, Application], BeforeValidator(_empty_mapping)] = Field(
         default_factory=dict)
+    metrics: Metrics | None = None
 
 
 class SettingsSource(PydanticBaseSettingsSource):

@@ -26,7 +26,9 @@ from tokend.daemon_status import DaemonStatus, write_daemon_status
 from tokend.errors import ConfigError, TokendError
 from tokend.lock import StateDirLock
 from tokend.log import SecretMasker
-from tokend.model import Config
+from tokend.metrics import Metrics
+from tokend.metrics_http import MetricsServer, serve_metrics
+from tokend.model import Config, MetricsSpec
 from tokend.refresher import RefreshedCallback, Refresher
 from tokend.state import SqliteStateStore, StateStore
 from tokend.supervisor import Supervisor
@@ -64,10 +66,13 @@ class Daemon:
         self._reload_requested = False
         self._rescan_requested = False
         self._signals = 0
+        self._metrics = Metrics(clock=self._clock)
+        self._metrics_server: MetricsServer | None = None
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit status."""
         config = load_config(self._config_path, environ=self._environ)
+        self._metrics.config_loaded()
         self._warn(config)
         self._state_dir = config.state_dir
         with StateDirLock(config.state_dir):
@@ -92,12 +97,21 @@ class Daemon:
             owner=f"{socket.gethostname()}:{os.getpid()}",
             hook_base_env=self._environ,
             on_refreshed=self._on_refreshed,
+            metrics=self._metrics,
         )
         self._supervisor = Supervisor(
             store=store, refresher=refresher, clock=self._clock, masker=self._masker,
-            on_settled=self._settled,
+            on_settled=self._settled, metrics=self._metrics,
         )
         self._install_signal_handlers()
+        await self._apply_metrics(config.metrics)
+        try:
+            return await self._run_supervisor(config)
+        finally:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
+
+    async def _run_supervisor(self, config: Config) -> int:
         await self._supervisor.apply(config)
         background = [asyncio.create_task(self._watchdog())]
         if self._watch:
@@ -109,6 +123,7 @@ class Daemon:
             pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path)
         )
         await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
+        self._metrics.mark_ready()
         self._notifier.ready(self._supervisor.status_line())
         log.info("daemon_started", tokens=len(config.tokens), config=str(self._config_path))
         try:
@@ -201,12 +216,15 @@ class Daemon:
         self._warn(config)
         added, removed, changed = await self._supervisor.apply(config)
         log.info("config_reloaded", added=added, removed=removed, changed=changed)
+        self._metrics.reload_finished(ok=True)
+        await self._apply_metrics(config.metrics)
         await self._record_reload(None)
         self._notifier.ready(self._supervisor.status_line())
 
     async def _reload_failed(self, error: str) -> None:
         """Keep running on the last good config, and say so everywhere an operator looks."""
         log.error("config_reload_failed", error=error)
+        self._metrics.reload_finished(ok=False)
         await self._record_reload(error)
         first_line = error.splitlines()[0] if error else error
         self._notifier.ready(f"reload failed, running the last good config: {first_line}")
@@ -222,6 +240,28 @@ class Daemon:
             await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
         except TokendError as failure:
             log.error("daemon_status_write_failed", error=str(failure))
+
+    async def _apply_metrics(self, spec: MetricsSpec | None) -> None:
+        """Start, move or stop the metrics listener as the config says, without a restart.
+
+        A new address is bound before the old one closes, so a busy port keeps
+        the old listener serving (and logs ``metrics_listen_failed``).
+        """
+        current = self._metrics_server
+        if current is not None and spec is not None and (
+            (current.spec.host, current.spec.port) == (spec.host, spec.port)
+        ):
+            current.spec = spec
+            return
+        if spec is not None:
+            started = await serve_metrics(self._metrics, spec)
+            if started is None and current is not None:
+                return
+            self._metrics_server = started
+        else:
+            self._metrics_server = None
+        if current is not None:
+            await current.close()
 
     @staticmethod
     def _warn(config: Config) -> None:

@@ -112,6 +112,20 @@ class TokenSpec:
 
 
 @dataclass(frozen=True)
+class MetricsSpec:
+    """Where the Prometheus/health listener binds; a non-loopback host needs ``allow_remote``."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+    allow_remote: bool = False
+
+    @property
+    def listen(self) -> str:
+        """``HOST:PORT`` as written in the config (IPv6 hosts in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration file."""
 
@@ -121,6 +135,7 @@ class Config:
     tokens: tuple[TokenSpec, ...]
     concurrency: int = 8
     warnings: tuple[str, ...] = ()
+    metrics: MetricsSpec | None = None
 
     def token(self, name: TokenName) -> TokenSpec | None:
         """The spec of ``name``, or ``None`` when it is not configured."""

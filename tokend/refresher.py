@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +22,7 @@ from tokend.errors import OAuthError, OutputError
 from tokend.factorial import AsyncFactorial
 from tokend.hooks import hook_environment, run_hook
 from tokend.log import SecretMasker
+from tokend.metrics import Metrics
 from tokend.model import ApplicationSpec, TokenName, TokenSpec
 from tokend.oauth import Token
 from tokend.outputs import write_outputs
@@ -63,6 +65,7 @@ class Refresher:
         hook_base_env: Mapping[str, str],
         rand: Callable[[], float] = random.random,
         on_refreshed: RefreshedCallback | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._http = http
@@ -73,6 +76,7 @@ class Refresher:
         self._rand = rand
         self._on_refreshed = on_refreshed
         self._limiters: dict[str, RateLimiter] = {}
+        self._metrics = Metrics(process=False) if metrics is None else metrics
 
     def limiter(self, app: ApplicationSpec) -> RateLimiter:
         """The application's rate limiter, replaced when its configured rate changes."""
@@ -103,12 +107,20 @@ class Refresher:
             if not force and (due is None or due > self._clock.now()):
                 # Another process refreshed it since we scheduled it.
                 return RefreshOutcome(name, "skipped", record)
-            await self.limiter(app).acquire()
+            # reserve() rather than acquire(): the same wait, but we learn how long it is.
+            delay = self.limiter(app).reserve()
+            self._metrics.rate_limit_waited(app.name, delay)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            started = time.monotonic()
             try:
                 token = await self._request(app, spec, record.token)
             except OAuthError as error:
+                result = "transient_error" if error.transient else "permanent_error"
+                self._metrics.refresh_finished(name, result, time.monotonic() - started)
                 return await self._fail(spec, record, error)
             await asyncio.to_thread(self._store.save_token, name, token, now=self._clock.now())
+            self._metrics.refresh_finished(name, "ok", time.monotonic() - started)
         finally:
             await asyncio.to_thread(self._store.release, name, owner=self._owner)
         self._masker.add(token.access_token, token.refresh_token)
@@ -134,7 +146,7 @@ class Refresher:
         if written:
             log.debug("outputs_written", token=str(spec.name), paths=[str(p) for p in written])
         if run_hooks and spec.on_refresh:
-            await self._run_hook(spec, spec.on_refresh, token)
+            await self._run_hook(spec, "on_refresh", token)
         return True
 
     async def _request(self, app: ApplicationSpec, spec: TokenSpec, current: Token) -> Token:
@@ -187,16 +199,20 @@ class Refresher:
         )
         log.error("needs_authorization", token=str(name), error=message)
         if spec.on_failure and record.state is not TokenState.NEEDS_AUTHORIZATION:
-            await self._run_hook(spec, spec.on_failure, None)
+            await self._run_hook(spec, "on_failure", None)
         return RefreshOutcome(name, "permanent_error", await self._get(name))
 
     async def _get(self, name: TokenName) -> TokenRecord | None:
         return await asyncio.to_thread(self._store.get, name)
 
-    async def _run_hook(self, spec: TokenSpec, argv: tuple[str, ...], token: Token | None) -> None:
+    async def _run_hook(
+        self, spec: TokenSpec, hook: Literal["on_refresh", "on_failure"], token: Token | None
+    ) -> None:
         env = hook_environment(
             spec,
             expires_at=token.expires_at if token else None,
             base=self._masker.without_secrets(self._hook_base_env),
         )
-        await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name))
+        argv = spec.on_refresh if hook == "on_refresh" else spec.on_failure
+        result = await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name))
+        self._metrics.hook_finished(spec.name, hook, result)

@@ -15,6 +15,7 @@ import structlog
 
 from tokend.clock import Clock
 from tokend.log import SecretMasker
+from tokend.metrics import Metrics
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.refresher import Refresher
 from tokend.schedule import Scheduler, due_at
@@ -39,12 +40,14 @@ class Supervisor:
         clock: Clock,
         masker: SecretMasker,
         on_settled: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._refresher = refresher
         self._clock = clock
         self._masker = masker
         self._on_settled = on_settled
+        self._metrics = Metrics(process=False) if metrics is None else metrics
         self._config: Config | None = None
         self._specs: dict[TokenName, TokenSpec] = {}
         self._scheduler = Scheduler()
@@ -98,6 +101,7 @@ class Supervisor:
         for name in removed:
             self._scheduler.cancel(name)
             self._states.pop(name, None)
+            self._metrics.forget_token(name)
         added = [name for name in new_specs if name not in old_specs]
         changed = [
             name for name, spec in new_specs.items()
@@ -152,6 +156,7 @@ class Supervisor:
         self, spec: TokenSpec, record: TokenRecord | None, *, retry_if_stuck: bool = False
     ) -> None:
         self._states[spec.name] = record.state if record else TokenState.NOT_AUTHORIZED
+        self._metrics.observe_token(spec, record)
         due = due_at(record, spec)
         stuck = record is not None and record.token is not None and (
             record.state is TokenState.NEEDS_AUTHORIZATION
