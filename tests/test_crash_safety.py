@@ -44,10 +44,11 @@ def test_sigkill_at_random_moments_loses_no_token(
     assert final.stop() == 0
 
     store = SqliteStateStore(setup.state_dir)
-    records = [store.get(TokenName("app", user, scope)) for user, scope in TOKENS]
+    records = {f"app/{user}/{scope}": store.get(TokenName("app", user, scope))
+               for user, scope in TOKENS}
     store.close()
     lost = [
-        str(record.name) for record in records
+        name for name, record in records.items()
         if record is None or record.token is None or record.state is not TokenState.OK
         or sandbox.refresh_token_state(record.token.refresh_token) != "live"
     ]

@@ -117,7 +117,7 @@ def test_an_output_whose_parent_is_a_file_recovers_when_fixed(
     out.write_text("in the way")
     daemon = start_daemon(setup.config)
     wait_for(lambda: daemon.named("outputs_failed"), 10, "outputs_failed")
-    assert "Not a directory" in str(daemon.named("outputs_failed")[0]["error"])
+    assert f"parent {out} is not a directory" in str(daemon.named("outputs_failed")[0]["error"])
     out.unlink()
     wait_for(lambda: _outputs_match_store(setup), 5, "the outputs to heal")
     assert daemon.stop() == 0
@@ -153,13 +153,14 @@ def test_a_read_only_state_dir_at_start_is_waited_out(
 ) -> None:
     """The store cannot be written at start: a clear error, retries, then normal service."""
     setup = _setup(tmp_path, sandbox)
-    before = _record(setup)
+    database = setup.state_dir / "tokend.db"
+    before = database.read_bytes()
     mount("ro", setup.state_dir)
     daemon = start_daemon(setup.config)
     wait_for(lambda: daemon.named("state_unavailable"), 10, "state_unavailable")
     assert "Read-only file system" in str(daemon.named("state_unavailable")[0]["error"])
     assert daemon.process.poll() is None, "the daemon gave up"
-    assert _record(setup) == before, "the state changed while unwritable"
+    assert database.read_bytes() == before, "the state changed while unwritable"
 
     _unmount(setup.state_dir)
     wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +22,8 @@ import structlog
 from tokend.clock import Clock, SystemClock
 from tokend.config import load_config
 from tokend.daemon_status import DaemonStatus, write_daemon_status
-from tokend.errors import ConfigError, TokendError
-from tokend.lock import StateDirLock
+from tokend.errors import AlreadyRunningError, ConfigError, StateError, TokendError
+from tokend.lock import StateDirLock, owner_id
 from tokend.log import SecretMasker
 from tokend.metrics import Metrics
 from tokend.metrics_http import MetricsServer, serve_metrics
@@ -39,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 MAX_SLEEP = 60.0
 SHUTDOWN_GRACE = 10.0
+STATE_RETRY_INITIAL, STATE_RETRY_MAX = 1.0, 30.0
 
 
 class Daemon:
@@ -75,13 +75,40 @@ class Daemon:
         self._metrics.config_loaded()
         self._warn(config)
         self._state_dir = config.state_dir
-        with StateDirLock(config.state_dir):
-            store = SqliteStateStore(config.state_dir)
+        self._install_signal_handlers()
+        with contextlib.ExitStack() as stack:
+            store = await self._open_state(stack)
+            if store is None:
+                return 0
+            async with httpx.AsyncClient() as http:
+                return await self._serve(config, store, http)
+
+    async def _open_state(self, stack: contextlib.ExitStack) -> StateStore | None:
+        """Lock the state directory and open the store, waiting while they are unusable.
+
+        A full or read-only disk at start is logged and retried with backoff
+        instead of exiting, so the daemon comes up by itself once it clears;
+        another daemon on the same state is an error at once. ``None`` when
+        told to stop while waiting.
+        """
+        delay = STATE_RETRY_INITIAL
+        while not self._stop_event.is_set():
             try:
-                async with httpx.AsyncClient() as http:
-                    return await self._serve(config, store, http)
-            finally:
-                store.close()
+                with contextlib.ExitStack() as attempt:
+                    attempt.enter_context(StateDirLock(self._state_dir))
+                    store = SqliteStateStore(self._state_dir)
+                    attempt.callback(store.close)
+                    stack.push(attempt.pop_all())
+                    return store
+            except AlreadyRunningError:
+                raise
+            except StateError as error:
+                log.error("state_unavailable", error=str(error), retry_in=delay)
+                self._notifier.status(f"waiting for the state directory: {error}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                delay = min(delay * 2, STATE_RETRY_MAX)
+        return None
 
     def request_stop(self) -> None:
         """Stop scheduling, let in-flight refreshes commit, then return from ``run``."""
@@ -94,7 +121,7 @@ class Daemon:
             http=http,
             clock=self._clock,
             masker=self._masker,
-            owner=f"{socket.gethostname()}:{os.getpid()}",
+            owner=owner_id(),
             hook_base_env=self._environ,
             on_refreshed=self._on_refreshed,
             metrics=self._metrics,
@@ -103,7 +130,6 @@ class Daemon:
             store=store, refresher=refresher, clock=self._clock, masker=self._masker,
             on_settled=self._settled, metrics=self._metrics,
         )
-        self._install_signal_handlers()
         await self._apply_metrics(config.metrics)
         try:
             return await self._run_supervisor(config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tokend.authorize import notify_daemon
 from tokend.clock import Clock
 from tokend.errors import OAuthError, TokendError
 from tokend.factorial import Factorial
+from tokend.lock import owner_id, owner_is_dead
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenSpec
 from tokend.outputs import remove_outputs
@@ -32,11 +32,6 @@ from tokend.state import StateStore
 # How long ``revoke`` waits for an in-flight refresh (someone else's claim) to finish.
 REVOKE_CLAIM_WAIT = 30.0
 _REVOKE_LEASE = 60.0
-
-
-def owner_id() -> str:
-    """This process's name in the store's leases: host and pid, marked as the CLI."""
-    return f"{socket.gethostname()}:{os.getpid()}:cli"
 
 
 @dataclass(frozen=True)
@@ -177,7 +172,8 @@ def _revoke_at_server(spec: TokenSpec, config: Config, refresh_token: str) -> No
 def _claim(store: StateStore, spec: TokenSpec, *, owner: str, clock: Clock) -> None:
     """Take the token's lease, waiting out a refresh in flight elsewhere."""
     deadline = time.monotonic() + REVOKE_CLAIM_WAIT
-    while not store.claim(spec.name, owner=owner, now=clock.now(), lease=_REVOKE_LEASE):
+    while not store.claim(spec.name, owner=owner, now=clock.now(), lease=_REVOKE_LEASE,
+                          holder_is_dead=owner_is_dead):
         if time.monotonic() >= deadline:
             raise TokendError(f"{spec.name} is being refreshed by another process; try again")
         time.sleep(0.2)

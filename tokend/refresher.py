@@ -21,6 +21,7 @@ from tokend.clock import Clock
 from tokend.errors import OAuthError, OutputError
 from tokend.factorial import AsyncFactorial
 from tokend.hooks import hook_environment, run_hook
+from tokend.lock import owner_is_dead
 from tokend.log import SecretMasker
 from tokend.metrics import Metrics
 from tokend.model import ApplicationSpec, TokenName, TokenSpec
@@ -37,6 +38,8 @@ Result = Literal["ok", "transient_error", "permanent_error", "skipped", "busy"]
 # How long a claim outlives the request timeout: covers the store commit and
 # the wait for a rate-limit slot, which concurrency keeps short.
 _LEASE_MARGIN = 60.0
+# How an output problem starts in a token's last_error, so its cure can clear it.
+OUTPUT_PROBLEM = "outputs: "
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class RefreshOutcome:
     name: TokenName
     result: Result
     record: TokenRecord | None
+    outputs_ok: bool = True
 
 
 RefreshedCallback = Callable[[TokenSpec, Token], None]
@@ -88,16 +92,18 @@ class Refresher:
     async def refresh(
         self, spec: TokenSpec, app: ApplicationSpec, *, force: bool = False
     ) -> RefreshOutcome:
-        """Refresh ``spec`` if it is (still) due, or always with ``force``."""
+        """Refresh ``spec`` if it is (still) due, or always with ``force``.
+
+        The claim is held until the outputs are written, so a concurrent
+        ``tokend revoke`` can never see them rewritten after it removed them.
+        """
         name = spec.name
-        bound = log.bind(token=str(name))
-        now = self._clock.now()
-        lease = spec.timeout + _LEASE_MARGIN
         claimed = await asyncio.to_thread(
-            self._store.claim, name, owner=self._owner, now=now, lease=lease
+            self._store.claim, name, owner=self._owner, now=self._clock.now(),
+            lease=spec.timeout + _LEASE_MARGIN, holder_is_dead=owner_is_dead,
         )
         if not claimed:
-            bound.info("refresh_skipped", reason="claimed_by_another_process")
+            log.info("refresh_skipped", token=str(name), reason="claimed_by_another_process")
             return RefreshOutcome(name, "busy", None)
         try:
             record = await asyncio.to_thread(self._store.get, name)
@@ -121,33 +127,45 @@ class Refresher:
                 return await self._fail(spec, record, error)
             await asyncio.to_thread(self._store.save_token, name, token, now=self._clock.now())
             self._metrics.refresh_finished(name, "ok", time.monotonic() - started)
+            self._masker.add(token.access_token, token.refresh_token)
+            self._masker.discard(record.token.access_token, record.token.refresh_token)
+            log.info("token_refreshed", token=str(name), expires_at=token.expires_at.isoformat())
+            outputs_ok = await self.write(spec, token)
         finally:
             await asyncio.to_thread(self._store.release, name, owner=self._owner)
-        self._masker.add(token.access_token, token.refresh_token)
-        self._masker.discard(record.token.access_token, record.token.refresh_token)
-        bound.info("token_refreshed", expires_at=token.expires_at.isoformat())
-        await self.publish(spec, token)
+        if outputs_ok:
+            await self.announce(spec, token)
         if self._on_refreshed is not None:
             self._on_refreshed(spec, token)
-        fresh = await asyncio.to_thread(self._store.get, name)
-        return RefreshOutcome(name, "ok", fresh)
+        return RefreshOutcome(name, "ok", await self._get(name), outputs_ok=outputs_ok)
 
-    async def publish(self, spec: TokenSpec, token: Token, *, run_hooks: bool = True) -> bool:
-        """Write the outputs of a committed token, then run ``on_refresh``.
+    async def write(
+        self, spec: TokenSpec, token: Token, *, record: TokenRecord | None = None
+    ) -> bool:
+        """Write the outputs of a committed token; ``False`` when one could not be written.
 
-        Returns ``False`` when an output could not be written; hooks do not run
-        then, since consumers would read the old token.
+        A failure marks the token ``failing`` with the reason, so ``tokend status``
+        shows it; a later success clears a failure ``record`` shows came from
+        the outputs. Returns whether every output now holds ``token``.
         """
         try:
             written = await asyncio.to_thread(write_outputs, spec.outputs, token)
         except OutputError as error:
+            message = f"{OUTPUT_PROBLEM}{error}"
             log.error("outputs_failed", token=str(spec.name), error=str(error))
+            await asyncio.to_thread(self._store.set_problem, spec.name, error=message)
             return False
         if written:
             log.debug("outputs_written", token=str(spec.name), paths=[str(p) for p in written])
-        if run_hooks and spec.on_refresh:
-            await self._run_hook(spec, "on_refresh", token)
+        if record is not None and (record.last_error or "").startswith(OUTPUT_PROBLEM):
+            await asyncio.to_thread(self._store.set_problem, spec.name, error=None)
+            log.info("outputs_recovered", token=str(spec.name))
         return True
+
+    async def announce(self, spec: TokenSpec, token: Token) -> None:
+        """Run ``on_refresh``: the outputs hold ``token`` now."""
+        if spec.on_refresh:
+            await self._run_hook(spec, "on_refresh", token)
 
     async def _request(self, app: ApplicationSpec, spec: TokenSpec, current: Token) -> Token:
         client = AsyncFactorial(

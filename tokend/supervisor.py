@@ -8,6 +8,7 @@ refresh per token in flight.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from tokend.log import SecretMasker
 from tokend.metrics import Metrics
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.refresher import Refresher
-from tokend.schedule import Scheduler, due_at
+from tokend.schedule import Scheduler, backoff_delay, due_at
 from tokend.state import StateStore, TokenRecord, TokenState
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,7 @@ class Supervisor:
         masker: SecretMasker,
         on_settled: Callable[[], None],
         metrics: Metrics | None = None,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self._store = store
         self._refresher = refresher
@@ -51,6 +53,10 @@ class Supervisor:
         self._config: Config | None = None
         self._specs: dict[TokenName, TokenSpec] = {}
         self._scheduler = Scheduler()
+        # Outputs that could not be written are retried on their own, without a refresh.
+        self._output_retries = Scheduler()
+        self._output_attempts: dict[TokenName, int] = {}
+        self._rand = rand
         self._inflight: dict[TokenName, asyncio.Task[None]] = {}
         self._states: dict[TokenName, TokenState] = {}
         # Tokens to try once although they need authorization (their config changed).
@@ -60,15 +66,22 @@ class Supervisor:
         self.stopping = False
 
     def next_at(self) -> float | None:
-        """When the next token is due, or ``None`` when nothing is scheduled."""
-        return self._scheduler.next_at()
+        """When the next token or output retry is due, or ``None`` when nothing is scheduled."""
+        times = (self._scheduler.next_at(), self._output_retries.next_at())
+        return min((at for at in times if at is not None), default=None)
 
     def start_due(self) -> None:
-        """Start a refresh for every token that is due now."""
-        for name in self._scheduler.due(self._clock.now()):
+        """Start a refresh for every token that is due now, and every output retry."""
+        now = self._clock.now()
+        for name in self._scheduler.due(now):
             spec = self._specs.get(name)
             if spec is not None and name not in self._inflight:
                 self._inflight[name] = asyncio.create_task(self._refresh(spec), name=str(name))
+        for name in self._output_retries.due(now):
+            spec = self._specs.get(name)
+            # A refresh in flight writes the outputs itself.
+            if spec is not None and name not in self._inflight:
+                self._inflight[name] = asyncio.create_task(self._rewrite(spec), name=str(name))
 
     def status_line(self) -> str:
         """``3 tokens ok, 1 needs_authorization``: what systemd shows in ``systemctl status``."""
@@ -100,6 +113,8 @@ class Supervisor:
         removed = [name for name in old_specs if name not in new_specs]
         for name in removed:
             self._scheduler.cancel(name)
+            self._output_retries.cancel(name)
+            self._output_attempts.pop(name, None)
             self._states.pop(name, None)
             self._metrics.forget_token(name)
         added = [name for name in new_specs if name not in old_specs]
@@ -116,7 +131,7 @@ class Supervisor:
             record = records.get(name)
             if record is not None and record.token is not None:
                 self._masker.add(record.token.access_token, record.token.refresh_token)
-                await self._refresher.publish(spec, record.token, run_hooks=False)
+                record = await self._write(spec, record)
             if name in added or name in changed:
                 self._track(spec, record, retry_if_stuck=name in changed)
         return len(added), len(removed), len(changed)
@@ -131,7 +146,7 @@ class Supervisor:
             if due_at(record, spec) != self._scheduler.when(name):
                 if record.token is not None:
                     self._masker.add(record.token.access_token, record.token.refresh_token)
-                    await self._refresher.publish(spec, record.token, run_hooks=False)
+                    record = await self._write(spec, record)
                 self._track(spec, record)
 
     async def drain(self, grace: float) -> int:
@@ -169,6 +184,57 @@ class Supervisor:
         else:
             self._scheduler.schedule(spec.name, due)
 
+    async def _write(self, spec: TokenSpec, record: TokenRecord) -> TokenRecord | None:
+        """Write ``record``'s token to ``spec``'s outputs (no hooks: nothing changed for
+        consumers); return the record as it stands afterwards."""
+        assert record.token is not None  # noqa: S101 -- callers pass stored tokens only
+        written = await self._refresher.write(spec, record.token, record=record)
+        self._retry_outputs(spec, written=written)
+        if written and record.state is not TokenState.FAILING:
+            return record
+        return await asyncio.to_thread(self._store.get, spec.name)
+
+    def _retry_outputs(self, spec: TokenSpec, *, written: bool) -> None:
+        """Forget the output retries of ``spec``, or schedule the next with backoff."""
+        if written:
+            self._output_attempts.pop(spec.name, None)
+            self._output_retries.cancel(spec.name)
+            return
+        attempts = self._output_attempts[spec.name] = self._output_attempts.get(spec.name, 0) + 1
+        delay = backoff_delay(attempts, spec.retry, retry_after=None, random=self._rand)
+        self._output_retries.schedule(spec.name, self._clock.now() + delay)
+
+    async def _rewrite(self, spec: TokenSpec) -> None:
+        """Retry the outputs of a token whose last write failed; hooks run once it works,
+        since consumers never heard of that token."""
+        try:
+            record = await asyncio.to_thread(self._store.get, spec.name)
+            if record is None or record.token is None:
+                self._retry_outputs(spec, written=True)
+                return
+            token = record.token
+            fresh = await self._write(spec, record)
+            if spec.name not in self._output_attempts:
+                await self._refresher.announce(spec, token)
+            current = self._specs.get(spec.name)
+            if current is not None:
+                self._track(current, fresh)
+        except Exception as error:  # noqa: BLE001 -- one token's failure must never kill the daemon
+            self._crashed(spec, error)
+        finally:
+            self._inflight.pop(spec.name, None)
+            self._on_settled()
+
+    def _crashed(self, spec: TokenSpec, error: Exception) -> None:
+        log.error(
+            "refresh_crashed",
+            token=str(spec.name),
+            error_type=type(error).__name__,
+            error=self._masker.mask(str(error)),
+            retry_in=CRASH_RETRY,
+        )
+        self._scheduler.schedule(spec.name, self._clock.now() + CRASH_RETRY)
+
     async def _refresh(self, spec: TokenSpec) -> None:
         assert self._config is not None  # noqa: S101 -- apply() runs before anything is due
         app = self._config.applications[spec.name.app]
@@ -186,15 +252,10 @@ class Supervisor:
                 self._scheduler.schedule(spec.name, self._clock.now() + BUSY_RETRY)
             else:
                 self._track(current, outcome.record)
+            if outcome.result == "ok":
+                self._retry_outputs(current, written=outcome.outputs_ok)
         except Exception as error:  # noqa: BLE001 -- one token's failure must never kill the daemon
-            log.error(
-                "refresh_crashed",
-                token=str(spec.name),
-                error_type=type(error).__name__,
-                error=self._masker.mask(str(error)),
-                retry_in=CRASH_RETRY,
-            )
-            self._scheduler.schedule(spec.name, self._clock.now() + CRASH_RETRY)
+            self._crashed(spec, error)
         finally:
             self._inflight.pop(spec.name, None)
             self._on_settled()
