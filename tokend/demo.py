@@ -124,9 +124,10 @@ def run_demo(
         finally:
             store.close()
         print(f"Access tokens live {lifetime:g} s; watch them rotate (Ctrl-C stops).", file=out)
+        print(f"In another terminal: tokend --config {config_path} status", file=out, flush=True)
 
         def on_refreshed(spec: TokenSpec, token: Token) -> None:
-            _print_line(out, spec, token, "refreshed ")
+            _print_line(out, spec, token, "refreshed")
 
         daemon = Daemon(config_path, masker=masker, on_refreshed=on_refreshed)
         status = asyncio.run(_run_daemon(daemon, duration))
