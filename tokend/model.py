@@ -42,7 +42,7 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class TokenName:
     """``APP/USER/SCOPE``: the one name of a token in config, store, logs and CLI."""
 
@@ -62,7 +62,7 @@ class TokenName:
         return cls(*parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff for transient failures: ``initial`` doubling up to ``max``."""
 
@@ -70,7 +70,7 @@ class RetryPolicy:
     max: float = 600.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
     """One file that receives the access token after every refresh."""
 
@@ -82,7 +82,7 @@ class OutputSpec:
     group: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ApplicationSpec:
     """An OAuth application registered at the server, and how to talk to it."""
 
@@ -96,7 +96,7 @@ class ApplicationSpec:
     timeout: float = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenSpec:
     """A user/scope pair of an application that must always hold a fresh token."""
 
@@ -111,7 +111,7 @@ class TokenSpec:
     hook_timeout: float = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetricsSpec:
     """Where the Prometheus/health listener binds; a non-loopback host needs ``allow_remote``."""
 

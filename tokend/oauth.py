@@ -22,7 +22,7 @@ from tokend.errors import NetworkError, PermanentOAuthError, TransientOAuthError
 from tokend.model import SCOPES
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, slots=True)
 class Token:
     """An access token and its refresh token, exactly as the server issued them.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,15 +98,12 @@ class Refresher:
         ``tokend revoke`` can never see them rewritten after it removed them.
         """
         name = spec.name
-        claimed = await asyncio.to_thread(
-            self._store.claim, name, owner=self._owner, now=self._clock.now(),
-            lease=spec.timeout + _LEASE_MARGIN, holder_is_dead=owner_is_dead,
-        )
+        claimed, record = await asyncio.to_thread(self._claim, spec)
         if not claimed:
             log.info("refresh_skipped", token=str(name), reason="claimed_by_another_process")
             return RefreshOutcome(name, "busy", None)
+        released = False
         try:
-            record = await asyncio.to_thread(self._store.get, name)
             if record is None or record.token is None:
                 return RefreshOutcome(name, "skipped", record)
             due = due_at(record, spec)
@@ -125,40 +122,72 @@ class Refresher:
                 result = "transient_error" if error.transient else "permanent_error"
                 self._metrics.refresh_finished(name, result, time.monotonic() - started)
                 return await self._fail(spec, record, error)
-            await asyncio.to_thread(self._store.save_token, name, token, now=self._clock.now())
-            self._metrics.refresh_finished(name, "ok", time.monotonic() - started)
             self._masker.add(token.access_token, token.refresh_token)
+            released = True
+            outputs_ok, fresh = await asyncio.to_thread(self._commit_and_write, spec, token)
+            self._metrics.refresh_finished(name, "ok", time.monotonic() - started)
             self._masker.discard(record.token.access_token, record.token.refresh_token)
-            log.info("token_refreshed", token=str(name), expires_at=token.expires_at.isoformat())
-            outputs_ok = await self.write(spec, token)
         finally:
-            await asyncio.to_thread(self._store.release, name, owner=self._owner)
+            if not released:
+                await asyncio.to_thread(self._store.release, name, owner=self._owner)
         if outputs_ok:
             await self.announce(spec, token)
         if self._on_refreshed is not None:
             self._on_refreshed(spec, token)
-        return RefreshOutcome(name, "ok", await self._get(name), outputs_ok=outputs_ok)
+        return RefreshOutcome(name, "ok", fresh, outputs_ok=outputs_ok)
+
+    def _claim(self, spec: TokenSpec) -> tuple[bool, TokenRecord | None]:
+        """Claim ``spec`` through the store and read its record (one worker-thread hop)."""
+        claimed = self._store.claim(
+            spec.name, owner=self._owner, now=self._clock.now(),
+            lease=spec.timeout + _LEASE_MARGIN, holder_is_dead=owner_is_dead,
+        )
+        return claimed, self._store.get(spec.name) if claimed else None
+
+    def _commit_and_write(self, spec: TokenSpec, token: Token) -> tuple[bool, TokenRecord | None]:
+        """Commit ``token`` durably, then write the outputs, then release the claim.
+
+        One worker-thread hop for the whole sequence; the order inside is the
+        invariant: nothing can read the new token before it is on disk.
+        """
+        try:
+            self._store.save_token(spec.name, token, now=self._clock.now())
+            log.info("token_refreshed", token=str(spec.name),
+                     expires_at=token.expires_at.isoformat())
+            outputs_ok = self._write_now(spec, token, None)
+        finally:
+            self._store.release(spec.name, owner=self._owner)
+        return outputs_ok, self._store.get(spec.name)
 
     async def write(
         self, spec: TokenSpec, token: Token, *, record: TokenRecord | None = None
     ) -> bool:
-        """Write the outputs of a committed token; ``False`` when one could not be written.
+        """Write the outputs of a committed token; ``False`` when one could not be written."""
+        return await asyncio.to_thread(self._write_now, spec, token, record)
+
+    async def write_many(
+        self, items: Sequence[tuple[TokenSpec, Token, TokenRecord | None]]
+    ) -> list[bool]:
+        """:meth:`write` for many tokens in one worker-thread hop (start-up, reload)."""
+        return await asyncio.to_thread(lambda: [self._write_now(*item) for item in items])
+
+    def _write_now(self, spec: TokenSpec, token: Token, record: TokenRecord | None) -> bool:
+        """Write the outputs (in the calling thread); whether they all hold ``token`` now.
 
         A failure marks the token ``failing`` with the reason, so ``tokend status``
         shows it; a later success clears a failure ``record`` shows came from
-        the outputs. Returns whether every output now holds ``token``.
+        the outputs.
         """
         try:
-            written = await asyncio.to_thread(write_outputs, spec.outputs, token)
+            written = write_outputs(spec.outputs, token)
         except OutputError as error:
-            message = f"{OUTPUT_PROBLEM}{error}"
             log.error("outputs_failed", token=str(spec.name), error=str(error))
-            await asyncio.to_thread(self._store.set_problem, spec.name, error=message)
+            self._store.set_problem(spec.name, error=f"{OUTPUT_PROBLEM}{error}")
             return False
         if written:
             log.debug("outputs_written", token=str(spec.name), paths=[str(p) for p in written])
         if record is not None and (record.last_error or "").startswith(OUTPUT_PROBLEM):
-            await asyncio.to_thread(self._store.set_problem, spec.name, error=None)
+            self._store.set_problem(spec.name, error=None)
             log.info("outputs_recovered", token=str(spec.name))
         return True
 

@@ -38,7 +38,7 @@ class TokenState(StrEnum):
     NOT_AUTHORIZED = "not_authorized"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenRecord:
     """One stored token and its history; ``token`` is ``None`` until authorized or after revoke."""
 

@@ -59,6 +59,7 @@ class Supervisor:
         self._rand = rand
         self._inflight: dict[TokenName, asyncio.Task[None]] = {}
         self._states: dict[TokenName, TokenState] = {}
+        self._counts: Counter[TokenState] = Counter()
         # Tokens to try once although they need authorization (their config changed).
         self._forced: set[TokenName] = set()
         self._global_slots = asyncio.Semaphore(1)
@@ -84,12 +85,25 @@ class Supervisor:
                 self._inflight[name] = asyncio.create_task(self._rewrite(spec), name=str(name))
 
     def status_line(self) -> str:
-        """``3 tokens ok, 1 needs_authorization``: what systemd shows in ``systemctl status``."""
-        counts = Counter(self._states.get(name, TokenState.NOT_AUTHORIZED) for name in self._specs)
-        if not counts:
+        """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows.
+
+        The counts are kept up to date as states change, so this costs nothing
+        per refresh, however many tokens there are.
+        """
+        if not self._specs:
             return "no tokens configured"
-        parts = [f"{count} {state.value}" for state, count in sorted(counts.items())]
+        parts = [f"{count} {state.value}" for state, count in sorted(self._counts.items())
+                 if count]
         return f"{len(self._specs)} tokens: " + ", ".join(parts)
+
+    def _set_state(self, name: TokenName, state: TokenState | None) -> None:
+        """Record ``name``'s state (``None``: no longer configured) and keep the counts."""
+        old = self._states.pop(name, None)
+        if old is not None:
+            self._counts[old] -= 1
+        if state is not None:
+            self._states[name] = state
+            self._counts[state] += 1
 
     async def apply(self, new: Config) -> tuple[int, int, int]:
         """Move to ``new``, touching only what changed; return (added, removed, changed).
@@ -115,25 +129,36 @@ class Supervisor:
             self._scheduler.cancel(name)
             self._output_retries.cancel(name)
             self._output_attempts.pop(name, None)
-            self._states.pop(name, None)
+            self._set_state(name, None)
             self._metrics.forget_token(name)
-        added = [name for name in new_specs if name not in old_specs]
-        changed = [
+        added = {name for name in new_specs if name not in old_specs}
+        changed = {
             name for name, spec in new_specs.items()
             if name in old_specs and (
                 old_specs[name] != spec
                 or old_config is None
                 or old_config.applications.get(name.app) != new.applications[name.app]
             )
-        ]
+        }
         records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
-        for name, spec in new_specs.items():
-            record = records.get(name)
-            if record is not None and record.token is not None:
-                self._masker.add(record.token.access_token, record.token.refresh_token)
-                record = await self._write(spec, record)
-            if name in added or name in changed:
-                self._track(spec, record, retry_if_stuck=name in changed)
+        # A refresh in flight writes its own outputs; writing its old token here could
+        # land after them. Nothing new starts while this runs: only the loop starts work.
+        stored = [
+            (spec, record.token, record) for name, spec in new_specs.items()
+            if (record := records.get(name)) is not None and record.token is not None
+            and name not in self._inflight
+        ]
+        for _spec, token, _record in stored:
+            self._masker.add(token.access_token, token.refresh_token)
+        results = await self._refresher.write_many(stored)
+        for (spec, _token, record), written in zip(stored, results, strict=True):
+            self._retry_outputs(spec, written=written)
+            if not written or record.state is TokenState.FAILING:  # the write changed it
+                fresh = await asyncio.to_thread(self._store.get, spec.name)
+                if fresh is not None:
+                    records[spec.name] = fresh
+        for name in added | changed:
+            self._track(new_specs[name], records.get(name), retry_if_stuck=name in changed)
         return len(added), len(removed), len(changed)
 
     async def rescan(self) -> None:
@@ -170,7 +195,7 @@ class Supervisor:
     def _track(
         self, spec: TokenSpec, record: TokenRecord | None, *, retry_if_stuck: bool = False
     ) -> None:
-        self._states[spec.name] = record.state if record else TokenState.NOT_AUTHORIZED
+        self._set_state(spec.name, record.state if record else TokenState.NOT_AUTHORIZED)
         self._metrics.observe_token(spec, record)
         due = due_at(record, spec)
         stuck = record is not None and record.token is not None and (

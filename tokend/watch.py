@@ -18,6 +18,8 @@ import watchfiles
 
 log = structlog.get_logger(__name__)
 
+# Changes are collected for 50 ms; the watcher thread wakes that often to look,
+# which is the whole idle cost of following the file.
 DEBOUNCE_MS = 50
 
 
@@ -39,7 +41,7 @@ async def watch_config(
         folder,
         watch_filter=None,
         debounce=DEBOUNCE_MS,
-        step=10,
+        step=DEBOUNCE_MS,
         stop_event=stop,
         recursive=False,
         ignore_permission_denied=True,
