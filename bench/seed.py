@@ -33,7 +33,7 @@ from tokend.model import TokenName
 from tokend.oauth import Token
 from tokend.sandbox import Sandbox
 from tokend.sandbox_model import OOB
-from tokend.state import SqliteStateStore
+from tokend.sqlite_store import SqliteStateStore
 
 APP = "bench"
 CLIENT_ID = "bench-client"

@@ -22,7 +22,7 @@ from tests.e2e import (
 )
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.state import SqliteStateStore
+from tokend.sqlite_store import SqliteStateStore
 
 TOKENS = [("alice", "read"), ("bob", "read"), ("carol", "read")]
 

@@ -14,7 +14,8 @@ import pytest
 from tests.e2e import Setup, StartDaemon, authorize, refreshed, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.state import SqliteStateStore, TokenState
+from tokend.sqlite_store import SqliteStateStore
+from tokend.state import TokenState
 
 TOKENS = [("alice", "read"), ("alice", "write"), ("bob", "read"), ("carol", "read+write")]
 

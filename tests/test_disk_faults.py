@@ -17,7 +17,8 @@ import pytest
 from tests.e2e import Setup, StartDaemon, authorize, refreshed, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.state import SqliteStateStore, TokenRecord
+from tokend.sqlite_store import SqliteStateStore
+from tokend.state import TokenRecord
 
 NAME = TokenName("app", "alice", "read")
 Mount = Callable[..., None]

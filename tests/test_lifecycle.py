@@ -13,7 +13,7 @@ import pytest
 from tests.e2e import Setup, StartDaemon, authorize, refreshed, tokend, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.state import SqliteStateStore
+from tokend.sqlite_store import SqliteStateStore
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from tests.e2e import CLIENT_ID, CLIENT_SECRET, StartDaemon, wait_for
 from tokend.model import TokenName
 from tokend.oauth import Token
 from tokend.sandbox import Sandbox
-from tokend.state import SqliteStateStore, TokenState
+from tokend.sqlite_store import SqliteStateStore
+from tokend.state import TokenState
 
 LIFETIME = 600
 # Seeded access tokens have this long left: the burst must be done before.

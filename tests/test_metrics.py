@@ -19,7 +19,8 @@ from tokend.metrics_http import MetricsServer
 from tokend.model import ApplicationSpec, MetricsSpec, Secret, TokenName, TokenSpec
 from tokend.oauth import Token
 from tokend.refresher import Refresher
-from tokend.state import SqliteStateStore, TokenRecord, TokenState
+from tokend.sqlite_store import SqliteStateStore
+from tokend.state import TokenRecord, TokenState
 from tokend.status import token_row
 
 NAME = TokenName("app", "alice", "read")

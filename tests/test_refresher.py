@@ -14,7 +14,8 @@ from tokend.log import SecretMasker
 from tokend.model import ApplicationSpec, OutputSpec, RetryPolicy, Secret, TokenName, TokenSpec
 from tokend.oauth import Token
 from tokend.refresher import Refresher, RefreshOutcome
-from tokend.state import SqliteStateStore, TokenState
+from tokend.sqlite_store import SqliteStateStore
+from tokend.state import TokenState
 
 NAME = TokenName("app", "alice", "read")
 APP = ApplicationSpec(

@@ -17,7 +17,8 @@ import pytest
 from tokend.errors import StateError
 from tokend.model import TokenName
 from tokend.oauth import Token
-from tokend.state import SCHEMA_VERSION, SqliteStateStore, StateStore, TokenState
+from tokend.sqlite_store import SCHEMA_VERSION, SqliteStateStore
+from tokend.state import StateStore, TokenState
 
 NAME = TokenName("payroll", "alice", "read")
 OTHER = TokenName("payroll", "bob", "write")
@@ -65,7 +66,7 @@ CLAIM_CHILD = """
 import sys
 from pathlib import Path
 from tokend.model import TokenName
-from tokend.state import SqliteStateStore
+from tokend.sqlite_store import SqliteStateStore
 store = SqliteStateStore(Path(sys.argv[1]))
 print(store.claim(TokenName.parse(sys.argv[2]), owner=sys.argv[3], now=float(sys.argv[4]),
                   lease=60.0))
@@ -139,7 +140,7 @@ def test_committed_token_survives_a_process_that_dies(state_dir: Path) -> None:
         "from pathlib import Path\n"
         "from tokend.model import TokenName\n"
         "from tokend.oauth import Token\n"
-        "from tokend.state import SqliteStateStore\n"
+        "from tokend.sqlite_store import SqliteStateStore\n"
         "store = SqliteStateStore(Path(sys.argv[1]))\n"
         "store.save_token(TokenName.parse(sys.argv[2]), Token('a', 'Bearer', 60, 'r', 'read', 5),"
         " now=1.0)\n"

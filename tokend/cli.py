@@ -103,7 +103,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def _with_store(args: argparse.Namespace, work: Callable[[Config, StateStore, SecretMasker], int]
                 ) -> int:
     """Set up logging, load the config, open the store, run ``work``, close the store."""
-    from tokend.state import SqliteStateStore
+    from tokend.sqlite_store import SqliteStateStore
 
     masker = _masker_and_logging(args)
     config = _load(args)

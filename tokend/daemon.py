@@ -29,7 +29,8 @@ from tokend.metrics import Metrics
 from tokend.metrics_http import MetricsServer, serve_metrics
 from tokend.model import Config, MetricsSpec
 from tokend.refresher import RefreshedCallback, Refresher
-from tokend.state import SqliteStateStore, StateStore
+from tokend.sqlite_store import SqliteStateStore
+from tokend.state import StateStore
 from tokend.supervisor import Supervisor
 from tokend.systemd import Notifier
 from tokend.watch import watch_config

@@ -26,7 +26,7 @@ from tokend.log import SecretMasker
 from tokend.model import TokenSpec
 from tokend.oauth import Token
 from tokend.sandbox import Sandbox
-from tokend.state import SqliteStateStore
+from tokend.sqlite_store import SqliteStateStore
 
 DEMO_CLIENT_ID = "tokend-demo"
 DEMO_TOKENS = (("alice", "read"), ("alice", "write"), ("bob", "read+write"))

@@ -27,7 +27,8 @@ from tokend.durations import format_duration
 from tokend.lock import running_daemon_pid
 from tokend.model import Config, TokenSpec
 from tokend.schedule import due_at
-from tokend.state import SqliteStateStore, TokenRecord, TokenState
+from tokend.sqlite_store import SqliteStateStore
+from tokend.state import TokenRecord, TokenState
 
 EXPIRED = "expired"
 
