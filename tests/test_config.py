@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokend.config import default_config_path, load_config
+from tokend.config_events import read_plain
+from tokend.config_yaml import _Walker  # the reference reader the fast one must agree with
 from tokend.errors import ConfigError
 from tokend.model import Config, MetricsSpec, OutputSpec, RetryPolicy, Secret, TokenName
 
@@ -696,3 +698,123 @@ def test_os_environ_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     Path("config.yaml").write_text(APP)
     os.chmod("config.yaml", 0o600)
     assert load_config(Path("config.yaml")).state_dir == Path("/from/os")
+
+
+# --- large files, alias bombs, and the fast reader agreeing with the walker ---------------
+
+
+def big_config(tokens: int, *, last_scope: str = "read") -> str:
+    """An application with ``tokens`` users, each output merged from one shared anchor."""
+    lines = ["x-output: &out {format: env, mode: '0640'}", *APP.splitlines()[:-1]]
+    for index in range(tokens):
+        scope = last_scope if index == tokens - 1 else "read"
+        lines += [f"      - user: u{index:06d}", f"        scope: {scope}",
+                  f"        outputs: [{{<<: *out, path: /run/t/u{index:06d}}}]"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_file_with_thirty_thousand_tokens_loads() -> None:
+    """Large installations fit: 30,000 tokens sharing an anchor are not mistaken for a bomb."""
+    config = load(big_config(30_000))
+    assert len(config.tokens) == 30_000
+    assert config.tokens[-1].outputs == (OutputSpec(Path("/run/t/u029999"), "env", mode=0o640),)
+
+
+def test_an_error_in_a_large_file_is_located_exactly() -> None:
+    """The last of 30,000 tokens has a bad scope: the message points at its line."""
+    message = error_of(big_config(30_000, last_scope="admin"))
+    line = 5 + 3 * 30_000  # 5 lines before the first token, 3 lines per token
+    assert message == (f"config.yaml:{line}:16: applications.payroll.tokens[29999].scope: "
+                       "must be one of read, write, read+write")
+
+
+def test_an_alias_bomb_is_refused() -> None:
+    """A small file whose aliases expand to a billion values fails fast instead of eating memory."""
+    lines = ["x-0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x-{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]"
+              for level in range(1, 10)]
+    message = error_of("\n".join(lines) + "\n" + APP)
+    assert message.endswith(": has too many values (aliases expanding without end?)")
+    assert message.startswith("config.yaml:1:")
+
+
+SCALARS_TEXT = ["x", "read", "1", "440", "0640", "'440'", '"0640"', "yes", "~", "1.5", "0x1F",
+                "1_0", "1:30", "2001-12-14", "!!str 5", "!!binary aGk="]
+ODD_TEXT = ["!vault x", "<<", "=", "*missing", "[k]: 1", "1: 1"]
+"""What only the walker reads (or refuses): rare, so most documents reach the fast reader."""
+
+
+@st.composite
+def flow_documents(draw: st.DrawFn) -> str:
+    """Flow-style YAML mixing anchors, aliases and merge keys, now and then something odd."""
+    anchors: dict[str, str] = {}  # name -> "map", "seq" or "scalar"
+    names = iter(range(1_000_000))
+
+    def node(depth: int) -> str:
+        kinds = ["scalar", "alias", "seq", "map", "map"] if depth < 4 else ["scalar", "alias"]
+        kind = draw(st.sampled_from(kinds))
+        if kind == "alias" and anchors:
+            return "*" + draw(st.sampled_from(sorted(anchors)))
+        if draw(st.integers(0, 150)) == 0:
+            return draw(st.sampled_from(ODD_TEXT))
+        name = f"a{next(names)}" if draw(st.integers(0, 2)) == 0 else ""
+        if name and draw(st.integers(0, 20)) == 0:
+            anchors[name] = kind  # named before its content: an alias inside is recursive
+        if kind == "seq":
+            text = "[" + ", ".join(node(depth + 1) for _ in range(draw(st.integers(0, 3)))) + "]"
+        elif kind == "map":
+            text = mapping(depth + 1)
+        else:
+            kind, text = "scalar", draw(st.sampled_from(SCALARS_TEXT))
+        if name:
+            anchors[name] = kind
+            return f"&{name} {text}"
+        return text
+
+    def merge(depth: int) -> str:
+        maps = sorted(name for name, kind in anchors.items() if kind == "map")
+        if not maps or draw(st.booleans()):
+            return mapping(depth + 1)
+        picked = draw(st.lists(st.sampled_from(maps), min_size=1, max_size=3))
+        aliases = [f"*{name}" for name in picked]
+        return aliases[0] if len(aliases) == 1 else "[" + ", ".join(aliases) + "]"
+
+    def mapping(depth: int) -> str:
+        keys = draw(st.lists(st.sampled_from(["a", "b", "mode", "path", "'q'", "<<", "'<<'"]),
+                             unique=True, max_size=4))
+        keys += ["<<"] * draw(st.integers(0, 1)) if "<<" in keys else []
+        entries = [f"{key}: {merge(depth) if key == '<<' else node(depth)}" for key in keys]
+        return "{" + ", ".join(entries) + "}"
+
+    return mapping(0)
+
+
+def reads_alike(text: str) -> None:
+    found = read_plain(text, 10_000)
+    if found is None:
+        return  # the walker reads this file alone
+    walker = _Walker("config.yaml")
+    data = walker.parse(text)
+    assert repr(found[0]) == repr(data)
+    assert found[1] == walker.plain
+
+
+@fuzz(max_examples=500)
+@given(flow_documents())
+def test_fast_reader_agrees_with_the_walker_on_anchors_and_merges(text: str) -> None:
+    """Whichever reader reads a file, the operator gets the same values."""
+    reads_alike(text)
+
+
+@fuzz(max_examples=200)
+@given(st.lists(VALUES, min_size=1, max_size=3), st.lists(st.integers(0, 2), max_size=6))
+def test_fast_reader_agrees_with_the_walker_on_block_style(parts: list[Any],
+                                                           shared: list[int]) -> None:
+    """Block-style files, with anchors where values are shared, read the same both ways."""
+    document = {f"k{index}": parts[index % len(parts)] for index in [*range(len(parts)), *shared]}
+    reads_alike(yaml.safe_dump(document))
+
+
+def test_the_fast_reader_reads_the_example() -> None:
+    """The shipped example (anchors, merge keys) loads without falling back to the walker."""
+    assert read_plain(EXAMPLE.read_text(), 10_000) is not None

@@ -18,7 +18,7 @@ from tokend.model import TokenName
 from tokend.oauth import Token
 from tokend.quickconfig import quick_config_path, quick_state_dir
 from tokend.quicktoken import NoValidTokenError, current_access_token
-from tokend.state import SqliteStateStore
+from tokend.sqlite_store import SqliteStateStore
 
 APP = """\
 applications:
@@ -138,3 +138,54 @@ def test_tokend_token_does_not_import_httpx_pydantic_or_structlog(tmp_path: Path
                             timeout=30, check=False, env={**os.environ})
     assert result.stdout == "access-bob-read\n"
     assert json.loads(result.stderr.splitlines()[-1]) == {"status": 0, "heavy": []}
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "x-dir: &dir from-anchor\nstate_dir: *dir\n",
+        "x-base: &base {state_dir: from-merge}\n<<: *base\n",
+        "defaults:\n  concurrency: 2\n  retry: {initial: 1s}\nmetrics: {}\nstate_dir: late\n",
+        "'state_dir': quoted-key\n",
+        "state_dir: !!str 123\n",
+        "state_dir: ~\n",
+    ],
+    ids=["alias", "merge-key", "after-nested-blocks", "quoted-key", "tagged", "null"],
+)
+def test_state_dir_written_any_way_agrees_with_load_config(tmp_path: Path, head: str) -> None:
+    """Anchors, merge keys, quoting and tags lead `tokend token` to the daemon's store too."""
+    path = tmp_path / "config.yaml"
+    path.write_text(head + APP)
+    path.chmod(0o600)
+    environ = {"STATE_DIRECTORY": "/var/lib/from-systemd"}
+    assert quick_state_dir(path, environ=environ) == load_config(path, environ=environ).state_dir
+
+
+def test_only_the_top_of_the_file_is_read(tmp_path: Path) -> None:
+    """`tokend token` stops at state_dir: a large file costs it no more than a small one."""
+    path = tmp_path / "config.yaml"
+    path.write_text("state_dir: state\napplications: [never, closed\n")
+    assert quick_state_dir(path, environ={}) == tmp_path / "state"
+
+
+def test_an_unknown_name_lists_the_stored_tokens(tmp_path: Path) -> None:
+    """A typo is answered with every name the store holds, to pick the right one."""
+    state = _store(tmp_path, created_at=int(time.time()))
+    with pytest.raises(NoValidTokenError, match=r"stored tokens: payroll/alice/read, "
+                                                r"payroll/alice/write, payroll/bob/read$"):
+        current_access_token(state, "payroll/carol", now=time.time())
+
+
+@pytest.mark.parametrize(("name", "error", "message"), [
+    ("payroll", NotFoundError,
+     "say which one: payroll/alice/read, payroll/alice/write, payroll/bob/read"),
+    ("payroll/bob/read/extra", NoValidTokenError, "no token named"),
+    ("other/bob/read", NoValidTokenError, "no token named"),
+])
+def test_names_of_other_shapes_are_refused_clearly(
+    tmp_path: Path, name: str, error: type[Exception], message: str
+) -> None:
+    """An application alone, too many parts or another application never returns a token."""
+    state = _store(tmp_path, created_at=int(time.time()))
+    with pytest.raises(error, match=message):
+        current_access_token(state, name, now=time.time())

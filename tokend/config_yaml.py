@@ -7,6 +7,10 @@ value under its key path (``("applications", "payroll", "tokens", 1)``).
 :class:`Problems` then turns any key path back into ``file:line:col`` and
 gathers every error into one :class:`~tokend.errors.ConfigError`.
 
+Walking costs most of a large file's load, and only errors need positions: a
+file is read by :mod:`tokend.config_events` first, and walked only when that
+reader gives up (the walker then words the error) or a message needs a position.
+
 Messages never quote a value from the file: it might be a secret.
 """
 
@@ -15,23 +19,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from tokend.config_events import KeyPath, read_plain
 from tokend.errors import ConfigError
 
-KeyPath = tuple[str | int, ...]
 Mark = tuple[int, int]
 
 _MERGE = "tag:yaml.org,2002:merge"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
-# Aliases can expand a tiny file exponentially ("billion laughs"); a real config is far smaller.
-_MAX_VALUES = 100_000
+# Aliases can expand a tiny file exponentially ("billion laughs"). Only values reached again
+# through an alias count, and a file may expand by as many values as it has characters plus
+# this: anchors shared by every token of a large file stay within it, a bomb does not.
+_MAX_ALIASED = 100_000
 _MAX_ERRORS = 20
 
 
@@ -45,21 +52,29 @@ def format_key_path(path: KeyPath) -> str:
 
 @dataclass(frozen=True)
 class Document:
-    """The parsed file: plain data plus where every key and value was written (1-based)."""
+    """The parsed file: plain data, and where every key and value was written (1-based)."""
 
     source: str
     data: dict[str, Any]
-    values: Mapping[KeyPath, Mark]
-    keys: Mapping[KeyPath, Mark]
     plain: Mapping[KeyPath, str]
-    """Raw text of unquoted scalars: tells ``mode: 640`` (decimal to YAML) from ``0640``."""
+    """Raw text of unquoted scalars YAML did not read as text: tells ``mode: 640`` (decimal to
+    YAML) from ``0640`` (octal). Text needs no record: its raw text is its value."""
     mode: int
+    text: str = field(repr=False)
+
+    @cached_property
+    def _positions(self) -> tuple[Mapping[KeyPath, Mark], Mapping[KeyPath, Mark]]:
+        """(values, keys): found by walking the file again, only once a message needs one."""
+        walker = _Walker(self.source)
+        walker.parse(self.text)
+        return walker.values, walker.keys
 
     def mark(self, path: KeyPath, *, key: bool = False) -> Mark | None:
         """Where ``path`` (or, if it is not in the file, its nearest ancestor) was written."""
+        values, keys = self._positions
         for end in range(len(path), -1, -1):
             prefix = path[:end]
-            found = (self.keys.get(prefix) if key else None) or self.values.get(prefix)
+            found = (keys.get(prefix) if key else None) or values.get(prefix)
             if found is not None:
                 return found
         return None
@@ -137,9 +152,15 @@ def read_document(path: Path) -> Document:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - raw.rfind(b"\n", 0, exc.start)
         raise ConfigError("is not UTF-8 text", location=f"{source}:{line}:{column}") from None
-    walker = _Walker(source)
-    data = walker.parse(text)
-    return Document(source, data, walker.values, walker.keys, walker.plain, mode)
+    found = read_plain(text, _alias_budget(text))
+    if found is None:
+        walker = _Walker(source)
+        found = walker.parse(text), walker.plain
+    return Document(source, *found, mode, text)
+
+
+def _alias_budget(text: str) -> int:
+    return _MAX_ALIASED + len(text)
 
 
 def _mark(node: Node) -> Mark:
@@ -155,14 +176,16 @@ class _Walker:
         self.keys: dict[KeyPath, Mark] = {}
         self.plain: dict[KeyPath, str] = {}
         self._active: set[int] = set()
-        self._budget = _MAX_VALUES
+        self._visited: set[int] = set()
+        self._budget = 0
         self._loader: yaml.SafeLoader | None = None
 
     def parse(self, text: str) -> dict[str, Any]:
         loader: yaml.SafeLoader | None = None
+        self._budget = _alias_budget(text)
         try:
-            loader = self._loader = yaml.SafeLoader(text)
-            root = loader.get_single_node()
+            loader, root = _compose(text)
+            self._loader = loader
             if root is None:
                 raise ConfigError("is empty; it needs at least an applications: mapping",
                                   location=self.source)
@@ -197,10 +220,7 @@ class _Walker:
 
     @contextmanager
     def _enter(self, node: Node, path: KeyPath) -> Iterator[None]:
-        """Guard against aliases that contain themselves and against alias bombs."""
-        self._budget -= 1
-        if self._budget < 0:
-            raise self._error(node, path, "has too many values (aliases expanding without end?)")
+        """Guard against aliases that contain themselves."""
         if id(node) in self._active:
             raise self._error(node, path, "an alias refers to a mapping or list that contains it")
         self._active.add(id(node))
@@ -209,7 +229,17 @@ class _Walker:
         finally:
             self._active.discard(id(node))
 
+    def _charge(self, node: Node, path: KeyPath) -> None:
+        """Count a node met a second time (through an alias) against the alias budget."""
+        if id(node) not in self._visited:
+            self._visited.add(id(node))
+            return
+        self._budget -= 1
+        if self._budget < 0:
+            raise self._error(node, path, "has too many values (aliases expanding without end?)")
+
     def _walk(self, node: Node, path: KeyPath) -> Any:
+        self._charge(node, path)
         self.values[path] = _mark(node)
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
@@ -221,9 +251,10 @@ class _Walker:
             raise self._error(node, path, f"uses the YAML tag {node.tag}, which tokend cannot read")
 
     def _scalar(self, node: ScalarNode, path: KeyPath) -> Any:
-        if node.style is None:
+        value = self._construct(node, path)
+        if not node.style and not isinstance(value, str):  # plain: "" from libyaml
             self.plain[path] = node.value
-        return self._construct(node, path)
+        return value
 
     def _construct(self, node: ScalarNode, path: KeyPath) -> Any:
         assert self._loader is not None  # noqa: S101 -- only called from parse()
@@ -263,6 +294,7 @@ class _Walker:
         for source in sources:
             if not isinstance(source, MappingNode):
                 raise self._error(source, path, "a merge key (<<) can only merge mappings")
+            self._charge(source, path)
             with self._enter(source, path):
                 for key, value in self._mapping(source, path).items():
                     result.setdefault(key, value)
@@ -274,6 +306,28 @@ class _Walker:
             shown = node.value if isinstance(node, ScalarNode) else "?"
             raise self._error(node, (*path, shown), "keys must be strings; quote this one")
         return key
+
+
+def _compose(text: str) -> tuple[Any, Node | None]:
+    """The node tree, composed by libyaml when present (five times faster than PyYAML).
+
+    libyaml words its errors differently from PyYAML and refuses a few edge
+    cases PyYAML reads, so any file it rejects is composed again by PyYAML:
+    what a file means and how its errors read do not depend on libyaml.
+    """
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        loader = fast(text)
+        try:
+            return loader, loader.get_single_node()
+        except yaml.YAMLError:
+            loader.dispose()
+    loader = yaml.SafeLoader(text)
+    try:
+        return loader, loader.get_single_node()
+    except BaseException:
+        loader.dispose()
+        raise
 
 
 def _line_col(text: str, offset: int) -> str:

@@ -9,7 +9,6 @@ a consumer calling it in a loop cannot disturb the daemon.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,14 +17,21 @@ from tokend.errors import NotFoundError, StateError, TokendError
 DATABASE_NAME = "tokend.db"
 _KNOWN_SCHEMA = 1
 _ROWS = "SELECT app, user, scope, access_token, created_at, expires_in, state FROM tokens"
+_KEYS = ("app", "user", "scope")
 
 
-@dataclass(frozen=True, repr=False)
 class _Row:
-    name: str
-    access_token: str | None
-    expires_at: float | None
-    state: str
+    """One stored token. A plain class: importing dataclasses would cost ``tokend token``
+    a tenth of its run; no repr either, since it holds the access token."""
+
+    __slots__ = ("access_token", "expires_at", "name", "state")
+
+    def __init__(self, name: str, access_token: str | None, expires_at: float | None,
+                 state: str) -> None:
+        self.name = name
+        self.access_token = access_token
+        self.expires_at = expires_at
+        self.state = state
 
 
 class NoValidTokenError(TokendError):
@@ -42,8 +48,7 @@ def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
     A token in ``needs_authorization`` is still returned while its access token
     lasts: the server may accept it until then.
     """
-    rows = _read_rows(state_dir / DATABASE_NAME)
-    row = _resolve(rows, text)
+    row = _find(state_dir / DATABASE_NAME, text)
     if row.access_token is None or row.expires_at is None:
         raise NoValidTokenError(f"{row.name} is not authorized; run `tokend authorize {row.name}`")
     if row.expires_at <= now:
@@ -54,41 +59,48 @@ def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
     return row.access_token
 
 
-def _read_rows(path: Path) -> list[_Row]:
+def _find(path: Path, text: str) -> _Row:
+    """The row ``text`` names, by the rule of :func:`tokend.model.resolve_token`.
+
+    Only the rows ``text`` can match are read, through the primary key: a store
+    of 10,000 tokens is otherwise read whole on every call. All names are read
+    only to list them in an error.
+    """
     if not path.exists():
         raise NoValidTokenError(f"no token has been authorized yet (no store at {path})")
     try:
         conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         raise StateError(f"cannot open the state store {path}: {exc}") from None
+    parts = text.split("/")
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version != _KNOWN_SCHEMA:
             raise StateError(f"state store {path} has schema version {version}; this "
                              f"`tokend token` reads version {_KNOWN_SCHEMA}")
-        raw = conn.execute(_ROWS).fetchall()
+        matches = _rows(conn, parts) if len(parts) <= len(_KEYS) else []
+        if len(parts) in (2, 3) and len(matches) == 1:
+            return matches[0]
+        if len(parts) == 3 or not matches:
+            known = ", ".join(row.name for row in _rows(conn, [])) or "none"
+            raise NoValidTokenError(
+                f"no token named {text!r} has been authorized (or it is not configured); "
+                f"stored tokens: {known}"
+            )
     except sqlite3.Error as exc:
         raise StateError(f"cannot read the state store {path}: {exc}") from None
     finally:
         conn.close()
+    listed = ", ".join(row.name for row in matches)
+    raise NotFoundError(f"{text!r} is ambiguous; say which one: {listed}")
+
+
+def _rows(conn: sqlite3.Connection, parts: list[str]) -> list[_Row]:
+    """The rows whose first ``len(parts)`` key columns equal ``parts``, in key order."""
+    where = " AND ".join(f"{column} = ?" for column in _KEYS[: len(parts)])
+    query = _ROWS + (f" WHERE {where}" if where else "") + " ORDER BY app, user, scope"
     return [
         _Row(f"{app}/{user}/{scope}", access,
              None if created is None or lifetime is None else float(created + lifetime), state)
-        for app, user, scope, access, created, lifetime, state in raw
+        for app, user, scope, access, created, lifetime, state in conn.execute(query, parts)
     ]
-
-
-def _resolve(rows: list[_Row], text: str) -> _Row:
-    """The same rule as :func:`tokend.model.resolve_token`, over the names in the store."""
-    parts = text.split("/")
-    matches = [row for row in rows if row.name.split("/")[: len(parts)] == parts]
-    if len(parts) in (2, 3) and len(matches) == 1:
-        return matches[0]
-    if len(parts) == 3 or not matches:
-        known = ", ".join(row.name for row in rows) or "none"
-        raise NoValidTokenError(
-            f"no token named {text!r} has been authorized (or it is not configured); "
-            f"stored tokens: {known}"
-        )
-    listed = ", ".join(row.name for row in matches)
-    raise NotFoundError(f"{text!r} is ambiguous; say which one: {listed}")
