@@ -220,30 +220,17 @@ class Refresher:
             delay = backoff_delay(
                 failures, spec.retry, retry_after=error.retry_after, random=self._rand
             )
-            await asyncio.to_thread(
-                self._store.record_failure,
-                name,
-                error=message,
-                state=TokenState.FAILING,
-                now=now,
-                next_attempt_at=now + delay,
-            )
-            log.warning(
-                "refresh_failed",
-                token=str(name),
-                error=message,
-                attempt=failures,
-                retry_in=round(delay, 1),
-            )
-            return RefreshOutcome(name, "transient_error", await self._get(name))
+            state, next_attempt_at = TokenState.FAILING, now + delay
+        else:
+            state, next_attempt_at = TokenState.NEEDS_AUTHORIZATION, None
         await asyncio.to_thread(
-            self._store.record_failure,
-            name,
-            error=message,
-            state=TokenState.NEEDS_AUTHORIZATION,
-            now=now,
-            next_attempt_at=None,
+            self._store.record_failure, name,
+            error=message, state=state, now=now, next_attempt_at=next_attempt_at,
         )
+        if error.transient:
+            log.warning("refresh_failed", token=str(name), error=message, attempt=failures,
+                        retry_in=round(delay, 1))
+            return RefreshOutcome(name, "transient_error", await self._get(name))
         log.error("needs_authorization", token=str(name), error=message)
         if spec.on_failure and record.state is not TokenState.NEEDS_AUTHORIZATION:
             await self._run_hook(spec, "on_failure", None)
