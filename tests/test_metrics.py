@@ -441,6 +441,9 @@ def test_a_scrape_of_thousands_of_tokens_does_not_hold_up_the_loop() -> None:
         ticking.cancel()
         assert status == 200 and body.count(b"tokend_token_state{") == 3000 * 5
         assert took > 0.1, "rendering was too fast for this test to mean anything"
-        assert max(lags) < 0.05, f"the loop stalled {max(lags):.3f} s during a {took:.2f} s scrape"
+        # Rendered on the loop, one stall would last the whole scrape; off the loop, the
+        # loop keeps ticking (how evenly depends on the machine, so no absolute bound).
+        assert len(lags) >= 3, "the loop did not run while /metrics rendered"
+        assert max(lags) < took / 2, f"the loop stalled {max(lags):.3f} s of a {took:.2f} s scrape"
 
     serving(metrics, scenario)

@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
@@ -242,19 +241,19 @@ def test_due_order_matches_the_latest_schedule(ops: list[tuple[int, float | None
     assert [expected[name] for name in got] == sorted(expected.values())
 
 
-def test_100k_tokens_schedule_quickly() -> None:
-    """A very large deployment is scheduled and drained in moments, in due order."""
+def test_100k_tokens_are_drained_in_due_order() -> None:
+    """A very large deployment comes out of the heap complete and in due order.
+
+    How fast is the benchmark suite's business (bench/), not a timed test's.
+    """
     rng = random.Random(1)
     at = {TokenName("app", f"u{i}", "read"): rng.uniform(0, 1e6) for i in range(100_000)}
-    started = time.monotonic()
     scheduler = Scheduler()
     for name, when in at.items():
         scheduler.schedule(name, when)
     due = scheduler.due(float("inf"))
-    elapsed = time.monotonic() - started
     assert len(set(due)) == 100_000
     assert [at[name] for name in due] == sorted(at.values())
-    assert elapsed < 5.0
 
 
 def test_rescheduling_does_not_grow_memory() -> None:

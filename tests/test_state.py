@@ -353,16 +353,14 @@ def test_store_is_safe_from_several_threads(store: StateStore) -> None:
     assert [record.consecutive_failures for record in store.all()] == [1] * 8
 
 
-def test_reading_100k_tokens_is_fast(store: StateStore) -> None:
-    """`tokend status` over a very large deployment answers in moments."""
+def test_reading_100k_tokens_returns_every_record(store: StateStore) -> None:
+    """`tokend status` over a very large deployment sees every token (speed: bench/)."""
     token = make_token()
     store.save_tokens([(TokenName("app", f"u{i:06d}", "read"), token) for i in range(100_000)],
                       now=NOW)
-    started = time.monotonic()
     records = store.all()
-    elapsed = time.monotonic() - started
     assert len(records) == 100_000
-    assert elapsed < 5.0
+    assert len({record.name for record in records}) == 100_000
 
 
 def test_a_problem_marks_the_token_failing_and_clearing_it_restores_ok(
