@@ -56,6 +56,13 @@ class Setup:
         self.config.write_text(self.render())
         return self.config
 
+    def authorized(self) -> Setup:
+        """Write the config and authorize every token through the CLI; return ``self``."""
+        self.write()
+        for user, scope in self.tokens:
+            authorize(self, user, scope)
+        return self
+
     def render(self) -> str:
         """The config file's text for the current settings."""
         entries = ""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Setup, StartDaemon, authorize, refreshed, wait_for
+from tests.e2e import Setup, StartDaemon, refreshed, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
 from tokend.sqlite_store import SqliteStateStore
@@ -28,10 +28,7 @@ def test_sigkill_at_random_moments_loses_no_token(
     kills = int(request.config.getoption("--kills"))
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    setup = Setup(tmp_path, sandbox, TOKENS)
-    setup.write()
-    for user, scope in TOKENS:
-        authorize(setup, user, scope)
+    setup = Setup(tmp_path, sandbox, TOKENS).authorized()
 
     for run in range(kills):
         daemon = start_daemon(setup.config, f"run{run}")

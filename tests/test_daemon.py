@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e import Setup, StartDaemon, authorize, refreshed, tokend, wait_for
+from tests.e2e import Setup, StartDaemon, refreshed, tokend, wait_for
 from tokend.sandbox import Sandbox
 
 
@@ -24,10 +24,7 @@ def test_outputs_always_hold_a_working_token_across_rotations(
     tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
 ) -> None:
     """A consumer reading the outputs while tokens rotate never gets a 401."""
-    setup = Setup(tmp_path, sandbox, [("alice", "read"), ("bob", "read+write")])
-    setup.write()
-    authorize(setup, "alice", "read")
-    authorize(setup, "bob", "read+write")
+    setup = Setup(tmp_path, sandbox, [("alice", "read"), ("bob", "read+write")]).authorized()
     daemon = start_daemon(setup.config)
 
     seen: dict[str, set[str]] = {"alice": set(), "bob": set()}
@@ -64,9 +61,7 @@ def test_a_restarted_daemon_continues_without_a_new_authorization(
     tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
 ) -> None:
     """The store carries the refresh token across a restart: no person is needed."""
-    setup = Setup(tmp_path, sandbox, [("alice", "read")])
-    setup.write()
-    authorize(setup, "alice", "read")
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
     first = start_daemon(setup.config)
     wait_for(lambda: refreshed(first, "app/alice/read") >= 1, 10, "a first refresh")
     assert first.stop() == 0
@@ -88,10 +83,8 @@ def test_a_revoked_token_needs_authorization_and_the_others_keep_refreshing(
     """invalid_grant marks one token needs_authorization, runs on_failure once, spares the rest."""
     marker = tmp_path / "on_failure.log"
     hook = f'        on_failure: [sh, -c, \'echo "$TOKEND_TOKEN" >> {marker}\']\n'
-    setup = Setup(tmp_path, sandbox, [("alice", "read"), ("bob", "read")], {"alice": hook})
-    setup.write()
-    authorize(setup, "alice", "read")
-    authorize(setup, "bob", "read")
+    tokens = [("alice", "read"), ("bob", "read")]
+    setup = Setup(tmp_path, sandbox, tokens, {"alice": hook}).authorized()
     daemon = start_daemon(setup.config)
     wait_for(lambda: refreshed(daemon, "app/alice/read") >= 1, 10, "a first refresh")
 
@@ -110,9 +103,7 @@ def test_an_outage_is_ridden_out_with_backoff(
     tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
 ) -> None:
     """Five 503s in a row are retried with growing gaps, then the token refreshes again."""
-    setup = Setup(tmp_path, sandbox, [("alice", "read")])
-    setup.write()
-    authorize(setup, "alice", "read")
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
     daemon = start_daemon(setup.config)
     wait_for(lambda: refreshed(daemon, "app/alice/read") >= 1, 10, "a first refresh")
     sandbox.inject_fault("status", count=5, status=503, grant="refresh_token")
@@ -134,9 +125,7 @@ def test_sigterm_stops_the_daemon_cleanly(
     tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
 ) -> None:
     """SIGTERM ends the daemon with status 0 and a daemon_stopped line."""
-    setup = Setup(tmp_path, sandbox, [("alice", "read")])
-    setup.write()
-    authorize(setup, "alice", "read")
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
     daemon = start_daemon(setup.config)
     wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
     assert daemon.stop(signal.SIGTERM) == 0

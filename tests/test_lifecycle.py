@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Setup, StartDaemon, authorize, refreshed, tokend, wait_for
+from tests.e2e import Setup, StartDaemon, refreshed, tokend, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
 from tokend.sqlite_store import SqliteStateStore
@@ -39,9 +39,7 @@ def test_sd_notify_sequence_with_watchdog_pings(
     tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon, notify_socket: socket.socket
 ) -> None:
     """READY=1 after start, RELOADING=1/READY=1 around a reload, STOPPING=1, and pings."""
-    setup = Setup(tmp_path, sandbox, [("alice", "read")])
-    setup.write()
-    authorize(setup, "alice", "read")
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
     daemon = start_daemon(setup.config, env={
         "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000",
     })
@@ -82,9 +80,7 @@ def test_sigterm_during_a_refresh_loses_nothing(
     tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
 ) -> None:
     """The server rotates, the answer is slow, SIGTERM arrives: the new token is committed."""
-    setup = Setup(tmp_path, sandbox, [("alice", "read")])
-    setup.write()
-    authorize(setup, "alice", "read")
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
     sandbox.inject_fault("delay", seconds=2.0, grant="refresh_token")
     daemon = start_daemon(setup.config)
     wait_for(lambda: sandbox.stats()["faulted"] >= 1, 10, "the slow refresh to start")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import CLIENT_ID, CLIENT_SECRET, Setup, StartDaemon, authorize, wait_for
+from tests.e2e import CLIENT_ID, CLIENT_SECRET, Setup, StartDaemon, wait_for
 from tokend.sandbox import Sandbox
 
 USERS = [f"user{i}" for i in range(16)]
@@ -69,10 +69,7 @@ def test_readers_never_see_a_torn_output(
     tokens = [(user, "read") for user in USERS]
     # 16 tokens rotating every second need more than the default 180/min.
     setup = Setup(tmp_path, fast_sandbox, tokens,
-                  defaults_yaml="  refresh_at: 0.5\n  rate_limit: 100/s\n")
-    setup.write()
-    for user, scope in tokens:
-        authorize(setup, user, scope)
+                  defaults_yaml="  refresh_at: 0.5\n  rate_limit: 100/s\n").authorized()
     daemon = start_daemon(setup.config)
     wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
     before = fast_sandbox.stats()["refresh_token"]
