@@ -137,10 +137,6 @@ class Config:
     warnings: tuple[str, ...] = ()
     metrics: MetricsSpec | None = None
 
-    def token(self, name: TokenName) -> TokenSpec | None:
-        """The spec of ``name``, or ``None`` when it is not configured."""
-        return next((spec for spec in self.tokens if spec.name == name), None)
-
 
 def resolve_token(config: Config, text: str) -> TokenSpec:
     """Find the token an operator means by ``APP/USER/SCOPE`` or, when unambiguous, ``APP/USER``.

@@ -266,11 +266,6 @@ class SqliteStateStore(StateStore):
             self._conn.close()
 
 
-def open_store(state_dir: Path) -> SqliteStateStore:
-    """The default store of a ``state_dir``."""
-    return SqliteStateStore(state_dir)
-
-
 def _make_private_dir(path: Path) -> None:
     """Create ``path`` 0700; an existing directory keeps the mode its operator chose."""
     try:
