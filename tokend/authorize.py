@@ -17,7 +17,7 @@ import structlog
 
 from tokend.clock import Clock
 from tokend.errors import ConfigError
-from tokend.factorial import Factorial
+from tokend.factorial import PROMPT, Factorial
 from tokend.hooks import hook_environment, run_hook
 from tokend.listen import Listener, listen_address
 from tokend.lock import running_daemon_pid
@@ -29,7 +29,6 @@ from tokend.state import StateStore
 
 log = structlog.get_logger(__name__)
 
-PROMPT = "Authorization required. Follow this link and store your authorization key:"
 
 
 def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = None) -> str:

@@ -18,7 +18,7 @@ from tokend.oauth import DEFAULT_BASE_URL, OAuthRequest, Token
 __all__ = ["DEFAULT_BASE_URL", "AsyncFactorial", "Factorial"]
 
 _HEADERS = {"Accept": "application/json"}
-_PROMPT = "Authorization required. Follow this link and store your authorization key:"
+PROMPT = "Authorization required. Follow this link and store your authorization key:"
 
 
 class _FactorialBase:
@@ -39,7 +39,7 @@ class _FactorialBase:
         link = oauth.authorization_link(
             client_id=client_id, redirect_uri=redirect_uri, scope=scope, base_url=self.base_url
         )
-        print(_PROMPT)
+        print(PROMPT)
         print(link)
 
     def _exchange(
