@@ -380,7 +380,8 @@ def test_stats_count_requests_by_kind(sandbox: Sandbox, http: httpx.Client) -> N
     http.post("/oauth/revoke", data={"token": "x", **CLIENT})
     me(http, "x")
     assert sandbox.stats() == {"authorization_code": 1, "refresh_token": 2, "revoke": 1,
-                               "me": 1, "rate_limited": 0, "faulted": 1}
+                               "me": 1, "rate_limited": 0, "faulted": 1,
+                               "refresh_token_reused": 0}
     log = sandbox.token_requests()
     assert [(grant, status) for _, grant, status in log] == [
         ("authorization_code", 200), ("refresh_token", 200), ("refresh_token", 503)]
@@ -418,6 +419,9 @@ def test_admin_api_controls_the_sandbox_over_http(http: httpx.Client) -> None:
     [("/_sandbox/faults", {"kind": "explode"}),
      ("/_sandbox/authorize", {"client_id": "nobody", "redirect_uri": OOB}),
      ("/_sandbox/clients", {"client_id": "x"}),
+     ("/_sandbox/clock-offset", {"seconds": "soon"}),
+     ("/_sandbox/answer-delay", {"seconds": -1}),
+     ("/_sandbox/answer-delay", {"seconds": 1, "grant": "password"}),
      ("/_sandbox/faults", [1, 2])],
 )
 def test_admin_api_refuses_bad_input_with_400(
@@ -524,3 +528,125 @@ def test_issued_secrets_lists_every_token(sandbox: Sandbox, http: httpx.Client) 
               second["access_token"], second["refresh_token"]}
     assert wanted <= issued
     assert len(issued) == 4
+
+
+def test_clock_offset_shifts_the_reported_created_at(clock: FakeClock) -> None:
+    """A server whose clock is 50 minutes off says so in created_at, on exchange and refresh."""
+    with Sandbox(clock=clock, clock_offset=-3000) as sb, \
+            httpx.Client(base_url=sb.url, timeout=5) as http:
+        token = new_token(sb, http)
+        assert token["created_at"] == int(clock.now() - 3000)
+        sb.set_clock_offset(3000.5)
+        clock.advance(10)
+        refreshed = refresh(http, token["refresh_token"]).json()
+        assert refreshed["created_at"] == int(clock.now() + 3000.5)
+
+
+def test_clock_offset_leaves_real_expiry_alone(
+    sandbox: Sandbox, http: httpx.Client, clock: FakeClock
+) -> None:
+    """Tokens die on the server's real clock, however far off the created_at it reports."""
+    sandbox.set_clock_offset(-3000)
+    token = new_token(sandbox, http)
+    clock.advance(59)
+    assert me(http, token["access_token"]).status_code == 200
+    clock.advance(1)
+    assert me(http, token["access_token"]).status_code == 401
+    assert sandbox.refresh_token_state(token["refresh_token"]) == "live"
+    clock.advance(540)
+    assert sandbox.refresh_token_state(token["refresh_token"]) == "expired"
+
+
+def test_answer_delay_rotates_at_once_and_answers_late(
+    sandbox: Sandbox, http: httpx.Client
+) -> None:
+    """A client that gives up on a slow answer leaves the server with a rotated pair."""
+    token = new_token(sandbox, http)
+    sandbox.set_answer_delay(5)
+    with httpx.Client(base_url=sandbox.url, timeout=0.3) as impatient, \
+            pytest.raises(httpx.ReadTimeout):
+        refresh(impatient, token["refresh_token"])
+    assert len(sandbox.issued_secrets()) == 4, "the refresh did not rotate before answering"
+    assert sandbox.token_requests()[-1][1:] == ("refresh_token", 200)
+
+
+def test_answer_delay_lasts_until_turned_off(sandbox: Sandbox, http: httpx.Client) -> None:
+    """Unlike a "delay" fault, the answer delay holds every request until set back to 0."""
+    token = new_token(sandbox, http)
+    sandbox.set_answer_delay(0.5)
+    for _ in range(2):
+        started = time.monotonic()
+        token = refresh(http, token["refresh_token"]).json()
+        assert time.monotonic() - started >= 0.5
+    sandbox.set_answer_delay(0)
+    started = time.monotonic()
+    assert refresh(http, token["refresh_token"]).status_code == 200
+    assert time.monotonic() - started < 0.5
+
+
+def test_answer_delay_for_one_grant_spares_the_other(
+    sandbox: Sandbox, http: httpx.Client
+) -> None:
+    """A delay for refresh_token leaves code exchanges answered at once."""
+    sandbox.set_answer_delay(5, grant="refresh_token")
+    code = sandbox.authorize(client_id="demo-client", redirect_uri=OOB)
+    with httpx.Client(base_url=sandbox.url, timeout=1) as impatient:
+        token = exchange(impatient, code).json()
+        with pytest.raises(httpx.ReadTimeout):
+            refresh(impatient, token["refresh_token"])
+
+
+def test_faults_take_precedence_over_the_answer_delay(
+    sandbox: Sandbox, http: httpx.Client
+) -> None:
+    """A request a fault catches gets the fault's answer, not the delayed one."""
+    sandbox.set_answer_delay(5)
+    sandbox.inject_fault("status", status=503)
+    with httpx.Client(base_url=sandbox.url, timeout=1) as impatient:
+        assert refresh(impatient, "x").status_code == 503
+
+
+def test_rotating_refreshes_reuse_no_refresh_token(sandbox: Sandbox, http: httpx.Client) -> None:
+    """A client that always sends the newest refresh token, or an unknown one, reuses none."""
+    token = new_token(sandbox, http)
+    for _ in range(3):
+        token = refresh(http, token["refresh_token"]).json()
+        assert me(http, token["access_token"]).status_code == 200
+    assert [refresh(http, "x").status_code for _ in range(2)] == [400, 400]
+    assert sandbox.reused_refresh_tokens() == 0
+
+
+def test_reused_refresh_token_counts_whether_accepted_or_refused(
+    sandbox: Sandbox, http: httpx.Client
+) -> None:
+    """Each request sending a refresh token again counts: accepted, refused or faulted."""
+    old = new_token(sandbox, http)
+    first = refresh(http, old["refresh_token"]).json()
+    assert sandbox.reused_refresh_tokens() == 0
+    retried = refresh(http, old["refresh_token"])
+    assert retried.status_code == 200
+    assert me(http, retried.json()["access_token"]).status_code == 200
+    assert refresh(http, old["refresh_token"]).json()["error"] == "invalid_grant"
+    sandbox.inject_fault("status", status=503)
+    assert refresh(http, old["refresh_token"]).status_code == 503
+    assert refresh(http, first["refresh_token"]).status_code == 400, "a revoked pair"
+    assert sandbox.reused_refresh_tokens() == 3
+    assert sandbox.stats()["refresh_token_reused"] == 3
+
+
+def test_admin_api_sets_clock_offset_answer_delay_and_shows_reuse(
+    sandbox: Sandbox, http: httpx.Client, clock: FakeClock
+) -> None:
+    """The new controls work from another process too; stats/reset clears the reuse count."""
+    assert http.post("/_sandbox/clock-offset", json={"seconds": 3000}).status_code == 200
+    token = new_token(sandbox, http)
+    assert token["created_at"] == int(clock.now() + 3000)
+    delay = {"seconds": 0.3, "grant": "refresh_token"}
+    assert http.post("/_sandbox/answer-delay", json=delay).status_code == 200
+    started = time.monotonic()
+    for _ in range(2):
+        assert refresh(http, token["refresh_token"]).status_code == 200
+    assert time.monotonic() - started >= 0.6
+    assert http.get("/_sandbox/stats").json()["refresh_token_reused"] == 1
+    assert http.post("/_sandbox/stats/reset").status_code == 200
+    assert sandbox.reused_refresh_tokens() == 0

@@ -38,6 +38,7 @@ class Sandbox:
         rate_limit: float | None = None,
         clients: Mapping[str, str] | None = None,
         clock: Clock | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         self._host, self._port = host, port
         self._clock = clock or SystemClock()
@@ -46,6 +47,7 @@ class Sandbox:
             access_token_lifetime=access_token_lifetime,
             refresh_token_lifetime=refresh_token_lifetime,
             clients={"demo-client": "demo-secret"} if clients is None else clients,
+            clock_offset=clock_offset,
         )
         self._traffic = Traffic(clock=self._clock, rate_limit=rate_limit)
         self._lock = threading.Lock()
@@ -132,14 +134,43 @@ class Sandbox:
         with self._lock:
             self._traffic.clear_faults()
 
+    def set_clock_offset(self, seconds: float) -> None:
+        """Say ``created_at`` ``seconds`` off the real clock, like a server whose clock is wrong.
+
+        Codes and tokens still die on the real clock, so a client that schedules
+        by the server's ``created_at`` instead of its own clock shows up.
+        """
+        with self._lock:
+            self._model.set_clock_offset(seconds)
+
+    def set_answer_delay(self, seconds: float, *, grant: str | None = None) -> None:
+        """Answer every token request (of ``grant`` only, if given) ``seconds`` late; 0 stops.
+
+        Like a "delay" fault but lasting until changed: the work is done at once
+        (a refresh rotates), only the answer waits. The rate limit and faults
+        take precedence for the requests they catch.
+        """
+        with self._lock:
+            self._traffic.set_answer_delay(seconds, grant)
+
     def stats(self) -> dict[str, Any]:
         """Request counts: authorization_code, refresh_token, revoke, me, rate_limited, faulted.
 
         Token requests count by grant type whatever their fate (rate limited,
-        faulted or answered), so tests see every request the client made.
+        faulted or answered), so tests see every request the client made;
+        refresh_token_reused is ``reused_refresh_tokens()``.
         """
         with self._lock:
             return dict(self._traffic.stats())
+
+    def reused_refresh_tokens(self) -> int:
+        """Refresh requests that presented a refresh token an earlier refresh already presented.
+
+        Counted whatever the answer, so 0 proves no client ever sent a refresh
+        token twice; ``reset_stats`` resets it.
+        """
+        with self._lock:
+            return self._traffic.stats()["refresh_token_reused"]
 
     def token_requests(self) -> list[tuple[float, str, int]]:
         """``(time.monotonic(), grant, status)`` per token request; status 0 means no answer."""
@@ -194,10 +225,16 @@ class _Backend:
     def token_request(
         self, form: Mapping[str, str], basic: tuple[str, str] | None
     ) -> Reply | Fault:
-        """Rate limit, then faults, then the model: a fault never touches token state."""
+        """Rate limit, then faults, then the model: a fault never touches token state.
+
+        The answer delay holds only answers the model gives, not a fault's or a 429.
+        """
         grant, received = form.get("grant_type", ""), time.monotonic()
         with self._lock:
             self._traffic.count(grant)
+            presented = form.get("refresh_token", "")
+            if grant == "refresh_token" and self._model.was_refreshed(presented):
+                self._traffic.count("refresh_token_reused")
             wait = self._traffic.take_rate_slot()
             answer: Reply | Fault | None = None if wait is None else _rate_limited(wait)
             if answer is None:
@@ -210,7 +247,8 @@ class _Backend:
                     dropped=fault.kind == "drop",
                 )
             if answer is None:
-                answer = self._model.token(form, basic)
+                answer = replace(self._model.token(form, basic),
+                                 delay=self._traffic.answer_delay(grant))
             if isinstance(answer, Fault):
                 status = answer.answer_status
             else:
@@ -237,6 +275,8 @@ class _Backend:
             ("DELETE", "faults"): sb.clear_faults,
             ("GET", "stats"): lambda: {**sb.stats(), "token_requests": sb.token_requests()},
             ("POST", "stats/reset"): sb.reset_stats,
+            ("POST", "clock-offset"): lambda: sb.set_clock_offset(**data),
+            ("POST", "answer-delay"): lambda: sb.set_answer_delay(**data),
             ("POST", "clients"): lambda: sb.add_client(**data),
             ("POST", "authorize"): lambda: {"code": sb.authorize(**data)},
             ("POST", "refresh-token-state"): lambda: {"state": sb.refresh_token_state(**data)},

@@ -92,7 +92,8 @@ class _Pair:
     client_id: str
     user: str
     scope: str
-    created_at: int
+    created_at: int  # on the real clock: when the pair really dies
+    reported_at: int  # the created_at the server says, on its possibly wrong clock
     parent: str | None  # the refresh token this pair replaced
     status: str = "fresh"
 
@@ -107,8 +108,10 @@ class SandboxModel:
         access_token_lifetime: float,
         refresh_token_lifetime: float,
         clients: Mapping[str, str],
+        clock_offset: float = 0.0,
     ) -> None:
         self._clock = clock
+        self.set_clock_offset(clock_offset)
         # The wire carries whole seconds; the server enforces what it advertises.
         self._expires_in = max(1, math.ceil(access_token_lifetime))
         self._refresh_lifetime = refresh_token_lifetime
@@ -117,6 +120,12 @@ class SandboxModel:
         self._pairs: dict[str, _Pair] = {}  # by refresh token
         self._by_access: dict[str, str] = {}  # access token -> refresh token
         self._child: dict[str, str] = {}  # refresh token -> refresh token of its latest successor
+
+    def set_clock_offset(self, seconds: float) -> None:
+        """Report ``created_at`` this far off the real clock, as a server whose clock is wrong."""
+        if not math.isfinite(seconds):
+            raise ValueError("clock offset must be a finite number of seconds")
+        self._clock_offset = seconds
 
     def add_client(self, client_id: str, client_secret: str) -> None:
         if not client_id or not client_secret:
@@ -216,6 +225,10 @@ class SandboxModel:
             return "expired"
         return "live"
 
+    def was_refreshed(self, refresh_token: str) -> bool:
+        """Whether an earlier refresh presented this refresh token: sending it again reuses it."""
+        return refresh_token in self._child
+
     def revoke_user(self, user: str, client_id: str | None = None) -> int:
         """Kill every token and pending code of ``user``; return how many pairs died."""
         def mine(client: str, owner: str) -> bool:
@@ -277,9 +290,10 @@ class SandboxModel:
         return self._issue(client_id, pair.user, pair.scope, parent=refresh_token)
 
     def _issue(self, client_id: str, user: str, scope: str, *, parent: str | None) -> _Pair:
+        now = self._clock.now()
         pair = _Pair(
             secrets.token_urlsafe(32), secrets.token_urlsafe(32), client_id, user, scope,
-            int(self._clock.now()), parent,
+            int(now), int(now + self._clock_offset), parent,
         )
         self._pairs[pair.refresh_token] = pair
         self._by_access[pair.access_token] = pair.refresh_token
@@ -305,7 +319,7 @@ class SandboxModel:
             "expires_in": self._expires_in,
             "refresh_token": pair.refresh_token,
             "scope": pair.scope,
-            "created_at": pair.created_at,
+            "created_at": pair.reported_at,
         }
 
     @staticmethod

@@ -8,6 +8,7 @@ purpose: ``sandbox.py`` holds one lock around every call.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from tokend.clock import Clock
@@ -18,7 +19,8 @@ FAULT_KINDS = (
 )
 # Faults that let the request through to the model, then tamper with the answer.
 PROCESSED_FAULTS = ("delay", "drop")
-COUNTERS = ("authorization_code", "refresh_token", "revoke", "me", "rate_limited", "faulted")
+COUNTERS = ("authorization_code", "refresh_token", "revoke", "me", "rate_limited", "faulted",
+            "refresh_token_reused")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class Fault:
 
 
 class Traffic:
-    """A token bucket over POSTs to /oauth/*, a queue of faults, counters and a request log."""
+    """A token bucket over POSTs to /oauth/*, faults, an answer delay, counters and a log."""
 
     def __init__(self, *, clock: Clock, rate_limit: float | None) -> None:
         if rate_limit is not None and rate_limit <= 0:
@@ -73,6 +75,8 @@ class Traffic:
         self._bucket = self._capacity
         self._bucket_at = clock.now()
         self._faults: list[Fault] = []
+        self._answer_delay = 0.0
+        self._answer_delay_grant: str | None = None
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._log: list[tuple[float, str, int]] = []
 
@@ -107,6 +111,18 @@ class Traffic:
                 self._counts["faulted"] += 1
                 return fault
         return None
+
+    def set_answer_delay(self, seconds: float, grant: str | None) -> None:
+        """Hold every answer to a token request of ``grant`` (any, if None) ``seconds``."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError("answer delay must be a finite, non-negative number of seconds")
+        if grant is not None and grant not in GRANTS:
+            raise ValueError(f"answer delay grant must be one of {', '.join(GRANTS)}")
+        self._answer_delay, self._answer_delay_grant = seconds, grant
+
+    def answer_delay(self, grant: str) -> float:
+        """The seconds to hold the model's answer to a token request of ``grant``."""
+        return self._answer_delay if self._answer_delay_grant in (None, grant) else 0.0
 
     def count(self, counter: str) -> None:
         """Count one request of a kind in ``COUNTERS``; other kinds (a bad grant) are ignored."""
