@@ -1,9 +1,19 @@
-"""One daemon per state directory: an exclusive ``flock`` that names its holder."""
+"""One daemon per state directory, and who holds a claim on a token.
+
+``StateDirLock`` is an exclusive ``flock`` that names its holder.
+:func:`owner_id` names the process behind a token lease, and
+:func:`owner_is_dead` lets a new claimant take over the lease of a holder that
+is positively gone (a SIGKILLed daemon) instead of waiting for it to expire.
+Liveness is proven, not presumed (DESIGN §2a): a holder we cannot see, because
+``ProtectProc=`` hides it, it lives in another pid namespace or on another
+host, is alive until its lease ends.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -11,6 +21,13 @@ from types import TracebackType
 from tokend.errors import AlreadyRunningError, StateError
 
 LOCK_NAME = "tokend.pid"
+
+# HOST may itself hold colons; the four fields after it never do.
+_OWNER = re.compile(
+    r"(?P<host>.*):(?P<boot>[0-9a-f-]{36}):(?P<pidns>[0-9]+):(?P<pid>[1-9][0-9]{0,8}):(?P<start>[0-9]+)",
+    re.DOTALL,
+)
+_UNKNOWN = "-"
 
 
 class StateDirLock:
@@ -25,6 +42,11 @@ class StateDirLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_NAME
         self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock now, so it owns what lives in the state directory."""
+        return self._fd is not None
 
     def __enter__(self) -> StateDirLock:
         try:
@@ -81,26 +103,70 @@ def running_daemon_pid(state_dir: Path) -> int | None:
 
 
 def owner_id() -> str:
-    """Who holds a claim: ``host:pid:start``, where ``start`` tells a reused pid apart."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+    """Who holds a claim: ``HOST:BOOT:PIDNS:PID:START``, one process across machines and time.
+
+    ``BOOT`` is the kernel's boot id (``/proc/sys/kernel/random/boot_id``),
+    ``PIDNS`` the inode of our pid namespace (``pid:[4026531836]`` gives
+    ``4026531836``), ``PID`` our pid in it and ``START`` our start time in
+    clock ticks since boot, which tells a reused pid apart. For example
+    ``web1:0e6f0f5e-4d1c-4c5e-9d1a-5b8e1c2f3a4b:4026531836:4242:981234``.
+    Parse from the right: only ``HOST`` may contain colons. A field that
+    cannot be read is ``-``, and such an owner is never judged dead.
+    """
+    pid = os.getpid()
+    view = _local_view()
+    boot, pidns = view if view is not None else (_UNKNOWN, _UNKNOWN)
+    start = (_start_time(pid) if view is not None else None) or _UNKNOWN
+    return f"{socket.gethostname()}:{boot}:{pidns}:{pid}:{start}"
 
 
 def owner_is_dead(owner: str) -> bool:
-    """Whether the process named by an :func:`owner_id` on this host has ended.
+    """Whether the process named by an :func:`owner_id` has positively ended.
 
-    Claims of other hosts (a shared store) are never judged dead from here:
-    their lease expiry covers them.
+    Only a holder on this host, this boot and this pid namespace can be judged,
+    and only two facts prove it gone: no process has its pid, or the process
+    with its pid started at another time (the pid was reused). Anything else
+    (another user's process we may not signal or see, an owner from elsewhere,
+    an old or unreadable owner string) counts as alive: its lease covers it.
     """
-    host, _, rest = owner.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    match = _OWNER.fullmatch(owner)
+    view = _local_view()
+    if match is None or view is None:
         return False
-    current = _start_time(int(pid_text))
-    return current is None or (bool(start) and current != start)
+    if (match["host"], match["boot"], match["pidns"]) != (socket.gethostname(), *view):
+        return False
+    pid = int(match["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # It exists under another user: only its start time can show the pid was reused.
+    current = _start_time(pid)
+    return current is not None and current != match["start"]
+
+
+def _local_view() -> tuple[str, str] | None:
+    """This boot's id and our pid namespace's inode, or ``None`` when ``/proc`` cannot vouch.
+
+    ``/proc`` must belong to our own pid namespace: one mounted from another
+    (a container started without its own ``/proc``) numbers other processes,
+    so its ``/proc/PID`` would describe a stranger.
+    """
+    try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = re.fullmatch(r"pid:\[([0-9]+)\]", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return None
+    if namespace is None or not re.fullmatch(r"[0-9a-f-]{36}", boot):
+        return None
+    return boot, namespace[1]
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot, or ``None`` when it is gone."""
+    """The process's start time in clock ticks since boot, or ``None`` when we cannot see it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
