@@ -1,7 +1,8 @@
 """Turn an authorization key into a stored token, outputs, and a daemon that knows.
 
 Shared by ``tokend authorize`` and ``tokend demo``: the order is the daemon's
-own (store, outputs, hooks), so an authorized token is never only in a file.
+own (lease, store, outputs, hooks), so an authorized token is never only in a
+file and never overwritten by a refresh of the token it replaces.
 """
 
 from __future__ import annotations
@@ -9,23 +10,24 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 from collections.abc import Callable
 from typing import TextIO
 
 import structlog
 
 from tokend.clock import Clock
-from tokend.errors import ConfigError
-from tokend.factorial import PROMPT, Factorial
-from tokend.hooks import hook_environment, run_hook
+from tokend.doorbell import ring
+from tokend.errors import ConfigError, OutputError, TokendError
+from tokend.factorial import PROMPT, AsyncFactorial, Factorial
 from tokend.listen import Listener, listen_address
-from tokend.lock import running_daemon_pid
+from tokend.lock import owner_id, owner_is_dead
 from tokend.log import SecretMasker
+from tokend.metrics import Metrics
 from tokend.model import Config, TokenSpec
-from tokend.oauth import Token
-from tokend.outputs import write_outputs
-from tokend.state import StateStore
+from tokend.publish import Publisher
+from tokend.refresher import lease_seconds
+from tokend.state import StateStore, TokenRecord, Written, wait_for_claim
+from tokend.workers import Workers
 
 log = structlog.get_logger(__name__)
 
@@ -86,40 +88,68 @@ def exchange_and_store(
     store: StateStore,
     clock: Clock,
     masker: SecretMasker,
-) -> Token:
-    """Exchange the key, commit the token durably, write the outputs, run ``on_refresh``,
-    and tell a running daemon to pick the token up."""
+) -> TokenRecord:
+    """Exchange the key, commit the token durably, publish it (outputs, then ``on_refresh``)
+    and tell a running daemon; return the stored record.
+
+    All of it under the token's lease, waiting out a refresh in flight elsewhere:
+    the daemon's answer for the old refresh token can then neither overwrite the
+    new authorization nor mark it ``needs_authorization``. A daemon is told even
+    when an output could not be written, so it keeps the committed token fresh
+    and retries the outputs; the :class:`OutputError` is raised after that.
+    """
     app = config.applications[spec.name.app]
     masker.add(app.client_secret.reveal())
-    with Factorial(access_token="", base_url=app.base_url, timeout=spec.timeout) as client:
-        token = client.obtain_access_token(
-            client_id=app.client_id,
-            client_secret=app.client_secret.reveal(),
-            redirect_uri=app.redirect_uri,
-            authorization_key=authorization_key,
-        )
-    masker.add(token.access_token, token.refresh_token)
-    store.save_token(spec.name, token, now=clock.now())
-    write_outputs(spec.outputs, token)
-    if spec.on_refresh:
-        env = hook_environment(
-            spec, expires_at=token.expires_at, base=masker.without_secrets(os.environ)
-        )
-        asyncio.run(
-            run_hook(spec.on_refresh, env=env, timeout=spec.hook_timeout, name=str(spec.name))
-        )
-    notify_daemon(config)
-    log.info("token_authorized", token=str(spec.name), expires_at=token.expires_at.isoformat())
-    return token
+    return asyncio.run(_authorize(config, spec, authorization_key, store=store, clock=clock,
+                                  masker=masker))
 
 
-def notify_daemon(config: Config) -> bool:
-    """Ask a daemon running on the same state to re-read the store (SIGUSR1)."""
-    pid = running_daemon_pid(config.state_dir)
-    if pid is None:
-        return False
+async def _authorize(
+    config: Config,
+    spec: TokenSpec,
+    authorization_key: str,
+    *,
+    store: StateStore,
+    clock: Clock,
+    masker: SecretMasker,
+) -> TokenRecord:
+    app = config.applications[spec.name.app]
+    workers = Workers()
+    publisher = Publisher(store=store, workers=workers, masker=masker,
+                          hook_base_env=os.environ, metrics=Metrics(process=False))
     try:
-        os.kill(pid, signal.SIGUSR1)
-    except OSError:
-        return False
-    return True
+        claim = await workers.store(
+            wait_for_claim, store, spec.name, owner=owner_id(), lease=lease_seconds(spec),
+            holder_is_dead=owner_is_dead, timeout=lease_seconds(spec),
+        )
+        try:
+            sent_at = clock.now()
+            async with AsyncFactorial(access_token="", base_url=app.base_url,
+                                      timeout=spec.timeout) as client:
+                async with asyncio.timeout(spec.timeout):
+                    token = await client.obtain_access_token(
+                        client_id=app.client_id,
+                        client_secret=app.client_secret.reveal(),
+                        redirect_uri=app.redirect_uri,
+                        authorization_key=authorization_key,
+                    )
+            masker.add(token.access_token, token.refresh_token)
+            written = await workers.store(store.commit, spec.name, token,
+                                          generation=claim.generation, issued_at=sent_at,
+                                          now=clock.now())
+            if written is Written.STALE:  # only when our lease ran out under a stalled store
+                raise TokendError(f"{spec.name} was changed by another process meanwhile; "
+                                  "authorize again")
+            published = await publisher.publish(spec, claim.lease, new_token=True)
+        finally:
+            await workers.store(store.release, claim.lease)
+        ring(config.state_dir, [str(spec.name)])
+        record = published.record
+        assert record is not None  # noqa: S101 -- just committed under our lease
+        log.info("token_authorized", token=str(spec.name))
+        if not published.ok:
+            raise OutputError(f"{spec.name} is authorized and stored, but {record.output_error}")
+        await publisher.announce(spec, published)
+        return record
+    finally:
+        workers.close()

@@ -126,6 +126,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     """Authorize one token: print the link, get the key, store the token, write its outputs."""
     from tokend.authorize import exchange_and_store, obtain_key
     from tokend.clock import SystemClock
+    from tokend.outputs import format_utc
 
     def read_key() -> str:
         if args.key is not None:
@@ -140,9 +141,10 @@ def cmd_authorize(args: argparse.Namespace) -> int:
                          out=sys.stdout, read_key=read_key)
         if not key:
             raise _UsageError("the authorization key is empty")
-        token = exchange_and_store(config, spec, key, store=store, clock=SystemClock(),
-                                   masker=masker)
-        print(f"{spec.name} authorized; access token valid until {token.expires_at.isoformat()}")
+        record = exchange_and_store(config, spec, key, store=store, clock=SystemClock(),
+                                    masker=masker)
+        until = "?" if record.expires_at is None else format_utc(record.expires_at)
+        print(f"{spec.name} authorized; access token valid until {until}")
         return EXIT_OK
 
     return _with_store(args, work)

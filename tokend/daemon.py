@@ -22,18 +22,20 @@ import structlog
 from tokend.clock import Clock, SystemClock
 from tokend.config import load_config
 from tokend.daemon_status import DaemonStatus, write_daemon_status
+from tokend.doorbell import Doorbell
 from tokend.errors import AlreadyRunningError, ConfigError, StateError, TokendError
 from tokend.lock import StateDirLock, owner_id
 from tokend.log import SecretMasker
 from tokend.metrics import Metrics
 from tokend.metrics_http import MetricsServer, serve_metrics
-from tokend.model import Config, MetricsSpec
+from tokend.model import Config, MetricsSpec, TokenName
 from tokend.refresher import RefreshedCallback, Refresher
 from tokend.sqlite_store import SqliteStateStore
 from tokend.state import StateStore
 from tokend.supervisor import Supervisor
 from tokend.systemd import Notifier
 from tokend.watch import watch_config
+from tokend.workers import Workers
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +67,9 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._reload_requested = False
-        self._rescan_requested = False
+        # Names another process changed; ``None`` in it means "look at every token".
+        self._rescan: set[TokenName] | None = set()
+        self._workers = Workers()
         self._signals = 0
         self._metrics = Metrics(clock=self._clock)
         self._metrics_server: MetricsServer | None = None
@@ -78,6 +82,7 @@ class Daemon:
         self._state_dir = config.state_dir
         self._install_signal_handlers()
         with contextlib.ExitStack() as stack:
+            stack.callback(self._workers.close)
             store = await self._open_state(stack)
             if store is None:
                 return 0
@@ -96,9 +101,12 @@ class Daemon:
         while not self._stop_event.is_set():
             try:
                 with contextlib.ExitStack() as attempt:
-                    attempt.enter_context(StateDirLock(self._state_dir))
+                    lock = attempt.enter_context(StateDirLock(self._state_dir))
                     store = SqliteStateStore(self._state_dir)
                     attempt.callback(store.close)
+                    doorbell = Doorbell(lock)
+                    attempt.callback(doorbell.close)
+                    doorbell.attach(asyncio.get_running_loop(), self._on_ring)
                     stack.push(attempt.pop_all())
                     return store
             except AlreadyRunningError:
@@ -126,7 +134,9 @@ class Daemon:
             hook_base_env=self._environ,
             on_refreshed=self._on_refreshed,
             metrics=self._metrics,
+            workers=self._workers,
         )
+        self._store = store
         self._supervisor = Supervisor(
             store=store, refresher=refresher, clock=self._clock, masker=self._masker,
             on_settled=self._settled, metrics=self._metrics,
@@ -172,9 +182,9 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 await self._reload()
-            if self._rescan_requested:
-                self._rescan_requested = False
-                await self._supervisor.rescan()
+            if self._rescan is None or self._rescan:
+                names, self._rescan = self._rescan, set()
+                await self._supervisor.rescan(names)
             self._supervisor.start_due()
             if (line := self._supervisor.status_line()) != status:
                 status = line
@@ -190,13 +200,35 @@ class Daemon:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _watchdog(self) -> None:
-        """Ping systemd's watchdog; a stalled event loop stops the pings, as it should."""
+        """Ping systemd's watchdog while the loop runs and the store makes progress.
+
+        A stalled event loop stops the pings by itself. A store call stuck
+        for longer than one interval (a hung disk: commits cannot land) stops
+        them too, so systemd restarts the daemon instead of watching it hold
+        new refresh tokens it cannot commit. Each interval sends a trivial
+        probe, so a store stuck while idle is noticed as well.
+        """
         interval = self._notifier.watchdog_interval
         if interval is None:
             return
+        probe: asyncio.Task[None] | None = None
+        withheld = False
         while True:
-            self._notifier.watchdog()
+            stalled = self._workers.store_stalled_for()
+            if stalled < interval:
+                self._notifier.watchdog()
+                withheld = False
+            elif not withheld:
+                withheld = True
+                log.error("watchdog_withheld", store_stalled_for=round(stalled, 1))
+            if probe is None or probe.done():
+                probe = asyncio.create_task(self._probe_store())
             await asyncio.sleep(interval)
+
+    async def _probe_store(self) -> None:
+        # An error is an answer: only a call that never returns counts as a stall.
+        with contextlib.suppress(TokendError):
+            await self._workers.store(self._store.ping)
 
     async def _on_file_change(self) -> None:
         self._request_reload()
@@ -209,7 +241,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        loop.add_signal_handler(signal.SIGUSR1, self._request_rescan)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_ring, None)
 
     def _on_stop_signal(self) -> None:
         self._signals += 1
@@ -222,8 +254,14 @@ class Daemon:
         self._reload_requested = True
         self._wake.set()
 
-    def _request_rescan(self) -> None:
-        self._rescan_requested = True
+    def _on_ring(self, names: frozenset[str] | None) -> None:
+        """The store changed (the doorbell, or SIGUSR1 for every token): look again."""
+        if names is None or self._rescan is None:
+            self._rescan = None
+        else:
+            for text in names:
+                with contextlib.suppress(ValueError):  # a hint only: ignore what is no name
+                    self._rescan.add(TokenName.parse(text))
         self._wake.set()
 
     async def _reload(self) -> None:

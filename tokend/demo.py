@@ -117,10 +117,11 @@ def run_demo(
                 key = _authorization_key_from_browser(
                     authorization_link(config, spec), spec.name.user
                 )
-                token = exchange_and_store(
+                record = exchange_and_store(
                     config, spec, key, store=store, clock=SystemClock(), masker=masker
                 )
-                _print_line(out, spec, token, "authorized")
+                assert record.token is not None  # noqa: S101 -- just stored
+                _print_line(out, spec, record.token, "authorized")
         finally:
             store.close()
         print(f"Access tokens live {lifetime:g} s; watch them rotate (Ctrl-C stops).", file=out)

@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from tokend.clock import Clock, SystemClock
 from tokend.hooks import HookResult
 from tokend.model import TokenName, TokenSpec
-from tokend.state import TokenRecord, TokenState
+from tokend.state import TokenRecord, TokenState, shown_state
 
 TOKEN_STATES = ("ok", "failing", "needs_authorization", "not_authorized", "expired")
 """Every state a token can show, as ``tokend status`` names them."""
@@ -45,23 +45,16 @@ DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 
 
 def token_state(spec: TokenSpec, record: TokenRecord | None, now: float) -> str:
-    """The state an operator sees, by the rules of ``tokend status``.
-
-    The stored state, except that a token with no stored token is
-    ``not_authorized`` (or ``needs_authorization``), and an ``ok`` or ``failing``
-    token whose access or refresh token is past its lifetime is ``expired``:
-    consumers are reading a dead token.
-    """
+    """The state an operator sees, by the one rule of :meth:`TokenRecord.shown_state`."""
     return _seen(spec, record).state(now)
 
 
 def _seen(spec: TokenSpec, record: TokenRecord | None) -> _Seen:
-    if record is None or record.token is None:
-        stored = record.state if record is not None else TokenState.NOT_AUTHORIZED
-        return _Seen(stored, None, None)
-    issued = record.refresh_token_issued_at
-    return _Seen(record.state, record.token.expires_at_epoch,
-                 None if issued is None else issued + spec.refresh_token_lifetime)
+    if record is None:
+        return _Seen(TokenState.NOT_AUTHORIZED, None, None, output_problem=False)
+    return _Seen(record.state, record.expires_at,
+                 record.refresh_token_expires_at(spec.refresh_token_lifetime),
+                 output_problem=record.output_error is not None)
 
 
 def hook_result(result: HookResult) -> str:
@@ -88,18 +81,11 @@ class _Seen:
     stored: TokenState
     expires_at: float | None
     refresh_expires_at: float | None
+    output_problem: bool
 
     def state(self, now: float) -> str:
-        if self.expires_at is None:
-            if self.stored is TokenState.NEEDS_AUTHORIZATION:
-                return self.stored.value
-            return TokenState.NOT_AUTHORIZED.value
-        lapsed = self.expires_at <= now or (
-            self.refresh_expires_at is not None and self.refresh_expires_at <= now
-        )
-        if self.stored in (TokenState.OK, TokenState.FAILING) and lapsed:
-            return "expired"
-        return self.stored.value
+        return shown_state(self.stored, self.expires_at, self.refresh_expires_at,
+                           output_problem=self.output_problem, now=now)
 
 
 class Metrics:

@@ -2,36 +2,32 @@
 
 Both go through the store's claim, exactly like the daemon, so they are safe
 while it runs: a token is never refreshed by two processes at once, and a
-revoke never races a refresh. Afterwards the daemon is told (SIGUSR1) to
-re-read the store and reschedule.
+revoke never races a refresh. Afterwards a running daemon is told (its
+doorbell) to re-read the tokens they changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 
-from tokend.authorize import notify_daemon
 from tokend.clock import Clock
+from tokend.doorbell import ring
 from tokend.errors import OAuthError, TokendError
 from tokend.factorial import Factorial
 from tokend.lock import owner_id, owner_is_dead
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenSpec
 from tokend.outputs import remove_outputs
-from tokend.refresher import Refresher, RefreshOutcome
+from tokend.refresher import Refresher, RefreshOutcome, lease_seconds
 from tokend.schedule import due_at
-from tokend.state import StateStore
-
-# How long ``revoke`` waits for an in-flight refresh (someone else's claim) to finish.
-REVOKE_CLAIM_WAIT = 30.0
-_REVOKE_LEASE = 60.0
+from tokend.slots import RefreshSlots
+from tokend.state import StateStore, Written, wait_for_claim
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ def refresh_tokens(
         masker.add(app.client_secret.reveal())
     outcomes = asyncio.run(_refresh_all(config, specs, force=force, store=store, clock=clock,
                                         masker=masker))
-    notify_daemon(config)
+    ring(config.state_dir, [str(outcome.name) for outcome in outcomes])
     specs_by_name = {spec.name: spec for spec in specs}
     return [_line(outcome, specs_by_name[outcome.name], strict=explicit, now=clock.now())
             for outcome in outcomes]
@@ -78,17 +74,19 @@ async def _refresh_all(
     clock: Clock,
     masker: SecretMasker,
 ) -> list[RefreshOutcome]:
-    slots = asyncio.Semaphore(config.concurrency)
+    slots = RefreshSlots(config.concurrency,
+                         {name: app.concurrency for name, app in config.applications.items()})
     async with httpx.AsyncClient() as http:
         refresher = Refresher(store=store, http=http, clock=clock, masker=masker,
                               owner=owner_id(), hook_base_env=os.environ)
-
-        async def one(spec: TokenSpec) -> RefreshOutcome:
-            async with slots:
-                return await refresher.refresh(spec, config.applications[spec.name.app],
-                                               force=force)
-
-        return list(await asyncio.gather(*(one(spec) for spec in specs)))
+        try:
+            return list(await asyncio.gather(*(
+                refresher.refresh(spec, config.applications[spec.name.app], force=force,
+                                  slots=slots)
+                for spec in specs
+            )))
+        finally:
+            refresher.workers.close()
 
 
 def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float) -> RefreshLine:
@@ -96,10 +94,13 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
     error = record.last_error if record is not None else None
     token = record.token if record is not None else None
     due = due_at(record, spec)
-    if outcome.result == "ok" and token is not None:
-        text, failed = f"refreshed; valid until {_iso(token.expires_at_epoch)}", False
+    expires_at = record.expires_at if record is not None else None
+    if outcome.result == "ok" and expires_at is not None:
+        text, failed = f"refreshed; valid until {_iso(expires_at)}", False
     elif outcome.result == "busy":
         text, failed = "skipped; another process is refreshing it right now", False
+    elif outcome.result == "superseded":
+        text, failed = "skipped; another process stored a newer token meanwhile", False
     elif outcome.result == "transient_error":
         text, failed = f"failed, will be retried: {error}", True
     elif outcome.result == "permanent_error":
@@ -129,15 +130,16 @@ def revoke(
     """Revoke ``spec``'s token at the server, forget it, remove its outputs; return a summary.
 
     The server call comes first: if it fails, nothing is deleted and the error
-    propagates (``local_only`` skips it, for a server that is gone). The store's
-    claim is held throughout so a concurrent refresh cannot bring the token back.
+    propagates (``local_only`` skips it, for a server that is gone). The lease
+    is held throughout, waiting out a refresh or an authorization in flight, so
+    neither can bring the token back or lose a newer one.
     """
     app = config.applications[spec.name.app]
     masker.add(app.client_secret.reveal())
-    owner = owner_id()
-    _claim(store, spec, owner=owner, clock=clock)
+    claim = wait_for_claim(store, spec.name, owner=owner_id(), lease=lease_seconds(spec),
+                           holder_is_dead=owner_is_dead, timeout=lease_seconds(spec))
     try:
-        record = store.get(spec.name)
+        record = claim.record
         token = record.token if record is not None else None
         revoked_remotely = False
         if token is not None:
@@ -145,11 +147,13 @@ def revoke(
             if not local_only:
                 _revoke_at_server(spec, config, token.refresh_token)
                 revoked_remotely = True
-            store.delete_token(spec.name)
+            if store.delete_token(claim.lease, generation=claim.generation) is Written.STALE:
+                raise TokendError(f"{spec.name} was changed by another process meanwhile; "
+                                  "nothing was deleted here. Run revoke again")
+        remove_outputs(spec.outputs)
     finally:
-        store.release(spec.name, owner=owner)
-    remove_outputs(spec.outputs)
-    notify_daemon(config)
+        store.release(claim.lease)
+    ring(config.state_dir, [str(spec.name)])
     if token is None:
         return f"{spec.name}: was not authorized; outputs removed"
     where = "at the server and locally" if revoked_remotely else "locally only (--local-only)"
@@ -167,13 +171,3 @@ def _revoke_at_server(spec: TokenSpec, config: Config, refresh_token: str) -> No
             f"{spec.name}: the server did not revoke the token ({error}); nothing was deleted. "
             "Try again, or pass --local-only to forget it here only"
         ) from None
-
-
-def _claim(store: StateStore, spec: TokenSpec, *, owner: str, clock: Clock) -> None:
-    """Take the token's lease, waiting out a refresh in flight elsewhere."""
-    deadline = time.monotonic() + REVOKE_CLAIM_WAIT
-    while not store.claim(spec.name, owner=owner, now=clock.now(), lease=_REVOKE_LEASE,
-                          holder_is_dead=owner_is_dead):
-        if time.monotonic() >= deadline:
-            raise TokendError(f"{spec.name} is being refreshed by another process; try again")
-        time.sleep(0.2)

@@ -28,11 +28,17 @@ import re
 import secrets
 import stat
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tokend.errors import OutputError
 from tokend.model import OutputSpec
 from tokend.oauth import Token
+
+
+def format_utc(epoch: float) -> str:
+    """``2026-12-01T20:05:10Z``: the one time format of outputs, hooks and status."""
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 # One unquoted line must mean the same to systemd's EnvironmentFile=, docker's
 # --env-file (which keeps quotes literally) and a POSIX shell's ``. file``, so
@@ -44,8 +50,12 @@ _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def render(spec: OutputSpec, token: Token) -> bytes:
-    """The bytes of one output file; the refresh token never appears in any format."""
+def render(spec: OutputSpec, token: Token, *, expires_at: float) -> bytes:
+    """The bytes of one output file; the refresh token never appears in any format.
+
+    ``expires_at`` is the expiry on this host's clock (the record's, not the
+    server's ``created_at``): consumers compare it with the same clock.
+    """
     if spec.format == "token":
         return token.access_token.encode()
     if spec.format == "env":
@@ -55,7 +65,7 @@ def render(spec: OutputSpec, token: Token) -> bytes:
             "access_token": token.access_token,
             "token_type": token.token_type,
             "scope": token.scope,
-            "expires_at": token.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "expires_at": format_utc(expires_at),
         }
         return (json.dumps(document, sort_keys=True) + "\n").encode()
     raise OutputError(f"{spec.path}: unknown output format {spec.format!r}")
@@ -97,7 +107,9 @@ def write_atomic(
     return True
 
 
-def write_outputs(outputs: Iterable[OutputSpec], token: Token) -> list[Path]:
+def write_outputs(
+    outputs: Iterable[OutputSpec], token: Token, *, expires_at: float
+) -> list[Path]:
     """Write every output; return the paths (re)written.
 
     All new files are prepared and fsynced first, then renamed one right after
@@ -112,7 +124,7 @@ def write_outputs(outputs: Iterable[OutputSpec], token: Token) -> list[Path]:
     failures: list[str] = []
     for spec in outputs:
         try:
-            content = render(spec, token)
+            content = render(spec, token, expires_at=expires_at)
             temp = _prepare(Path(spec.path), content, spec.mode, spec.owner, spec.group)
         except OutputError as exc:
             failures.append(str(exc))

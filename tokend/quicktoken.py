@@ -2,7 +2,7 @@
 
 Importing :mod:`tokend.state` would import :mod:`tokend.oauth` and with it
 httpx, so this module reads the one row it needs with :mod:`sqlite3` directly,
-read-only, against the schema in ``state.py`` (version 1). It never writes:
+read-only, against the schema in ``sqlite_store.py`` (version 2). It never writes:
 a consumer calling it in a loop cannot disturb the daemon.
 """
 
@@ -15,8 +15,9 @@ from pathlib import Path
 from tokend.errors import NotFoundError, StateError, TokendError
 
 DATABASE_NAME = "tokend.db"
-_KNOWN_SCHEMA = 1
-_ROWS = "SELECT app, user, scope, access_token, created_at, expires_in, state FROM tokens"
+_KNOWN_SCHEMA = 2
+# Expiry counts from this host's clock when the request was sent (``issued_at``).
+_ROWS = "SELECT app, user, scope, access_token, issued_at, expires_in, state FROM tokens"
 _KEYS = ("app", "user", "scope")
 
 
@@ -101,6 +102,6 @@ def _rows(conn: sqlite3.Connection, parts: list[str]) -> list[_Row]:
     query = _ROWS + (f" WHERE {where}" if where else "") + " ORDER BY app, user, scope"
     return [
         _Row(f"{app}/{user}/{scope}", access,
-             None if created is None or lifetime is None else float(created + lifetime), state)
-        for app, user, scope, access, created, lifetime, state in conn.execute(query, parts)
+             None if issued is None or lifetime is None else float(issued + lifetime), state)
+        for app, user, scope, access, issued, lifetime, state in conn.execute(query, parts)
     ]

@@ -28,6 +28,16 @@ class RateLimiter:
         """Permits per second."""
         return 1.0 / self._interval
 
+    def retune(self, rate: float) -> None:
+        """Change the rate from the next reservation on; slots already handed out stay taken.
+
+        A fresh limiter would forget them and let the next request go at once,
+        right beside the ones still waiting for their slots.
+        """
+        if rate <= 0:
+            raise ValueError("rate must be greater than zero")
+        self._interval = 1.0 / rate
+
     def reserve(self) -> float:
         """Take the next free slot and return how long the caller must wait for it."""
         now = self._monotonic()

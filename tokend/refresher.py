@@ -1,16 +1,23 @@
-"""One refresh of one token, in the only safe order: store, then outputs, then hooks.
+"""One refresh of one token, in the only safe order: rate slot, claim, request, commit, publish.
 
 The new tokens are committed durably before anything can use the new access
 token. A crash at any point therefore leaves either the old refresh token
 (still valid: the new access token was never used) or the new one on disk.
+
+Rotation makes a second request with the same refresh token destructive, so
+the request is sent only under a lease that covers it: the rate-limit wait
+comes first (holding nothing), then the claim, and the request is sent only if
+the lease still covers its whole deadline (one ``asyncio.timeout`` around the
+exchange, not httpx's per-read timeout) plus the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,28 +25,37 @@ import httpx
 import structlog
 
 from tokend.clock import Clock
-from tokend.errors import OAuthError, OutputError
+from tokend.errors import NetworkError, OAuthError
 from tokend.factorial import AsyncFactorial
-from tokend.hooks import hook_environment, run_hook
 from tokend.lock import owner_is_dead
 from tokend.log import SecretMasker
 from tokend.metrics import Metrics
 from tokend.model import ApplicationSpec, TokenName, TokenSpec
 from tokend.oauth import Token
-from tokend.outputs import write_outputs
+from tokend.publish import Published, Publisher
 from tokend.ratelimit import RateLimiter
 from tokend.schedule import backoff_delay, due_at
-from tokend.state import StateStore, TokenRecord, TokenState
+from tokend.slots import RefreshSlots
+from tokend.sqlite_store import BUSY_TIMEOUT
+from tokend.state import Claim, StateStore, TokenRecord, TokenState, Written
+from tokend.workers import Workers
 
 log = structlog.get_logger(__name__)
 
-# skipped: not due (any more) or not authorized; busy: another process holds the claim.
-Result = Literal["ok", "transient_error", "permanent_error", "skipped", "busy"]
-# How long a claim outlives the request timeout: covers the store commit and
-# the wait for a rate-limit slot, which concurrency keeps short.
-_LEASE_MARGIN = 60.0
-# How an output problem starts in a token's last_error, so its cure can clear it.
-OUTPUT_PROBLEM = "outputs: "
+# skipped: not due (any more) or not authorized; busy: another process holds the claim;
+# superseded: another actor stored a newer token (or took the lease) while we worked.
+Result = Literal["ok", "transient_error", "permanent_error", "skipped", "busy", "superseded"]
+
+COMMIT_ALLOWANCE = BUSY_TIMEOUT + 5.0
+"""What a lease must still cover after the request's deadline: the commit, which may wait
+``BUSY_TIMEOUT`` for another writer."""
+CLAIM_ALLOWANCE = 5.0
+"""Slack for the claim itself, so a lease granted a moment late still covers the request."""
+
+
+def lease_seconds(spec: TokenSpec) -> float:
+    """How long a claim on ``spec`` lasts: the request's whole deadline plus the commit."""
+    return spec.timeout + COMMIT_ALLOWANCE + CLAIM_ALLOWANCE
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,7 @@ RefreshedCallback = Callable[[TokenSpec, Token], None]
 
 
 class Refresher:
-    """Refreshes tokens, claiming each through the store so no two processes race."""
+    """Refreshes tokens, claiming each through the store so no two actors race."""
 
     def __init__(
         self,
@@ -70,131 +86,139 @@ class Refresher:
         rand: Callable[[], float] = random.random,
         on_refreshed: RefreshedCallback | None = None,
         metrics: Metrics | None = None,
+        workers: Workers | None = None,
+        holder_is_dead: Callable[[str], bool] = owner_is_dead,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._http = http
         self._clock = clock
         self._masker = masker
         self._owner = owner
-        self._hook_base_env = dict(hook_base_env)
         self._rand = rand
         self._on_refreshed = on_refreshed
         self._limiters: dict[str, RateLimiter] = {}
         self._metrics = Metrics(process=False) if metrics is None else metrics
+        self.workers = Workers() if workers is None else workers
+        self._holder_is_dead = holder_is_dead
+        self._monotonic = monotonic
+        self.publisher = Publisher(store=store, workers=self.workers, masker=masker,
+                                   hook_base_env=hook_base_env, metrics=self._metrics)
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    @property
+    def holder_is_dead(self) -> Callable[[str], bool]:
+        return self._holder_is_dead
 
     def limiter(self, app: ApplicationSpec) -> RateLimiter:
-        """The application's rate limiter, replaced when its configured rate changes."""
+        """The application's rate limiter; a new rate keeps the slots already handed out."""
         current = self._limiters.get(app.name)
-        if current is None or current.rate != app.rate_limit:
+        if current is None:
             current = self._limiters[app.name] = RateLimiter(app.rate_limit)
+        elif current.rate != app.rate_limit:
+            current.retune(app.rate_limit)
         return current
 
     async def refresh(
-        self, spec: TokenSpec, app: ApplicationSpec, *, force: bool = False
+        self,
+        spec: TokenSpec,
+        app: ApplicationSpec,
+        *,
+        force: bool = False,
+        slots: RefreshSlots | None = None,
     ) -> RefreshOutcome:
         """Refresh ``spec`` if it is (still) due, or always with ``force``.
 
-        The claim is held until the outputs are written, so a concurrent
-        ``tokend revoke`` can never see them rewritten after it removed them.
+        The lease is held until the outputs are written, so a concurrent
+        ``tokend revoke`` can never see them rewritten after it removed them;
+        hooks run after it is released.
         """
         name = spec.name
-        claimed, record = await asyncio.to_thread(self._claim, spec)
-        if not claimed:
-            log.info("refresh_skipped", token=str(name), reason="claimed_by_another_process")
-            return RefreshOutcome(name, "busy", None)
-        released = False
-        try:
-            if record is None or record.token is None:
-                return RefreshOutcome(name, "skipped", record)
-            due = due_at(record, spec)
-            if not force and (due is None or due > self._clock.now()):
-                # Another process refreshed it since we scheduled it.
-                return RefreshOutcome(name, "skipped", record)
-            # reserve() rather than acquire(): the same wait, but we learn how long it is.
-            delay = self.limiter(app).reserve()
-            self._metrics.rate_limit_waited(app.name, delay)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            started = time.monotonic()
+        record = await self.workers.store(self._store.get, name)
+        if not self._wanted(record, spec, force=force):
+            return RefreshOutcome(name, "skipped", record)
+        # The rate-limit wait holds nothing: no slot, no lease.
+        delay = self.limiter(app).reserve()
+        self._metrics.rate_limit_waited(app.name, delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        priority = (record.expires_at if record is not None else None) or 0.0
+        held = slots.hold(app.name, priority) if slots else contextlib.nullcontext()
+        async with held:
+            granted_at = self._monotonic()
+            claim = await self.workers.store(
+                self._store.claim, name, owner=self._owner, lease=lease_seconds(spec),
+                holder_is_dead=self._holder_is_dead,
+            )
+            if claim is None:
+                log.info("refresh_skipped", token=str(name), reason="claimed_by_another_process")
+                return RefreshOutcome(name, "busy", None)
             try:
-                token = await self._request(app, spec, record.token)
-            except OAuthError as error:
-                result = "transient_error" if error.transient else "permanent_error"
-                self._metrics.refresh_finished(name, result, time.monotonic() - started)
-                return await self._fail(spec, record, error)
-            self._masker.add(token.access_token, token.refresh_token)
-            released = True
-            outputs_ok, fresh = await asyncio.to_thread(self._commit_and_write, spec, token)
-            self._metrics.refresh_finished(name, "ok", time.monotonic() - started)
-            self._masker.discard(record.token.access_token, record.token.refresh_token)
-        finally:
-            if not released:
-                await asyncio.to_thread(self._store.release, name, owner=self._owner)
-        if outputs_ok:
-            await self.announce(spec, token)
+                outcome, published = await self._refresh_claimed(
+                    spec, app, claim, force=force, lease_ends=granted_at + claim.lease.valid_for
+                )
+            finally:
+                await self.workers.store(self._store.release, claim.lease)
+        if published is not None:
+            await self.publisher.announce(spec, published)
+        return outcome
+
+    def _wanted(self, record: TokenRecord | None, spec: TokenSpec, *, force: bool) -> bool:
+        if record is None or record.token is None:
+            return False
+        due = due_at(record, spec)
+        return force or (due is not None and due <= self._clock.now())
+
+    async def _refresh_claimed(
+        self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
+        lease_ends: float,
+    ) -> tuple[RefreshOutcome, Published | None]:
+        name, record = spec.name, claim.record
+        if record is None or record.token is None or not self._wanted(record, spec, force=force):
+            # Another process refreshed or revoked it since we looked.
+            return RefreshOutcome(name, "skipped", record), None
+        if lease_ends - self._monotonic() < spec.timeout + COMMIT_ALLOWANCE:
+            log.warning("refresh_postponed", token=str(name), reason="lease_too_short")
+            return RefreshOutcome(name, "busy", record), None
+        current = record.token
+        sent_at = self._clock.now()
+        started = self._monotonic()
+        try:
+            async with asyncio.timeout(spec.timeout):
+                token = await self._request(app, spec, current)
+        except OAuthError as error:
+            return await self._fail(spec, claim, error, started), None
+        except TimeoutError:
+            late = NetworkError("timeout", f"no complete answer within {spec.timeout:g} s")
+            return await self._fail(spec, claim, late, started), None
+        self._masker.add(token.access_token, token.refresh_token)
+        written, fresh = await self.workers.store(self._commit, name, token, claim, sent_at)
+        seconds = self._monotonic() - started
+        if written is Written.STALE:
+            # Our lease had run out and another actor stored a newer token (an
+            # authorization, say): ours belongs to a lineage nobody holds any more.
+            self._metrics.refresh_finished(name, "superseded", seconds)
+            log.warning("refresh_superseded", token=str(name))
+            return RefreshOutcome(name, "superseded", fresh), None
+        self._metrics.refresh_finished(name, "ok", seconds)
+        log.info("token_refreshed", token=str(name), expires_at=_iso(sent_at + token.expires_in))
+        published = await self.publisher.publish(spec, claim.lease, record=fresh, new_token=True)
+        self._masker.discard(current.access_token, current.refresh_token)
         if self._on_refreshed is not None:
             self._on_refreshed(spec, token)
-        return RefreshOutcome(name, "ok", fresh, outputs_ok=outputs_ok)
+        outcome = RefreshOutcome(name, "ok", published.record, outputs_ok=published.ok)
+        return outcome, published
 
-    def _claim(self, spec: TokenSpec) -> tuple[bool, TokenRecord | None]:
-        """Claim ``spec`` through the store and read its record (one worker-thread hop)."""
-        claimed = self._store.claim(
-            spec.name, owner=self._owner, now=self._clock.now(),
-            lease=spec.timeout + _LEASE_MARGIN, holder_is_dead=owner_is_dead,
-        )
-        return claimed, self._store.get(spec.name) if claimed else None
-
-    def _commit_and_write(self, spec: TokenSpec, token: Token) -> tuple[bool, TokenRecord | None]:
-        """Commit ``token`` durably, then write the outputs, then release the claim.
-
-        One worker-thread hop for the whole sequence; the order inside is the
-        invariant: nothing can read the new token before it is on disk.
-        """
-        try:
-            self._store.save_token(spec.name, token, now=self._clock.now())
-            log.info("token_refreshed", token=str(spec.name),
-                     expires_at=token.expires_at.isoformat())
-            outputs_ok = self._write_now(spec, token, None)
-        finally:
-            self._store.release(spec.name, owner=self._owner)
-        return outputs_ok, self._store.get(spec.name)
-
-    async def write(
-        self, spec: TokenSpec, token: Token, *, record: TokenRecord | None = None
-    ) -> bool:
-        """Write the outputs of a committed token; ``False`` when one could not be written."""
-        return await asyncio.to_thread(self._write_now, spec, token, record)
-
-    async def write_many(
-        self, items: Sequence[tuple[TokenSpec, Token, TokenRecord | None]]
-    ) -> list[bool]:
-        """:meth:`write` for many tokens in one worker-thread hop (start-up, reload)."""
-        return await asyncio.to_thread(lambda: [self._write_now(*item) for item in items])
-
-    def _write_now(self, spec: TokenSpec, token: Token, record: TokenRecord | None) -> bool:
-        """Write the outputs (in the calling thread); whether they all hold ``token`` now.
-
-        A failure marks the token ``failing`` with the reason, so ``tokend status``
-        shows it; a later success clears a failure ``record`` shows came from
-        the outputs.
-        """
-        try:
-            written = write_outputs(spec.outputs, token)
-        except OutputError as error:
-            log.error("outputs_failed", token=str(spec.name), error=str(error))
-            self._store.set_problem(spec.name, error=f"{OUTPUT_PROBLEM}{error}")
-            return False
-        if written:
-            log.debug("outputs_written", token=str(spec.name), paths=[str(p) for p in written])
-        if record is not None and (record.last_error or "").startswith(OUTPUT_PROBLEM):
-            self._store.set_problem(spec.name, error=None)
-            log.info("outputs_recovered", token=str(spec.name))
-        return True
-
-    async def announce(self, spec: TokenSpec, token: Token) -> None:
-        """Run ``on_refresh``: the outputs hold ``token`` now."""
-        if spec.on_refresh:
-            await self._run_hook(spec, "on_refresh", token)
+    def _commit(
+        self, name: TokenName, token: Token, claim: Claim, sent_at: float
+    ) -> tuple[Written, TokenRecord | None]:
+        """Commit ``token`` (fenced on the generation only) and read the record back."""
+        written = self._store.commit(name, token, generation=claim.generation,
+                                     issued_at=sent_at, now=self._clock.now())
+        return written, self._store.get(name)
 
     async def _request(self, app: ApplicationSpec, spec: TokenSpec, current: Token) -> Token:
         client = AsyncFactorial(
@@ -210,9 +234,12 @@ class Refresher:
         )
 
     async def _fail(
-        self, spec: TokenSpec, record: TokenRecord, error: OAuthError
+        self, spec: TokenSpec, claim: Claim, error: OAuthError, started: float
     ) -> RefreshOutcome:
-        name = spec.name
+        name, record = spec.name, claim.record
+        assert record is not None  # noqa: S101 -- only tokens that exist are sent
+        result: Result = "transient_error" if error.transient else "permanent_error"
+        self._metrics.refresh_finished(name, result, self._monotonic() - started)
         now = self._clock.now()
         failures = record.consecutive_failures + 1
         message = self._masker.mask(str(error))
@@ -223,30 +250,24 @@ class Refresher:
             state, next_attempt_at = TokenState.FAILING, now + delay
         else:
             state, next_attempt_at = TokenState.NEEDS_AUTHORIZATION, None
-        await asyncio.to_thread(
-            self._store.record_failure, name,
+        written = await self.workers.store(
+            self._store.record_failure, claim.lease, generation=claim.generation,
             error=message, state=state, now=now, next_attempt_at=next_attempt_at,
         )
+        fresh = await self.workers.store(self._store.get, name)
+        if written is Written.STALE:
+            # Someone else owns the token now; what we learned is about a token it replaced.
+            log.warning("refresh_failure_superseded", token=str(name), error=message)
+            return RefreshOutcome(name, "superseded", fresh)
         if error.transient:
             log.warning("refresh_failed", token=str(name), error=message, attempt=failures,
                         retry_in=round(delay, 1))
-            return RefreshOutcome(name, "transient_error", await self._get(name))
+            return RefreshOutcome(name, "transient_error", fresh)
         log.error("needs_authorization", token=str(name), error=message)
         if spec.on_failure and record.state is not TokenState.NEEDS_AUTHORIZATION:
-            await self._run_hook(spec, "on_failure", None)
-        return RefreshOutcome(name, "permanent_error", await self._get(name))
+            await self.publisher.run_hook(spec, "on_failure", None)
+        return RefreshOutcome(name, "permanent_error", fresh)
 
-    async def _get(self, name: TokenName) -> TokenRecord | None:
-        return await asyncio.to_thread(self._store.get, name)
 
-    async def _run_hook(
-        self, spec: TokenSpec, hook: Literal["on_refresh", "on_failure"], token: Token | None
-    ) -> None:
-        env = hook_environment(
-            spec,
-            expires_at=token.expires_at if token else None,
-            base=self._masker.without_secrets(self._hook_base_env),
-        )
-        argv = spec.on_refresh if hook == "on_refresh" else spec.on_failure
-        result = await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name))
-        self._metrics.hook_finished(spec.name, hook, result)
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -44,11 +44,11 @@ def refresh_token_deadline(record: TokenRecord, spec: TokenSpec) -> float | None
     The margin is ``min(1 day, lifetime / 7)``: a day before a week-long refresh token
     dies, and proportionally less for the short lifetimes of the demo.
     """
-    if record.token is None or record.refresh_token_issued_at is None:
+    dies_at = record.refresh_token_expires_at(spec.refresh_token_lifetime)
+    if dies_at is None:
         return None
-    lifetime = spec.refresh_token_lifetime
-    margin = min(REFRESH_TOKEN_MARGIN_MAX, lifetime / 7)
-    return record.refresh_token_issued_at + lifetime - margin
+    margin = min(REFRESH_TOKEN_MARGIN_MAX, spec.refresh_token_lifetime / 7)
+    return dies_at - margin
 
 
 def due_at(record: TokenRecord | None, spec: TokenSpec) -> float | None:
@@ -57,12 +57,15 @@ def due_at(record: TokenRecord | None, spec: TokenSpec) -> float | None:
     ``None`` means a person must act first: no token yet, or the state is
     needs_authorization / not_authorized. A failing token is due at its persisted
     ``next_attempt_at`` (so a restart does not hammer the server). Otherwise the
-    token is due at ``created_at + f * expires_in`` where ``f`` is ``refresh_at`` plus
+    token is due at ``issued_at + f * expires_in`` where ``f`` is ``refresh_at`` plus
     the token's jitter, clamped to ``[0, MAX_REFRESH_FRACTION]``, and never later
-    than :func:`refresh_token_deadline`. The result may lie in the past: the caller
+    than :func:`refresh_token_deadline`. ``issued_at`` is this host's clock when the
+    request was sent: the server's ``created_at`` comes from a clock that may be
+    off by minutes, and comparing it with ours made a skewed server's tokens
+    come due at once (or lapse). The result may lie in the past: the caller
     refreshes at once.
     """
-    if record is None or record.token is None:
+    if record is None or record.token is None or record.issued_at is None:
         return None
     if record.state in (TokenState.NEEDS_AUTHORIZATION, TokenState.NOT_AUTHORIZED):
         return None
@@ -70,7 +73,7 @@ def due_at(record: TokenRecord | None, spec: TokenSpec) -> float | None:
         return record.next_attempt_at
     token = record.token
     fraction = min(max(spec.refresh_at + jitter_fraction(spec.name), 0.0), MAX_REFRESH_FRACTION)
-    at = token.created_at + fraction * token.expires_in
+    at = record.issued_at + fraction * token.expires_in
     deadline = refresh_token_deadline(record, spec)
     return at if deadline is None else min(at, deadline)
 

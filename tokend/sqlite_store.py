@@ -10,6 +10,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,19 @@ from typing import Any
 from tokend.errors import StateError
 from tokend.model import TokenName
 from tokend.oauth import Token
-from tokend.state import StateStore, TokenRecord, TokenState, nobody_is_dead
+from tokend.state import (
+    Claim,
+    Lease,
+    StateStore,
+    TokenRecord,
+    TokenState,
+    Written,
+    nobody_is_dead,
+)
+
+DATABASE_NAME = "tokend.db"
+BUSY_TIMEOUT = 10.0
+"""The longest a store call waits for another process's write: part of every commit's budget."""
 
 # Each migration is a list of statements applied in one transaction; its index + 1 is the
 # schema version it leads to (PRAGMA user_version). Append only: never edit a released one.
@@ -34,39 +47,68 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             owner TEXT NOT NULL, expires_at REAL NOT NULL,
             PRIMARY KEY (app, user, scope)) WITHOUT ROWID""",
     ),
+    # 2: generations and fenced leases; output health apart from token health; the issue
+    # time on this host's clock (the old column already was the host's commit time).
+    (
+        "ALTER TABLE tokens RENAME COLUMN refresh_token_issued_at TO issued_at",
+        "ALTER TABLE tokens ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tokens ADD COLUMN output_error TEXT",
+        "UPDATE tokens SET generation = 1 WHERE access_token IS NOT NULL",
+        """UPDATE tokens SET output_error = substr(last_error, 10), last_error = NULL,
+            state = 'ok' WHERE state = 'failing' AND last_error LIKE 'outputs: %'""",
+        # Old leases count wall-clock seconds; nothing holds one across an upgrade.
+        "DROP TABLE leases",
+        """CREATE TABLE leases (app TEXT NOT NULL, user TEXT NOT NULL, scope TEXT NOT NULL,
+            owner TEXT NOT NULL, epoch INTEGER NOT NULL, expires_at REAL NOT NULL,
+            clock TEXT NOT NULL, PRIMARY KEY (app, user, scope)) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
+_KEY = "app = ? AND user = ? AND scope = ?"
 _COLUMNS = """app, user, scope, access_token, token_type, expires_in, refresh_token,
-    granted_scope, created_at, refresh_token_issued_at, state, last_attempt_at, last_refresh_at,
-    last_error, consecutive_failures, next_attempt_at"""
+    granted_scope, created_at, issued_at, state, last_attempt_at, last_refresh_at,
+    last_error, consecutive_failures, next_attempt_at, generation, output_error"""
 _SELECT = f"SELECT {_COLUMNS} FROM tokens"  # noqa: S608 -- constants only, values are bound
-_GET = f"{_SELECT} WHERE app = ? AND user = ? AND scope = ?"
+_GET = f"{_SELECT} WHERE {_KEY}"
 _ALL = f"{_SELECT} ORDER BY app, user, scope"
-_SAVE = f"""INSERT INTO tokens ({_COLUMNS})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', ?, ?, NULL, 0, NULL)
+_TOKEN_VALUES = """access_token = ?, token_type = ?, expires_in = ?, refresh_token = ?,
+    granted_scope = ?, created_at = ?, issued_at = ?, state = 'ok', last_attempt_at = ?,
+    last_refresh_at = ?, last_error = NULL, consecutive_failures = 0, next_attempt_at = NULL,
+    generation = generation + 1"""  # noqa: S105 -- column names, not a password
+_SAVE = """INSERT INTO tokens (app, user, scope, access_token, token_type, expires_in,
+    refresh_token, granted_scope, created_at, issued_at, state, last_attempt_at,
+    last_refresh_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', ?, ?, 1)
     ON CONFLICT (app, user, scope) DO UPDATE SET
     access_token = excluded.access_token, token_type = excluded.token_type,
     expires_in = excluded.expires_in, refresh_token = excluded.refresh_token,
     granted_scope = excluded.granted_scope, created_at = excluded.created_at,
-    refresh_token_issued_at = excluded.refresh_token_issued_at, state = 'ok',
+    issued_at = excluded.issued_at, state = 'ok',
     last_attempt_at = excluded.last_attempt_at, last_refresh_at = excluded.last_refresh_at,
-    last_error = NULL, consecutive_failures = 0, next_attempt_at = NULL"""  # noqa: S608 -- constants
-_FAILURE = """INSERT INTO tokens (app, user, scope, state, last_attempt_at, last_error,
-    consecutive_failures, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?)
-    ON CONFLICT (app, user, scope) DO UPDATE SET
-    state = excluded.state, last_attempt_at = excluded.last_attempt_at,
-    last_error = excluded.last_error, consecutive_failures = consecutive_failures + 1,
-    next_attempt_at = excluded.next_attempt_at"""
-_DELETE = """UPDATE tokens SET access_token = NULL, token_type = NULL, expires_in = NULL,
-    refresh_token = NULL, granted_scope = NULL, created_at = NULL, refresh_token_issued_at = NULL,
-    state = 'not_authorized', last_error = NULL, consecutive_failures = 0, next_attempt_at = NULL
-    WHERE app = ? AND user = ? AND scope = ?"""
-_PROBLEM = """UPDATE tokens SET state = ?, last_error = ?
-    WHERE app = ? AND user = ? AND scope = ? AND access_token IS NOT NULL"""
-_LEASE_HOLDER = "SELECT owner, expires_at FROM leases WHERE app = ? AND user = ? AND scope = ?"
-_LEASE_TAKE = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)"
-_LEASE_RELEASE = "DELETE FROM leases WHERE app = ? AND user = ? AND scope = ? AND owner = ?"
+    last_error = NULL, consecutive_failures = 0, next_attempt_at = NULL,
+    generation = generation + 1"""
+_COMMIT = f"UPDATE tokens SET {_TOKEN_VALUES} WHERE {_KEY} AND generation = ?"  # noqa: S608
+_EXISTS = f"SELECT 1 FROM tokens WHERE {_KEY}"  # noqa: S608 -- constants
+_INSERT = """INSERT INTO tokens (app, user, scope, access_token, token_type, expires_in,
+    refresh_token, granted_scope, created_at, issued_at, state, last_attempt_at,
+    last_refresh_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', ?, ?, 1)"""
+_FAILURE = f"""UPDATE tokens SET state = ?, last_attempt_at = ?, last_error = ?,
+    consecutive_failures = consecutive_failures + 1, next_attempt_at = ?
+    WHERE {_KEY} AND generation = ?"""  # noqa: S608 -- constants
+_DELETE = f"""UPDATE tokens SET access_token = NULL, token_type = NULL, expires_in = NULL,
+    refresh_token = NULL, granted_scope = NULL, created_at = NULL, issued_at = NULL,
+    state = 'not_authorized', last_error = NULL, consecutive_failures = 0,
+    next_attempt_at = NULL, output_error = NULL, generation = generation + 1
+    WHERE {_KEY} AND generation = ?"""  # noqa: S608 -- constants
+_OUTPUT_PROBLEM = f"UPDATE tokens SET output_error = ? WHERE {_KEY}"  # noqa: S608 -- constants
+_LEASE_HOLDER = f"SELECT owner, epoch, expires_at, clock FROM leases WHERE {_KEY}"  # noqa: S608
+_LEASE_TAKE = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)"
+# A lease is live when its epoch is current and its end has not passed on this boot's clock.
+_LEASE_LIVE = f"""SELECT 1 FROM leases WHERE {_KEY} AND epoch = ? AND owner = ?
+    AND clock = ? AND expires_at > ?"""  # noqa: S608 -- constants
+# Released leases keep their row, so the epoch only ever grows.
+_LEASE_RELEASE = f"""UPDATE leases SET owner = '', expires_at = 0
+    WHERE {_KEY} AND epoch = ? AND owner = ?"""  # noqa: S608 -- constants
 
 
 def _key(name: TokenName) -> tuple[str, str, str]:
@@ -81,10 +123,29 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
             refresh_token=row[6], scope=row[7], created_at=row[8],
         )
     return TokenRecord(
-        name=TokenName(row[0], row[1], row[2]), token=token, refresh_token_issued_at=row[9],
+        name=TokenName(row[0], row[1], row[2]), token=token, issued_at=row[9],
         state=TokenState(row[10]), last_attempt_at=row[11], last_refresh_at=row[12],
         last_error=row[13], consecutive_failures=row[14], next_attempt_at=row[15],
+        generation=row[16], output_error=row[17],
     )
+
+
+def _token_values(token: Token) -> tuple[Any, ...]:
+    return (token.access_token, token.token_type, token.expires_in, token.refresh_token,
+            token.scope, token.created_at)
+
+
+def boot_clock() -> float:
+    """Seconds since this machine booted, suspend included: no wall-clock step moves it."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def boot_id() -> str:
+    """Which boot :func:`boot_clock` counts from: a lease of an earlier boot has ended."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
 
 
 class SqliteStateStore(StateStore):
@@ -96,10 +157,18 @@ class SqliteStateStore(StateStore):
     """
 
     def __init__(
-        self, state_dir: Path, *, filename: str = "tokend.db", busy_timeout: float = 10.0
+        self,
+        state_dir: Path,
+        *,
+        filename: str = DATABASE_NAME,
+        busy_timeout: float = BUSY_TIMEOUT,
+        lease_clock: Callable[[], float] = boot_clock,
+        clock_id: str | None = None,
     ) -> None:
         self.path = state_dir / filename
         self._lock = threading.Lock()
+        self._lease_clock = lease_clock
+        self._clock_id = boot_id() if clock_id is None else clock_id
         try:
             _make_private_dir(state_dir)
             _make_private_file(self.path)
@@ -201,12 +270,11 @@ class SqliteStateStore(StateStore):
     def all(self) -> list[TokenRecord]:
         return [_record(row) for row in self._read(_ALL)]
 
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
     def save_tokens(self, items: Sequence[tuple[TokenName, Token]], *, now: float) -> None:
-        rows = [
-            (*_key(name), t.access_token, t.token_type, t.expires_in, t.refresh_token, t.scope,
-             t.created_at, now, now, now)
-            for name, t in items
-        ]
+        rows = [(*_key(name), *_token_values(token), now, now, now) for name, token in items]
         if not rows:
             return
         with self._write("save tokens") as conn:
@@ -215,51 +283,103 @@ class SqliteStateStore(StateStore):
     def save_token(self, name: TokenName, token: Token, *, now: float) -> None:
         self.save_tokens([(name, token)], now=now)
 
+    def commit(
+        self, name: TokenName, token: Token, *, generation: int, issued_at: float, now: float
+    ) -> Written:
+        values = (*_token_values(token), issued_at, now, now)
+        with self._write("commit token") as conn:
+            if conn.execute(_COMMIT, (*values, *_key(name), generation)).rowcount:
+                return Written.DONE
+            if generation == 0 and conn.execute(_EXISTS, _key(name)).fetchone() is None:
+                conn.execute(_INSERT, (*_key(name), *values))
+                return Written.DONE
+            return Written.STALE
+
+    def _live(self, conn: sqlite3.Connection, lease: Lease) -> bool:
+        params = (*_key(lease.name), lease.epoch, lease.owner, self._clock_id, self._lease_clock())
+        return conn.execute(_LEASE_LIVE, params).fetchone() is not None
+
     def record_failure(
         self,
-        name: TokenName,
+        lease: Lease,
         *,
+        generation: int,
         error: str,
         state: TokenState,
         now: float,
         next_attempt_at: float | None,
-    ) -> None:
+    ) -> Written:
         with self._write("record failure") as conn:
-            conn.execute(_FAILURE, (*_key(name), str(state), now, error, next_attempt_at))
+            if not self._live(conn, lease):
+                return Written.STALE
+            params = (str(state), now, error, next_attempt_at, *_key(lease.name), generation)
+            return Written.DONE if conn.execute(_FAILURE, params).rowcount else Written.STALE
 
-    def set_problem(self, name: TokenName, *, error: str | None) -> None:
-        with self._write("record problem") as conn:
-            conn.execute(_PROBLEM, (str(TokenState.FAILING if error else TokenState.OK), error,
-                                    *_key(name)))
+    def set_output_problem(self, lease: Lease, *, error: str | None) -> Written:
+        with self._write("record output problem", durable=False) as conn:
+            if not self._live(conn, lease):
+                return Written.STALE
+            conn.execute(_OUTPUT_PROBLEM, (error, *_key(lease.name)))
+            return Written.DONE
 
-    def delete_token(self, name: TokenName) -> None:
+    def delete_token(self, lease: Lease, *, generation: int) -> Written:
         with self._write("delete token") as conn:
-            conn.execute(_DELETE, _key(name))
+            if not self._live(conn, lease):
+                return Written.STALE
+            params = (*_key(lease.name), generation)
+            return Written.DONE if conn.execute(_DELETE, params).rowcount else Written.STALE
 
     def claim(
         self,
         name: TokenName,
         *,
         owner: str,
-        now: float,
         lease: float,
         holder_is_dead: Callable[[str], bool] = nobody_is_dead,
-    ) -> bool:
-        with self._write("claim lease", durable=False) as conn:
-            held = conn.execute(_LEASE_HOLDER, _key(name)).fetchone()
-            if (
-                held is not None
-                and held[0] != owner
-                and held[1] > now
-                and not holder_is_dead(held[0])
-            ):
-                return False
-            conn.execute(_LEASE_TAKE, (*_key(name), owner, now + lease))
-            return True
+    ) -> Claim | None:
+        claims = self.claim_many([name], owner=owner, lease=lease, holder_is_dead=holder_is_dead)
+        return claims[0] if claims else None
 
-    def release(self, name: TokenName, *, owner: str) -> None:
+    def claim_many(
+        self,
+        names: Sequence[TokenName],
+        *,
+        owner: str,
+        lease: float,
+        holder_is_dead: Callable[[str], bool] = nobody_is_dead,
+    ) -> list[Claim]:
+        claims: list[Claim] = []
+        if not names:
+            return claims
+        # Leases skip the fsync: losing one in a crash costs nothing, its holder died with it.
+        with self._write("claim lease", durable=False) as conn:
+            now = self._lease_clock()
+            for name in names:
+                held = conn.execute(_LEASE_HOLDER, _key(name)).fetchone()
+                epoch = 1
+                if held is not None:
+                    holder, epoch = held[0], held[1] + 1
+                    busy = (holder not in ("", owner) and held[3] == self._clock_id
+                            and held[2] > now and not holder_is_dead(holder))
+                    if busy:
+                        continue
+                conn.execute(_LEASE_TAKE, (*_key(name), owner, epoch, now + lease, self._clock_id))
+                row = conn.execute(_GET, _key(name)).fetchone()
+                claims.append(Claim(Lease(name, owner, epoch, lease),
+                                    _record(row) if row is not None else None))
+        return claims
+
+    def release(self, lease: Lease) -> Written:
         with self._write("release lease", durable=False) as conn:
-            conn.execute(_LEASE_RELEASE, (*_key(name), owner))
+            params = (*_key(lease.name), lease.epoch, lease.owner)
+            return Written.DONE if conn.execute(_LEASE_RELEASE, params).rowcount else Written.STALE
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        with self._write("release leases", durable=False) as conn:
+            conn.executemany(_LEASE_RELEASE, [(*_key(lease.name), lease.epoch, lease.owner)
+                                              for lease in leases])
 
     def close(self) -> None:
         with self._lock:

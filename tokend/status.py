@@ -30,8 +30,6 @@ from tokend.schedule import due_at
 from tokend.sqlite_store import SqliteStateStore
 from tokend.state import TokenRecord, TokenState
 
-EXPIRED = "expired"
-
 
 @dataclass(frozen=True)
 class TokenRow:
@@ -77,24 +75,20 @@ class StatusReport:
 
 def token_row(spec: TokenSpec, record: TokenRecord | None, *, now: float) -> TokenRow:
     """The row of one configured token, from its stored record (``None``: never stored)."""
-    token = record.token if record is not None else None
-    if record is None or token is None:
-        state = str(record.state if record is not None else TokenState.NOT_AUTHORIZED)
-        if state != TokenState.NEEDS_AUTHORIZATION:
-            state = str(TokenState.NOT_AUTHORIZED)
-        return TokenRow(str(spec.name), state, None, None, None,
-                        record.last_refresh_at if record else None,
-                        record.last_error if record else None)
-    refresh_expires = None
-    if record.refresh_token_issued_at is not None:
-        refresh_expires = record.refresh_token_issued_at + spec.refresh_token_lifetime
-    state = str(record.state)
-    if record.state in (TokenState.OK, TokenState.FAILING) and (
-        token.expires_at_epoch <= now or (refresh_expires is not None and refresh_expires <= now)
-    ):
-        state = EXPIRED
-    return TokenRow(str(spec.name), state, token.expires_at_epoch, refresh_expires,
-                    due_at(record, spec), record.last_refresh_at, record.last_error)
+    if record is None:
+        return TokenRow(str(spec.name), str(TokenState.NOT_AUTHORIZED), None, None, None,
+                        None, None)
+    state = record.shown_state(spec.refresh_token_lifetime, now)
+    if record.token is None:
+        return TokenRow(str(spec.name), state, None, None, None, record.last_refresh_at,
+                        record.last_error)
+    error = record.last_error
+    if record.output_error is not None:
+        output_problem = f"outputs: {record.output_error}"
+        error = output_problem if error is None else f"{error}; {output_problem}"
+    return TokenRow(str(spec.name), state, record.expires_at,
+                    record.refresh_token_expires_at(spec.refresh_token_lifetime),
+                    due_at(record, spec), record.last_refresh_at, error)
 
 
 def daemon_row(state_dir: Path) -> DaemonRow:

@@ -1,8 +1,13 @@
 """Every configured token in one place: what is scheduled, what is in flight, what changed.
 
-The daemon's loop asks the supervisor to start what is due and to apply a new
-config; the supervisor keeps one heap for all tokens and never more than one
-refresh per token in flight.
+The daemon's loop asks the supervisor to start what is due, to apply a new
+config and to look again at tokens another process changed. At most one piece
+of work per token is in flight in this process (a refresh, or a publish of its
+outputs), and every piece holds the token's lease in the store, so nothing
+here ever writes a record that another actor has since replaced. Work that
+arrives for a token while it is in flight (a reload changed its outputs, the
+CLI changed its token) is done when the flight ends, from the record as it
+then stands.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 
 import structlog
 
@@ -20,6 +25,7 @@ from tokend.metrics import Metrics
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.refresher import Refresher
 from tokend.schedule import Scheduler, backoff_delay, due_at
+from tokend.slots import RefreshSlots
 from tokend.state import StateStore, TokenRecord, TokenState
 
 log = structlog.get_logger(__name__)
@@ -28,10 +34,13 @@ log = structlog.get_logger(__name__)
 CRASH_RETRY = 30.0
 # When another process holds a token's claim, look again this much later.
 BUSY_RETRY = 5.0
+# A publish lease covers writing the outputs of a batch of tokens.
+PUBLISH_LEASE = 60.0
+PUBLISH_LEASE_PER_TOKEN = 0.01
 
 
 class Supervisor:
-    """Schedules and runs the refreshes of the tokens of the current config."""
+    """Schedules and runs the refreshes and publishes of the tokens of the current config."""
 
     def __init__(
         self,
@@ -46,43 +55,50 @@ class Supervisor:
     ) -> None:
         self._store = store
         self._refresher = refresher
+        self._workers = refresher.workers
+        self._publisher = refresher.publisher
         self._clock = clock
         self._masker = masker
         self._on_settled = on_settled
         self._metrics = Metrics(process=False) if metrics is None else metrics
+        self._rand = rand
         self._config: Config | None = None
         self._specs: dict[TokenName, TokenSpec] = {}
+        self._records: dict[TokenName, TokenRecord | None] = {}
         self._scheduler = Scheduler()
-        # Outputs that could not be written are retried on their own, without a refresh.
-        self._output_retries = Scheduler()
-        self._output_attempts: dict[TokenName, int] = {}
-        self._rand = rand
+        # Outputs that could not be written (or a token busy elsewhere) are published again
+        # on their own, without a refresh.
+        self._publish_retries = Scheduler()
+        self._publish_attempts: dict[TokenName, int] = {}
         self._inflight: dict[TokenName, asyncio.Task[None]] = {}
+        self._republish: set[TokenName] = set()
         self._states: dict[TokenName, TokenState] = {}
         self._counts: Counter[TokenState] = Counter()
         # Tokens to try once although they need authorization (their config changed).
         self._forced: set[TokenName] = set()
-        self._global_slots = asyncio.Semaphore(1)
-        self._app_slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: RefreshSlots | None = None
         self.stopping = False
 
     def next_at(self) -> float | None:
-        """When the next token or output retry is due, or ``None`` when nothing is scheduled."""
-        times = (self._scheduler.next_at(), self._output_retries.next_at())
+        """When the next refresh or publish retry is due, or ``None`` when nothing is."""
+        times = (self._scheduler.next_at(), self._publish_retries.next_at())
         return min((at for at in times if at is not None), default=None)
 
     def start_due(self) -> None:
-        """Start a refresh for every token that is due now, and every output retry."""
+        """Start every refresh that is due now, earliest expiry first, and every publish retry."""
         now = self._clock.now()
-        for name in self._scheduler.due(now):
-            spec = self._specs.get(name)
-            if spec is not None and name not in self._inflight:
-                self._inflight[name] = asyncio.create_task(self._refresh(spec), name=str(name))
-        for name in self._output_retries.due(now):
-            spec = self._specs.get(name)
-            # A refresh in flight writes the outputs itself.
-            if spec is not None and name not in self._inflight:
-                self._inflight[name] = asyncio.create_task(self._rewrite(spec), name=str(name))
+        due = [name for name in self._scheduler.due(now)
+               if name in self._specs and name not in self._inflight]
+        due.sort(key=self._expiry)
+        for name in due:
+            self._inflight[name] = asyncio.create_task(self._refresh(self._specs[name]),
+                                                       name=str(name))
+        self._publish(name for name in self._publish_retries.due(now) if name in self._specs)
+
+    def _expiry(self, name: TokenName) -> float:
+        record = self._records.get(name)
+        expires_at = record.expires_at if record is not None else None
+        return 0.0 if expires_at is None else expires_at
 
     def status_line(self) -> str:
         """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows.
@@ -106,13 +122,17 @@ class Supervisor:
             self._counts[state] += 1
 
     async def apply(self, new: Config) -> tuple[int, int, int]:
-        """Move to ``new``, touching only what changed; return (added, removed, changed).
+        """Move to ``new``; return (added, removed, changed).
 
-        Every output is written from the store, which heals a deleted or stale
-        file without a refresh and leaves files that are already right untouched.
-        Unchanged tokens keep their schedule, so a reload never causes a refresh
-        storm; a token that needs authorization is tried once more when its
-        settings or its application's credentials changed.
+        Every token's outputs are published from the store, which heals a
+        deleted or stale file without a refresh and leaves files that are
+        already right untouched; a token in flight is published when its
+        flight ends. The first config's outputs are written before this
+        returns (the daemon is ready only then); a reload's go on in the
+        background. Schedules follow from the stored records, so a reload
+        never causes a refresh storm; a token that needs authorization is
+        tried once more when its settings or its application's credentials
+        changed.
         """
         old_config, old_specs = self._config, self._specs
         new_specs = {spec.name: spec for spec in new.tokens}
@@ -120,17 +140,14 @@ class Supervisor:
             self._masker.add(application.client_secret.reveal())
         self._config = new
         self._specs = new_specs
-        self._global_slots = asyncio.Semaphore(new.concurrency)
-        self._app_slots = {
-            name: asyncio.Semaphore(app.concurrency) for name, app in new.applications.items()
-        }
+        limits = {name: app.concurrency for name, app in new.applications.items()}
+        if self._slots is None:
+            self._slots = RefreshSlots(new.concurrency, limits)
+        else:
+            self._slots.resize(new.concurrency, limits)
         removed = [name for name in old_specs if name not in new_specs]
         for name in removed:
-            self._scheduler.cancel(name)
-            self._output_retries.cancel(name)
-            self._output_attempts.pop(name, None)
-            self._set_state(name, None)
-            self._metrics.forget_token(name)
+            self._forget(name)
         added = {name for name in new_specs if name not in old_specs}
         changed = {
             name for name, spec in new_specs.items()
@@ -140,45 +157,100 @@ class Supervisor:
                 or old_config.applications.get(name.app) != new.applications[name.app]
             )
         }
-        records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
-        # A refresh in flight writes its own outputs; writing its old token here could
-        # land after them. Nothing new starts while this runs: only the loop starts work.
-        stored = [
-            (spec, record.token, record) for name, spec in new_specs.items()
-            if (record := records.get(name)) is not None and record.token is not None
-            and name not in self._inflight
-        ]
-        for _spec, token, _record in stored:
-            self._masker.add(token.access_token, token.refresh_token)
-        results = await self._refresher.write_many(stored)
-        for (spec, _token, record), written in zip(stored, results, strict=True):
-            self._retry_outputs(spec, written=written)
-            if not written or record.state is TokenState.FAILING:  # the write changed it
-                fresh = await asyncio.to_thread(self._store.get, spec.name)
-                if fresh is not None:
-                    records[spec.name] = fresh
-        for name in added | changed:
-            self._track(new_specs[name], records.get(name), retry_if_stuck=name in changed)
+        task = self._publish(new_specs, retry_if_stuck=changed)
+        if old_config is None and task is not None:
+            await task
         return len(added), len(removed), len(changed)
 
-    async def rescan(self) -> None:
-        """Pick up tokens another process (``tokend authorize``) stored."""
-        records = {record.name: record for record in await asyncio.to_thread(self._store.all)}
-        for name, spec in self._specs.items():
-            record = records.get(name)
-            if record is None or name in self._inflight:
-                continue
-            if due_at(record, spec) != self._scheduler.when(name):
-                if record.token is not None:
-                    self._masker.add(record.token.access_token, record.token.refresh_token)
-                    record = await self._write(spec, record)
-                self._track(spec, record)
+    def _forget(self, name: TokenName) -> None:
+        self._scheduler.cancel(name)
+        self._publish_retries.cancel(name)
+        self._publish_attempts.pop(name, None)
+        self._records.pop(name, None)
+        self._republish.discard(name)
+        self._set_state(name, None)
+        self._metrics.forget_token(name)
+
+    async def rescan(self, names: Collection[TokenName] | None = None) -> None:
+        """Publish the tokens another process changed (all of ``names``, or any token).
+
+        The records read here only say which tokens changed; each is then
+        published from the record as it stands under its lease.
+        """
+        if names is None:
+            records = await self._workers.store(self._store.all)
+        else:
+            wanted = [name for name in names if name in self._specs]
+            records = await self._workers.store(
+                lambda: [r for name in wanted if (r := self._store.get(name)) is not None]
+            )
+        self._publish(record.name for record in records
+                      if record.name in self._specs and record != self._records.get(record.name))
+
+    def _publish(
+        self, names: Iterable[TokenName], *, retry_if_stuck: Collection[TokenName] = ()
+    ) -> asyncio.Task[None] | None:
+        """Publish ``names`` in one background batch; those in flight when their flight ends."""
+        batch = []
+        for name in names:
+            if name in self._inflight:
+                self._republish.add(name)
+            else:
+                batch.append(name)
+        if not batch:
+            return None
+        task = asyncio.create_task(self._publish_batch(batch, set(retry_if_stuck)))
+        for name in batch:
+            self._inflight[name] = task
+        return task
+
+    async def _publish_batch(self, names: list[TokenName], retry_if_stuck: set[TokenName]) -> None:
+        try:
+            claims = await self._workers.store(
+                self._store.claim_many, names, owner=self._refresher.owner,
+                lease=PUBLISH_LEASE + PUBLISH_LEASE_PER_TOKEN * len(names),
+                holder_is_dead=self._refresher.holder_is_dead,
+            )
+            claimed = {claim.lease.name for claim in claims}
+            for name in names:
+                if name not in claimed:  # another process works on it and will ring when done
+                    self._publish_retries.schedule(name, self._clock.now() + BUSY_RETRY)
+            items = [(self._specs[claim.lease.name], claim.lease, claim.record)
+                     for claim in claims if claim.lease.name in self._specs]
+            try:
+                published = await self._publisher.publish_many(items)
+            finally:
+                await self._workers.store(self._store.release_many,
+                                          [claim.lease for claim in claims])
+            for (spec, _lease, _record), result in zip(items, published, strict=True):
+                self._retry_publish(spec, ok=result.ok)
+                self._track(spec, result.record, retry_if_stuck=spec.name in retry_if_stuck)
+        except Exception as error:  # noqa: BLE001 -- one batch's failure must never kill the daemon
+            for name in names:
+                self._crashed(name, error, self._publish_retries)
+            return
+        finally:
+            self._settle(names)
+        for (spec, _lease, _record), result in zip(items, published, strict=True):
+            await self._publisher.announce(spec, result)
+
+    def _settle(self, names: Iterable[TokenName]) -> None:
+        """End the in-flight work of ``names``; publish those that changed meanwhile."""
+        again = []
+        for name in names:
+            self._inflight.pop(name, None)
+            if name in self._republish:
+                self._republish.discard(name)
+                again.append(name)
+        if again and not self.stopping:
+            self._publish(again)
+        self._on_settled()
 
     async def drain(self, grace: float) -> int:
-        """Let in-flight refreshes finish for ``grace`` seconds, cancel the rest; return
+        """Let in-flight work finish for ``grace`` seconds, cancel the rest; return
         how many were cancelled."""
         self.stopping = True
-        pending = list(self._inflight.values())
+        pending = set(self._inflight.values())
         if not pending:
             return 0
         _done, still = await asyncio.wait(pending, timeout=grace)
@@ -195,6 +267,7 @@ class Supervisor:
     def _track(
         self, spec: TokenSpec, record: TokenRecord | None, *, retry_if_stuck: bool = False
     ) -> None:
+        self._records[spec.name] = record
         self._set_state(spec.name, record.state if record else TokenState.NOT_AUTHORIZED)
         self._metrics.observe_token(spec, record)
         due = due_at(record, spec)
@@ -209,78 +282,48 @@ class Supervisor:
         else:
             self._scheduler.schedule(spec.name, due)
 
-    async def _write(self, spec: TokenSpec, record: TokenRecord) -> TokenRecord | None:
-        """Write ``record``'s token to ``spec``'s outputs (no hooks: nothing changed for
-        consumers); return the record as it stands afterwards."""
-        assert record.token is not None  # noqa: S101 -- callers pass stored tokens only
-        written = await self._refresher.write(spec, record.token, record=record)
-        self._retry_outputs(spec, written=written)
-        if written and record.state is not TokenState.FAILING:
-            return record
-        return await asyncio.to_thread(self._store.get, spec.name)
-
-    def _retry_outputs(self, spec: TokenSpec, *, written: bool) -> None:
-        """Forget the output retries of ``spec``, or schedule the next with backoff."""
-        if written:
-            self._output_attempts.pop(spec.name, None)
-            self._output_retries.cancel(spec.name)
+    def _retry_publish(self, spec: TokenSpec, *, ok: bool) -> None:
+        """Forget the publish retries of ``spec``, or schedule the next with backoff."""
+        if ok:
+            self._publish_attempts.pop(spec.name, None)
+            self._publish_retries.cancel(spec.name)
             return
-        attempts = self._output_attempts[spec.name] = self._output_attempts.get(spec.name, 0) + 1
+        attempts = self._publish_attempts.get(spec.name, 0) + 1
+        self._publish_attempts[spec.name] = attempts
         delay = backoff_delay(attempts, spec.retry, retry_after=None, random=self._rand)
-        self._output_retries.schedule(spec.name, self._clock.now() + delay)
+        self._publish_retries.schedule(spec.name, self._clock.now() + delay)
 
-    async def _rewrite(self, spec: TokenSpec) -> None:
-        """Retry the outputs of a token whose last write failed; hooks run once it works,
-        since consumers never heard of that token."""
-        try:
-            record = await asyncio.to_thread(self._store.get, spec.name)
-            if record is None or record.token is None:
-                self._retry_outputs(spec, written=True)
-                return
-            token = record.token
-            fresh = await self._write(spec, record)
-            if spec.name not in self._output_attempts:
-                await self._refresher.announce(spec, token)
-            current = self._specs.get(spec.name)
-            if current is not None:
-                self._track(current, fresh)
-        except Exception as error:  # noqa: BLE001 -- one token's failure must never kill the daemon
-            self._crashed(spec, error)
-        finally:
-            self._inflight.pop(spec.name, None)
-            self._on_settled()
-
-    def _crashed(self, spec: TokenSpec, error: Exception) -> None:
+    def _crashed(self, name: TokenName, error: Exception, retry: Scheduler) -> None:
         log.error(
             "refresh_crashed",
-            token=str(spec.name),
+            token=str(name),
             error_type=type(error).__name__,
             error=self._masker.mask(str(error)),
             retry_in=CRASH_RETRY,
         )
-        self._scheduler.schedule(spec.name, self._clock.now() + CRASH_RETRY)
+        retry.schedule(name, self._clock.now() + CRASH_RETRY)
 
     async def _refresh(self, spec: TokenSpec) -> None:
         assert self._config is not None  # noqa: S101 -- apply() runs before anything is due
         app = self._config.applications[spec.name.app]
         try:
-            async with self._global_slots, self._app_slots[spec.name.app]:
-                if self.stopping:
-                    return
-                force = spec.name in self._forced
-                self._forced.discard(spec.name)
-                outcome = await self._refresher.refresh(spec, app, force=force)
+            if self.stopping:
+                return
+            force = spec.name in self._forced
+            self._forced.discard(spec.name)
+            outcome = await self._refresher.refresh(spec, app, force=force, slots=self._slots)
             current = self._specs.get(spec.name)
             if current is None:
                 return
             if outcome.result == "busy":
                 self._scheduler.schedule(spec.name, self._clock.now() + BUSY_RETRY)
-            else:
-                self._track(current, outcome.record)
+                return
+            self._track(current, outcome.record)
             if outcome.result == "ok":
-                self._retry_outputs(current, written=outcome.outputs_ok)
+                self._retry_publish(current, ok=outcome.outputs_ok)
+            if outcome.result == "superseded":
+                self._republish.add(spec.name)  # another actor's token: make sure it is out
         except Exception as error:  # noqa: BLE001 -- one token's failure must never kill the daemon
-            self._crashed(spec, error)
+            self._crashed(spec.name, error, self._scheduler)
         finally:
-            self._inflight.pop(spec.name, None)
-            self._on_settled()
+            self._settle([spec.name])
