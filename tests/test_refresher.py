@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,7 @@ from tokend.model import ApplicationSpec, OutputSpec, RetryPolicy, Secret, Token
 from tokend.oauth import Token
 from tokend.refresher import Refresher, RefreshOutcome
 from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenState
+from tokend.state import TokenState, Written
 
 NAME = TokenName("app", "alice", "read")
 APP = ApplicationSpec(
@@ -78,15 +78,17 @@ def test_a_refresh_commits_then_writes_outputs_then_runs_hooks(
     """The store holds the new token before the output does, and the hook sees the output."""
     output = tmp_path / "out.token"
     output_at_commit: list[bool] = []
-    original_save = SqliteStateStore.save_tokens
+    original_commit = SqliteStateStore.commit
 
-    def spying_save(
-        self: SqliteStateStore, items: Sequence[tuple[TokenName, Token]], *, now: float
-    ) -> None:
+    def spying_commit(
+        self: SqliteStateStore, name: TokenName, token: Token, *, generation: int,
+        issued_at: float, now: float,
+    ) -> Written:
         output_at_commit.append(output.exists())
-        original_save(self, items, now=now)
+        return original_commit(self, name, token, generation=generation, issued_at=issued_at,
+                               now=now)
 
-    monkeypatch.setattr(SqliteStateStore, "save_tokens", spying_save)
+    monkeypatch.setattr(SqliteStateStore, "commit", spying_commit)
     seen_by_hook = tmp_path / "hook-saw"
     spec = TokenSpec(
         name=NAME, outputs=(OutputSpec(output),),
@@ -107,8 +109,7 @@ def test_a_refresh_commits_then_writes_outputs_then_runs_hooks(
     assert output.read_text() == "new-access-token-2", "output lacks the new token"
     assert seen_by_hook.read_text() == "new-access-token-2", "hook ran before the output"
     assert store_when_responding == [False]
-    # The first commit is the test's own seed; the second is the refresh's.
-    assert output_at_commit == [False, False], "an output was written before the commit"
+    assert output_at_commit == [False], "an output was written before the commit"
     form = dict(httpx.QueryParams(requests[0].content.decode()))
     assert form["grant_type"] == "refresh_token"
     assert form["refresh_token"] == OLD.refresh_token, "the stored refresh token was not used"
@@ -132,7 +133,7 @@ def test_a_token_claimed_by_another_process_is_reported_busy(tmp_path: Path) -> 
     """The store's claim keeps a CLI and the daemon from refreshing the same token."""
 
     def before(store: SqliteStateStore) -> None:
-        assert store.claim(NAME, owner="someone-else", now=OLD.created_at + 3000.0, lease=60)
+        assert store.claim(NAME, owner="someone-else", lease=60) is not None
 
     outcome, _store, requests = _refresh(
         tmp_path, lambda r: httpx.Response(500), before=before
