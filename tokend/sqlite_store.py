@@ -6,6 +6,7 @@ WAL lets the CLI read beside a running daemon; every token write is one
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import stat
@@ -95,6 +96,8 @@ _INSERT = """INSERT INTO tokens (app, user, scope, access_token, token_type, exp
 _FAILURE = f"""UPDATE tokens SET state = ?, last_attempt_at = ?, last_error = ?,
     consecutive_failures = consecutive_failures + 1, next_attempt_at = ?
     WHERE {_KEY} AND generation = ?"""  # noqa: S608 -- constants
+_FIRST_FAILURE = """INSERT INTO tokens (app, user, scope, state, last_attempt_at, last_error,
+    consecutive_failures, next_attempt_at, generation) VALUES (?, ?, ?, ?, ?, ?, 1, ?, 0)"""
 _DELETE = f"""UPDATE tokens SET access_token = NULL, token_type = NULL, expires_in = NULL,
     refresh_token = NULL, granted_scope = NULL, created_at = NULL, issued_at = NULL,
     state = 'not_authorized', last_error = NULL, consecutive_failures = 0,
@@ -286,7 +289,9 @@ class SqliteStateStore(StateStore):
     def commit(
         self, name: TokenName, token: Token, *, generation: int, issued_at: float, now: float
     ) -> Written:
-        values = (*_token_values(token), issued_at, now, now)
+        # Whole seconds, rounded down: every expiry a consumer sees (the json output,
+        # `tokend token`) is then the same second, and never later than the truth.
+        values = (*_token_values(token), math.floor(issued_at), now, now)
         with self._write("commit token") as conn:
             if conn.execute(_COMMIT, (*values, *_key(name), generation)).rowcount:
                 return Written.DONE
@@ -313,7 +318,15 @@ class SqliteStateStore(StateStore):
             if not self._live(conn, lease):
                 return Written.STALE
             params = (str(state), now, error, next_attempt_at, *_key(lease.name), generation)
-            return Written.DONE if conn.execute(_FAILURE, params).rowcount else Written.STALE
+            if conn.execute(_FAILURE, params).rowcount:
+                return Written.DONE
+            # No row is generation 0, as for commit: a token that failed before it was ever
+            # stored still shows in `tokend status`.
+            if generation == 0 and conn.execute(_EXISTS, _key(lease.name)).fetchone() is None:
+                conn.execute(_FIRST_FAILURE,
+                             (*_key(lease.name), str(state), now, error, next_attempt_at))
+                return Written.DONE
+            return Written.STALE
 
     def set_output_problem(self, lease: Lease, *, error: str | None) -> Written:
         with self._write("record output problem", durable=False) as conn:

@@ -183,6 +183,7 @@ class StateStore(Protocol):
 
         Durable before it returns; marks the token ok, clears its failures and
         bumps the generation. ``STALE`` when another write came first.
+        ``issued_at`` is kept in whole seconds, rounded down.
         """
 
     def record_failure(
