@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,43 @@ def test_sd_notify_sequence_with_watchdog_pings(
     assert reloading[1].startswith("MONOTONIC_USEC=")
     pings = sum(1 for fields in messages if fields == ["WATCHDOG=1"])
     assert pings >= 10, f"only {pings} watchdog pings in ~4 s at a 0.2 s interval"
+
+
+def _pings(sock: socket.socket, until: float) -> list[float]:
+    """When each ``WATCHDOG=1`` arrived, until ``until``."""
+    times: list[float] = []
+    while time.monotonic() < until:
+        try:
+            if sock.recv(4096).decode().split("\n")[0] == "WATCHDOG=1":
+                times.append(time.monotonic())
+        except TimeoutError:
+            continue
+    return times
+
+
+def test_the_watchdog_goes_quiet_while_commits_cannot_make_progress(
+    tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon, notify_socket: socket.socket
+) -> None:
+    """A store stuck behind another writer stops the pings (systemd restarts us); they resume."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
+    daemon = start_daemon(setup.config, env={
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "600000",
+    })
+    wait_for(lambda: refreshed(daemon, "app/alice/read") >= 1, 10, "a first refresh")
+    blocker = sqlite3.connect(setup.state_dir / "tokend.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # every write of the daemon now waits for us
+    locked_at = time.monotonic()
+    during = _pings(notify_socket, locked_at + 4.0)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    after = _pings(notify_socket, time.monotonic() + 2.0)
+    assert daemon.stop() == 0
+
+    # 3 s tokens at refresh_at 0.5: a refresh wants the store within 1.5 s of the lock.
+    gaps = [b - a for a, b in zip([locked_at, *during], [*during, locked_at + 4.0], strict=True)]
+    assert max(gaps) >= 1.5, f"the pings went on while the store was stuck: {gaps}"
+    assert daemon.named("watchdog_withheld")
+    assert len(after) >= 3, "the pings did not resume once the store moved again"
 
 
 def test_a_second_daemon_on_the_same_state_is_refused(
