@@ -36,7 +36,7 @@ from tokend.state import TokenRecord, TokenState, shown_state
 
 TOKEN_STATES = ("ok", "failing", "needs_authorization", "not_authorized", "expired")
 """Every state a token can show, as ``tokend status`` names them."""
-REFRESH_RESULTS = ("ok", "transient_error", "permanent_error")
+REFRESH_RESULTS = ("ok", "transient_error", "permanent_error", "superseded")
 HOOKS = ("on_refresh", "on_failure")
 HOOK_RESULTS = ("ok", "failed", "timeout", "not_started")
 RELOAD_RESULTS = ("ok", "error")
