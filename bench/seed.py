@@ -117,13 +117,17 @@ class Workspace:
         os.rename(temp, self.config)
         return time.monotonic()
 
-    def store(self, names: Sequence[str], tokens: Sequence[Token]) -> None:
-        """Commit the tokens as tokend's own store would hold them, and write their outputs."""
+    def store(self, names: Sequence[str], tokens: Sequence[Token], *, issued_at: float) -> None:
+        """Commit the tokens as tokend's own store would hold them, and write their outputs.
+
+        ``issued_at`` is this host's time the tokens count as issued at: tokend schedules
+        from it, not from the server's ``created_at``.
+        """
         store = SqliteStateStore(self.state_dir)
         try:
             store.save_tokens(
                 [(self.name(user), token) for user, token in zip(names, tokens, strict=True)],
-                now=time.time(),
+                now=issued_at,
             )
         finally:
             store.close()
@@ -193,15 +197,18 @@ def seed(
 ) -> list[str]:
     """A workspace with ``count`` authorized tokens; with ``due``, all due when tokend starts."""
     names = users(count)
+    age = 0.0
     if due:
         if clock is None:
             raise ValueError("seeding due tokens needs the sandbox's clock")
-        clock.offset = -3600.0  # issued an hour ago: past refresh_at, refresh token still live
+        age = 3600.0  # issued an hour ago: past refresh_at, refresh token still live
+        clock.offset = -age
     try:
         tokens = (seed_over_http if over_http else seed_in_process)(sandbox, names)
     finally:
         if clock is not None:
             clock.offset = 0.0
     workspace.write_config(sandbox.url, names)
-    workspace.store(names, tokens)
+    # The host's issue time is what makes them due, the server's created_at only agrees.
+    workspace.store(names, tokens, issued_at=time.time() - age)
     return names

@@ -49,8 +49,13 @@ def _config(root: Path, sandbox: Sandbox, users: list[str], rate: int) -> Path:
 
 
 def _seed_overdue(root: Path, sandbox: Sandbox, users: list[str]) -> float:
-    """Store real sandbox tokens as if issued long ago, so all are due when tokend starts."""
-    issued_at = time.time()
+    """Store real sandbox tokens as if issued long ago, so all are due when tokend starts.
+
+    Expiry and due time count from the host's issue time, so that is what is moved back
+    (the server's created_at with it, as a server would have said); returns when seeding began.
+    """
+    seeded_at = time.time()
+    issued_at = seeded_at - (LIFETIME - LEFT)
     store = SqliteStateStore(root / "state")
     items = []
     for user in users:
@@ -63,7 +68,7 @@ def _seed_overdue(root: Path, sandbox: Sandbox, users: list[str]) -> float:
         items.append((TokenName("app", user, "read"), token))
     store.save_tokens(items, now=issued_at)
     store.close()
-    return issued_at
+    return seeded_at
 
 
 @pytest.fixture
@@ -107,6 +112,7 @@ def test_a_burst_of_due_tokens_respects_the_rate_limit(
     refreshed = sum(
         1 for r in records
         if r.state is TokenState.OK and r.token is not None and r.token.created_at >= seeded_at - 1
+        and r.issued_at is not None and r.issued_at >= seeded_at
     )
     figures["load"] = (
         f"{count} tokens due at once, limit {rate}/s: {stats['rate_limited']} 429s, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -38,9 +39,14 @@ class FakeClock:
         return self.value
 
 
-def record(state: TokenState = TokenState.OK, token: Token | None = TOKEN) -> TokenRecord:
-    issued = None if token is None else float(token.created_at)
-    return TokenRecord(NAME, token, issued, state, None, None, None, 0, None)
+def record(
+    state: TokenState = TokenState.OK, token: Token | None = TOKEN, *, skew: float = 0.0,
+    output_error: str | None = None,
+) -> TokenRecord:
+    """A stored record, issued on this host ``skew`` seconds after the server's created_at."""
+    issued = None if token is None else float(token.created_at) + skew
+    return TokenRecord(NAME, token, issued, state, None, None, None, 0, None,
+                       generation=0 if token is None else 1, output_error=output_error)
 
 
 def metrics_at(now: float = 1_000_100.0) -> tuple[Metrics, FakeClock]:
@@ -63,13 +69,14 @@ def states(metrics: Metrics) -> dict[str, float | None]:
 
 
 def test_expiry_gauges_follow_the_stored_token() -> None:
-    """The access and refresh token expiry timestamps are the stored token's."""
+    """The access and refresh token expiry timestamps are the stored token's, counted from
+    this host's issue time (the server's created_at here is 50 minutes behind)."""
     metrics, _ = metrics_at()
-    metrics.observe_token(SPEC, record())
+    metrics.observe_token(SPEC, record(skew=3000.0))
     assert sample(metrics, "tokend_token_expiry_timestamp_seconds", token=str(NAME)) == (
-        TOKEN.created_at + TOKEN.expires_in)
+        TOKEN.created_at + 3000.0 + TOKEN.expires_in)
     assert sample(metrics, "tokend_refresh_token_expiry_timestamp_seconds", token=str(NAME)) == (
-        TOKEN.created_at + 7 * 86400.0)
+        TOKEN.created_at + 3000.0 + 7 * 86400.0)
 
 
 def test_state_is_one_series_per_state_with_the_current_one_at_1() -> None:
@@ -89,6 +96,21 @@ def test_a_lapsed_token_shows_expired_without_any_event() -> None:
     clock.value = TOKEN.created_at + TOKEN.expires_in + 1
     assert states(metrics)["expired"] == 1.0
     assert [(t.name, t.state) for t in metrics.tokens()] == [(str(NAME), "expired")]
+
+
+def test_broken_outputs_show_an_ok_token_as_failing() -> None:
+    """Consumers of an ok token whose files cannot be written read a stale file: failing."""
+    metrics, _ = metrics_at()
+    metrics.observe_token(SPEC, record(output_error="/run/x: Read-only file system"))
+    assert states(metrics)["failing"] == 1.0
+    assert [(t.name, t.state) for t in metrics.tokens()] == [(str(NAME), "failing")]
+
+
+def test_broken_outputs_never_hide_needs_authorization() -> None:
+    """A refused token with broken outputs still says a person must authorize it."""
+    metrics, _ = metrics_at()
+    metrics.observe_token(SPEC, record(TokenState.NEEDS_AUTHORIZATION, output_error="x"))
+    assert states(metrics)["needs_authorization"] == 1.0
 
 
 def test_needs_authorization_wins_over_expired() -> None:
@@ -111,13 +133,12 @@ def test_states_match_tokend_status() -> None:
     """/healthz and the metrics name every state exactly as ``tokend status --json`` does."""
     token = Token(ACCESS, "Bearer", 3600, REFRESH, "read", 1_000_000)
     short = TokenSpec(name=NAME, refresh_token_lifetime=600.0)
-    for state in TokenState:
-        for stored in (token, None):
-            for now in (1_000_010.0, 1_000_700.0, 1_004_000.0):
-                for spec in (SPEC, short):
-                    stored_record = record(state, stored)
-                    assert token_state(spec, stored_record, now) == token_row(
-                        spec, stored_record, now=now).state, (state, stored is None, now)
+    cases = itertools.product(TokenState, (token, None), (0.0, 3000.0), (None, "x"),
+                              (1_000_010.0, 1_000_700.0, 1_004_000.0, 1_006_000.0), (SPEC, short))
+    for state, stored, skew, problem, now, spec in cases:
+        stored_record = record(state, stored, skew=skew, output_error=problem)
+        assert token_state(spec, stored_record, now) == token_row(
+            spec, stored_record, now=now).state, (state, stored is None, skew, problem, now)
 
 
 def test_an_unauthorized_token_has_a_state_but_no_expiry() -> None:

@@ -19,6 +19,7 @@ from tokend.oauth import Token
 from tokend.quickconfig import quick_config_path, quick_state_dir
 from tokend.quicktoken import NoValidTokenError, current_access_token
 from tokend.sqlite_store import SqliteStateStore
+from tokend.state import Written
 
 APP = """\
 applications:
@@ -76,13 +77,19 @@ def test_a_broken_file_is_a_config_error_pointing_at_check(tmp_path: Path, text:
         quick_state_dir(path, environ={})
 
 
-def _store(tmp_path: Path, *, created_at: int) -> Path:
+def _store(tmp_path: Path, *, issued_at: int, skew: int = 0) -> Path:
+    """Three tokens issued at ``issued_at`` on this host, the server's clock ``skew`` s off;
+    payroll/alice/write is then revoked."""
     state = tmp_path / "state"
     store = SqliteStateStore(state)
     for user, scope in (("alice", "read"), ("alice", "write"), ("bob", "read")):
-        token = Token(f"access-{user}-{scope}", "Bearer", 3600, "refresh", scope, created_at)
-        store.save_token(TokenName("payroll", user, scope), token, now=created_at)
-    store.delete_token(TokenName("payroll", "alice", "write"))
+        token = Token(f"access-{user}-{scope}", "Bearer", 3600, "refresh", scope,
+                      issued_at + skew)
+        store.save_token(TokenName("payroll", user, scope), token, now=issued_at)
+    claim = store.claim(TokenName("payroll", "alice", "write"), owner="test", lease=60.0)
+    assert claim is not None
+    assert store.delete_token(claim.lease, generation=claim.generation) is Written.DONE
+    store.release(claim.lease)
     store.close()
     return state
 
@@ -90,14 +97,14 @@ def _store(tmp_path: Path, *, created_at: int) -> Path:
 def test_a_valid_token_is_found_by_its_full_or_unambiguous_name(tmp_path: Path) -> None:
     """APP/USER/SCOPE always works; APP/USER when the user has one token."""
     now = int(time.time())
-    state = _store(tmp_path, created_at=now)
+    state = _store(tmp_path, issued_at=now)
     assert current_access_token(state, "payroll/bob", now=now) == "access-bob-read"
     assert current_access_token(state, "payroll/alice/read", now=now) == "access-alice-read"
 
 
 def test_an_ambiguous_name_lists_the_candidates(tmp_path: Path) -> None:
     """payroll/alice has two scopes: the error names both."""
-    state = _store(tmp_path, created_at=int(time.time()))
+    state = _store(tmp_path, issued_at=int(time.time()))
     with pytest.raises(NotFoundError, match="payroll/alice/read, payroll/alice/write"):
         current_access_token(state, "payroll/alice", now=time.time())
 
@@ -116,15 +123,25 @@ def test_no_valid_token_is_a_clear_error(
 ) -> None:
     """Revoked, unknown and expired tokens fail with a message instead of a dead token."""
     now = int(time.time())
-    state = _store(tmp_path, created_at=now)
+    state = _store(tmp_path, issued_at=now)
     with pytest.raises(NoValidTokenError, match=message):
         current_access_token(state, name, now=now + later)
+
+
+@pytest.mark.parametrize("skew", [-3000, 3000], ids=["server-behind", "server-ahead"])
+def test_expiry_counts_from_this_hosts_issue_time(tmp_path: Path, skew: int) -> None:
+    """A server clock 50 minutes off neither kills a live token early nor keeps a dead one."""
+    now = int(time.time())
+    state = _store(tmp_path, issued_at=now, skew=skew)
+    assert current_access_token(state, "payroll/bob/read", now=now + 3599) == "access-bob-read"
+    with pytest.raises(NoValidTokenError, match="expired at"):
+        current_access_token(state, "payroll/bob/read", now=now + 3600)
 
 
 def test_tokend_token_does_not_import_httpx_pydantic_or_structlog(tmp_path: Path) -> None:
     """`tokend token` runs in $(…) all day: it must start without the heavy libraries."""
     now = int(time.time())
-    _store(tmp_path, created_at=now)
+    _store(tmp_path, issued_at=now)
     config = tmp_path / "config.yaml"
     config.write_text("state_dir: state\n" + APP)
     script = textwrap.dedent(f"""
@@ -170,7 +187,7 @@ def test_only_the_top_of_the_file_is_read(tmp_path: Path) -> None:
 
 def test_an_unknown_name_lists_the_stored_tokens(tmp_path: Path) -> None:
     """A typo is answered with every name the store holds, to pick the right one."""
-    state = _store(tmp_path, created_at=int(time.time()))
+    state = _store(tmp_path, issued_at=int(time.time()))
     with pytest.raises(NoValidTokenError, match=r"stored tokens: payroll/alice/read, "
                                                 r"payroll/alice/write, payroll/bob/read$"):
         current_access_token(state, "payroll/carol", now=time.time())
@@ -186,6 +203,6 @@ def test_names_of_other_shapes_are_refused_clearly(
     tmp_path: Path, name: str, error: type[Exception], message: str
 ) -> None:
     """An application alone, too many parts or another application never returns a token."""
-    state = _store(tmp_path, created_at=int(time.time()))
+    state = _store(tmp_path, issued_at=int(time.time()))
     with pytest.raises(error, match=message):
         current_access_token(state, name, now=time.time())

@@ -11,6 +11,7 @@ import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,8 +46,8 @@ def make_record(
 ) -> TokenRecord:
     token = Token("access-secret", "Bearer", expires_in, "refresh-secret", "read", created_at)
     return TokenRecord(
-        name=NAME, token=token if with_token else None, refresh_token_issued_at=issued_at,
-        state=state, last_attempt_at=None, last_refresh_at=None, last_error=None,
+        name=NAME, token=token if with_token else None, issued_at=issued_at, state=state,
+        last_attempt_at=None, last_refresh_at=None, last_error=None,
         consecutive_failures=0, next_attempt_at=next_attempt_at,
     )
 
@@ -81,6 +82,27 @@ def test_token_is_due_at_its_refresh_fraction() -> None:
     due = due_at(make_record(), SPEC)
     assert due == T0 + (SPEC.refresh_at + jitter_fraction(NAME)) * HOUR
     assert T0 + 0.70 * HOUR <= due <= T0 + 0.80 * HOUR
+
+
+@pytest.mark.parametrize("skew", [-50 * 60, 50 * 60], ids=["server-behind", "server-ahead"])
+def test_due_time_counts_from_issued_at_not_created_at(skew: int) -> None:
+    """A server whose clock is 50 minutes off changes nothing: the token is due on our clock."""
+    record = make_record(created_at=T0 + skew, issued_at=T0)
+    fraction = SPEC.refresh_at + jitter_fraction(NAME)
+    assert due_at(record, SPEC) == T0 + fraction * HOUR
+
+
+def test_a_token_without_an_issue_time_is_not_scheduled() -> None:
+    """Without this host's issue time there is no safe due time: nothing is made up."""
+    assert due_at(make_record(issued_at=None), SPEC) is None
+    assert refresh_token_deadline(make_record(issued_at=None), SPEC) is None
+
+
+def test_refresh_token_deadline_counts_from_issued_at() -> None:
+    """The refresh token's margin is taken from this host's issue time, not the server's."""
+    spec = replace(SPEC, refresh_token_lifetime=70.0)
+    record = make_record(created_at=T0 - 3000, issued_at=T0)
+    assert refresh_token_deadline(record, spec) == T0 + 60.0
 
 
 def test_lifetime_comes_from_the_token_not_a_constant() -> None:

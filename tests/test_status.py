@@ -23,16 +23,19 @@ REFRESH = "refresh-token-value-never-shown"
 
 
 def record(
-    *, state: TokenState = TokenState.OK, created_at: int = T0, with_token: bool = True,
-    last_error: str | None = None,
+    *, state: TokenState = TokenState.OK, issued_at: int = T0, created_at: int | None = None,
+    with_token: bool = True, last_error: str | None = None, output_error: str | None = None,
 ) -> TokenRecord:
-    token = Token(ACCESS, "Bearer", 3600, REFRESH, "read", created_at)
+    """A stored record issued at ``issued_at`` on this host (the server says ``created_at``)."""
+    token = Token(ACCESS, "Bearer", 3600, REFRESH, "read",
+                  issued_at if created_at is None else created_at)
     return TokenRecord(
         name=NAME, token=token if with_token else None,
-        refresh_token_issued_at=float(created_at) if with_token else None, state=state,
-        last_attempt_at=None, last_refresh_at=float(created_at), last_error=last_error,
+        issued_at=float(issued_at) if with_token else None, state=state,
+        last_attempt_at=None, last_refresh_at=float(issued_at), last_error=last_error,
         consecutive_failures=1 if state is TokenState.FAILING else 0,
         next_attempt_at=T0 + 60.0 if state is TokenState.FAILING else None,
+        generation=1 if with_token else 0, output_error=output_error,
     )
 
 
@@ -47,9 +50,15 @@ def record(
         (record(), T0 + 3600, "expired"),
         (record(state=TokenState.FAILING), T0 + 4000, "expired"),
         (record(state=TokenState.NEEDS_AUTHORIZATION), T0 + 4000, "needs_authorization"),
+        (record(output_error="/run/x: gone"), T0 + 10, "failing"),
+        (record(state=TokenState.NEEDS_AUTHORIZATION, output_error="/run/x: gone"), T0 + 10,
+         "needs_authorization"),
+        (record(output_error="/run/x: gone"), T0 + 3600, "expired"),
+        (record(created_at=T0 - 3000), T0 + 1000, "ok"),
     ],
     ids=["never-stored", "revoked", "fresh", "failing", "refused", "access-expired",
-         "failing-and-expired", "refused-and-expired"],
+         "failing-and-expired", "refused-and-expired", "outputs-broken",
+         "refused-and-outputs-broken", "outputs-broken-and-expired", "server-clock-behind"],
 )
 def test_state_follows_the_documented_rule(
     stored: TokenRecord | None, now: float, expected: str
@@ -65,17 +74,37 @@ def test_a_dead_refresh_token_is_expired_even_if_the_access_token_lives() -> Non
 
 
 def test_row_times_come_from_the_token_and_the_spec() -> None:
-    """Access expiry is created_at + expires_in, the refresh token's is issue + lifetime."""
-    row = token_row(SPEC, record(), now=T0)
+    """Access expiry is issue + expires_in, the refresh token's is issue + lifetime, both on
+    this host's clock: the server's created_at (here 50 minutes behind) is not used."""
+    row = token_row(SPEC, record(created_at=T0 - 3000), now=T0)
     assert row.expires_at == T0 + 3600
     assert row.refresh_token_expires_at == T0 + 7 * 86400
     assert row.next_refresh_at is not None and T0 < row.next_refresh_at < T0 + 3600
     assert row.last_refresh_at == T0
 
 
+def test_an_output_problem_is_shown_beside_the_last_error() -> None:
+    """Broken outputs are named under the token, after any refresh error, marked "outputs:"."""
+    alone = token_row(SPEC, record(output_error="/run/x: Read-only file system"), now=T0 + 10)
+    assert (alone.state, alone.last_error) == ("failing", "outputs: /run/x: Read-only file system")
+    both = token_row(SPEC, record(state=TokenState.NEEDS_AUTHORIZATION, last_error="invalid_grant",
+                                  output_error="/run/x: gone"), now=T0 + 10)
+    assert (both.state, both.last_error) == (
+        "needs_authorization", "invalid_grant; outputs: /run/x: gone")
+
+
 def _config(tmp_path: Path) -> Config:
     return Config(source=tmp_path / "config.yaml", state_dir=tmp_path / "state",
                   applications={}, tokens=(SPEC,))
+
+
+def test_a_revoked_token_still_names_an_output_it_could_not_remove() -> None:
+    """A dead token left in a file after `tokend revoke` is shown, though nothing is stored."""
+    revoked = record(state=TokenState.NOT_AUTHORIZED, with_token=False,
+                     output_error="/run/x: cannot remove: Permission denied")
+    row = token_row(SPEC, revoked, now=T0 + 10)
+    assert (row.state, row.last_error) == (
+        "not_authorized", "outputs: /run/x: cannot remove: Permission denied")
 
 
 def test_json_has_the_documented_schema_and_no_secret(tmp_path: Path) -> None:
@@ -129,3 +158,4 @@ def test_report_is_unhealthy_when_any_token_needs_attention(tmp_path: Path) -> N
     config = _config(tmp_path)
     assert build_report(config, [SPEC], [record()], now=T0).healthy
     assert not build_report(config, [SPEC], [], now=T0).healthy
+    assert not build_report(config, [SPEC], [record(output_error="/run/x: gone")], now=T0).healthy

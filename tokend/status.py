@@ -79,13 +79,13 @@ def token_row(spec: TokenSpec, record: TokenRecord | None, *, now: float) -> Tok
         return TokenRow(str(spec.name), str(TokenState.NOT_AUTHORIZED), None, None, None,
                         None, None)
     state = record.shown_state(spec.refresh_token_lifetime, now)
-    if record.token is None:
-        return TokenRow(str(spec.name), state, None, None, None, record.last_refresh_at,
-                        record.last_error)
     error = record.last_error
     if record.output_error is not None:
+        # Also without a token: a revoked token's file that could not be removed still holds it.
         output_problem = f"outputs: {record.output_error}"
         error = output_problem if error is None else f"{error}; {output_problem}"
+    if record.token is None:
+        return TokenRow(str(spec.name), state, None, None, None, record.last_refresh_at, error)
     return TokenRow(str(spec.name), state, record.expires_at,
                     record.refresh_token_expires_at(spec.refresh_token_lifetime),
                     due_at(record, spec), record.last_refresh_at, error)
