@@ -34,7 +34,8 @@ class StateDirLock:
     """Hold ``STATE_DIR/tokend.pid`` locked for the life of the daemon.
 
     The file holds the daemon's pid, so a second daemon can say who is in the
-    way and ``tokend authorize`` can tell the running daemon to look again.
+    way and ``tokend status`` can name it (a pid means nothing in another pid
+    namespace, so nothing signals it: the CLI rings the doorbell instead).
     The kernel drops the lock when the process dies, so a crash never leaves
     a stale lock behind.
     """
