@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -147,20 +148,35 @@ class Refresher:
             await asyncio.sleep(delay)
         priority = (record.expires_at if record is not None else None) or 0.0
         held = slots.hold(app.name, priority) if slots else contextlib.nullcontext()
-        async with held:
-            granted_at = self._monotonic()
-            claim = await self.workers.store(
-                self._store.claim, name, owner=self._owner, lease=lease_seconds(spec),
-                holder_is_dead=self._holder_is_dead,
-            )
-            if claim is None:
-                log.info("refresh_skipped", token=str(name), reason="claimed_by_another_process")
-                return RefreshOutcome(name, "busy", None)
-            try:
-                outcome, published = await self._refresh_claimed(
+        claim: Claim | None = None
+        published: Published | None = None
+        try:
+            # The slot bounds requests on the wire; it ends with the commit, so outputs
+            # stuck on a hung mount hold their token's lease but never another's slot.
+            async with held:
+                granted_at = self._monotonic()
+                claim = await self.workers.store(
+                    self._store.claim, name, owner=self._owner, lease=lease_seconds(spec),
+                    holder_is_dead=self._holder_is_dead,
+                )
+                if claim is None:
+                    log.info("refresh_skipped", token=str(name),
+                             reason="claimed_by_another_process")
+                    return RefreshOutcome(name, "busy", None)
+                outcome = await self._refresh_claimed(
                     spec, app, claim, force=force, lease_ends=granted_at + claim.lease.valid_for
                 )
-            finally:
+            if outcome.result == "ok":
+                published = await self.publisher.publish(spec, claim.lease, record=outcome.record,
+                                                          new_token=True)
+                outcome = dataclasses.replace(outcome, record=published.record,
+                                              outputs_ok=published.ok)
+                if self._on_refreshed is not None and published.record is not None and (
+                    published.record.token is not None
+                ):
+                    self._on_refreshed(spec, published.record.token)
+        finally:
+            if claim is not None:
                 await self.workers.store(self._store.release, claim.lease)
         if published is not None:
             await self.publisher.announce(spec, published)
@@ -175,14 +191,15 @@ class Refresher:
     async def _refresh_claimed(
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
         lease_ends: float,
-    ) -> tuple[RefreshOutcome, Published | None]:
+    ) -> RefreshOutcome:
+        """Send and commit under ``claim``; an ``ok`` outcome holds the committed record."""
         name, record = spec.name, claim.record
         if record is None or record.token is None or not self._wanted(record, spec, force=force):
             # Another process refreshed or revoked it since we looked.
-            return RefreshOutcome(name, "skipped", record), None
+            return RefreshOutcome(name, "skipped", record)
         if lease_ends - self._monotonic() < spec.timeout + COMMIT_ALLOWANCE:
             log.warning("refresh_postponed", token=str(name), reason="lease_too_short")
-            return RefreshOutcome(name, "busy", record), None
+            return RefreshOutcome(name, "busy", record)
         current = record.token
         sent_at = self._clock.now()
         started = self._monotonic()
@@ -190,10 +207,10 @@ class Refresher:
             async with asyncio.timeout(spec.timeout):
                 token = await self._request(app, spec, current)
         except OAuthError as error:
-            return await self._fail(spec, claim, error, started), None
+            return await self._fail(spec, claim, error, started)
         except TimeoutError:
             late = NetworkError("timeout", f"no complete answer within {spec.timeout:g} s")
-            return await self._fail(spec, claim, late, started), None
+            return await self._fail(spec, claim, late, started)
         self._masker.add(token.access_token, token.refresh_token)
         written, fresh = await self.workers.store(self._commit, name, token, claim, sent_at)
         seconds = self._monotonic() - started
@@ -202,15 +219,11 @@ class Refresher:
             # authorization, say): ours belongs to a lineage nobody holds any more.
             self._metrics.refresh_finished(name, "superseded", seconds)
             log.warning("refresh_superseded", token=str(name))
-            return RefreshOutcome(name, "superseded", fresh), None
+            return RefreshOutcome(name, "superseded", fresh)
         self._metrics.refresh_finished(name, "ok", seconds)
         log.info("token_refreshed", token=str(name), expires_at=_iso(sent_at + token.expires_in))
-        published = await self.publisher.publish(spec, claim.lease, record=fresh, new_token=True)
         self._masker.discard(current.access_token, current.refresh_token)
-        if self._on_refreshed is not None:
-            self._on_refreshed(spec, token)
-        outcome = RefreshOutcome(name, "ok", published.record, outputs_ok=published.ok)
-        return outcome, published
+        return RefreshOutcome(name, "ok", fresh)
 
     def _commit(
         self, name: TokenName, token: Token, claim: Claim, sent_at: float

@@ -34,9 +34,9 @@ log = structlog.get_logger(__name__)
 CRASH_RETRY = 30.0
 # When another process holds a token's claim, look again this much later.
 BUSY_RETRY = 5.0
-# A publish lease covers writing the outputs of a batch of tokens.
+# A publish lease covers writing the outputs of one batch of tokens.
 PUBLISH_LEASE = 60.0
-PUBLISH_LEASE_PER_TOKEN = 0.01
+PUBLISH_BATCH = 64
 
 
 class Supervisor:
@@ -157,9 +157,9 @@ class Supervisor:
                 or old_config.applications.get(name.app) != new.applications[name.app]
             )
         }
-        task = self._publish(new_specs, retry_if_stuck=changed)
-        if old_config is None and task is not None:
-            await task
+        tasks = self._publish(new_specs, retry_if_stuck=changed)
+        if old_config is None:
+            await asyncio.gather(*tasks)
         return len(added), len(removed), len(changed)
 
     def _forget(self, name: TokenName) -> None:
@@ -189,26 +189,33 @@ class Supervisor:
 
     def _publish(
         self, names: Iterable[TokenName], *, retry_if_stuck: Collection[TokenName] = ()
-    ) -> asyncio.Task[None] | None:
-        """Publish ``names`` in one background batch; those in flight when their flight ends."""
+    ) -> list[asyncio.Task[None]]:
+        """Publish ``names`` in background batches; those in flight when their flight ends.
+
+        Batches keep start-up at one store and one file hop per ``PUBLISH_BATCH`` tokens,
+        and bound what one hung output mount holds up to the tokens batched with it.
+        """
         batch = []
         for name in names:
             if name in self._inflight:
                 self._republish.add(name)
             else:
                 batch.append(name)
-        if not batch:
-            return None
-        task = asyncio.create_task(self._publish_batch(batch, set(retry_if_stuck)))
-        for name in batch:
-            self._inflight[name] = task
-        return task
+        stuck = set(retry_if_stuck)
+        tasks = []
+        for start in range(0, len(batch), PUBLISH_BATCH):
+            chunk = batch[start:start + PUBLISH_BATCH]
+            task = asyncio.create_task(self._publish_batch(chunk, stuck))
+            for name in chunk:
+                self._inflight[name] = task
+            tasks.append(task)
+        return tasks
 
     async def _publish_batch(self, names: list[TokenName], retry_if_stuck: set[TokenName]) -> None:
         try:
             claims = await self._workers.store(
                 self._store.claim_many, names, owner=self._refresher.owner,
-                lease=PUBLISH_LEASE + PUBLISH_LEASE_PER_TOKEN * len(names),
+                lease=PUBLISH_LEASE,
                 holder_is_dead=self._refresher.holder_is_dead,
             )
             claimed = {claim.lease.name for claim in claims}
