@@ -130,15 +130,18 @@ class Refresher:
         *,
         force: bool = False,
         slots: RefreshSlots | None = None,
+        seen: TokenRecord | None = None,
     ) -> RefreshOutcome:
         """Refresh ``spec`` if it is (still) due, or always with ``force``.
 
-        The lease is held until the outputs are written, so a concurrent
-        ``tokend revoke`` can never see them rewritten after it removed them;
-        hooks run after it is released.
+        ``seen`` is the record the caller last saw (the daemon keeps them): it
+        decides whether to start at all, saving a store read; what counts is
+        the record read under the lease. The lease is held until the outputs
+        are written, so a concurrent ``tokend revoke`` can never see them
+        rewritten after it removed them; hooks run after it is released.
         """
         name = spec.name
-        record = await self.workers.store(self._store.get, name)
+        record = seen if seen is not None else await self.workers.store(self._store.get, name)
         if not self._wanted(record, spec, force=force):
             return RefreshOutcome(name, "skipped", record)
         # The rate-limit wait holds nothing: no slot, no lease.

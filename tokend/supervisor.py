@@ -318,7 +318,8 @@ class Supervisor:
                 return
             force = spec.name in self._forced
             self._forced.discard(spec.name)
-            outcome = await self._refresher.refresh(spec, app, force=force, slots=self._slots)
+            outcome = await self._refresher.refresh(spec, app, force=force, slots=self._slots,
+                                                    seen=self._records.get(spec.name))
             current = self._specs.get(spec.name)
             if current is None:
                 return
