@@ -20,7 +20,8 @@ from tokend.errors import StateError
 from tokend.model import TokenName
 from tokend.oauth import Token
 from tokend.quicktoken import NoValidTokenError, current_access_token
-from tokend.sqlite_store import SCHEMA_VERSION, SqliteStateStore
+from tokend.sqlite_schema import SCHEMA_VERSION
+from tokend.sqlite_store import SqliteStateStore
 from tokend.state import Claim, Lease, StateStore, TokenRecord, TokenState, Written
 
 NAME = TokenName("payroll", "alice", "read")

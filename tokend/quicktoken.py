@@ -2,7 +2,7 @@
 
 Importing :mod:`tokend.state` would import :mod:`tokend.oauth` and with it
 httpx, so this module reads the one row it needs with :mod:`sqlite3` directly,
-read-only, against the schema in ``sqlite_store.py`` (version 2). It never writes:
+read-only, against the schema in ``sqlite_schema.py`` (version 2). It never writes:
 a consumer calling it in a loop cannot disturb the daemon.
 """
 

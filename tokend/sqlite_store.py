@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tokend import sqlite_schema as sql
 from tokend.errors import StateError
 from tokend.model import TokenName
 from tokend.oauth import Token
@@ -33,110 +34,6 @@ from tokend.state import (
 DATABASE_NAME = "tokend.db"
 BUSY_TIMEOUT = 10.0
 """The longest a store call waits for another process's write: part of every commit's budget."""
-
-# Each migration is a list of statements applied in one transaction; its index + 1 is the
-# schema version it leads to (PRAGMA user_version). Append only: never edit a released one.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE tokens (app TEXT NOT NULL, user TEXT NOT NULL, scope TEXT NOT NULL,
-            access_token TEXT, token_type TEXT, expires_in INTEGER, refresh_token TEXT,
-            granted_scope TEXT, created_at INTEGER, refresh_token_issued_at REAL,
-            state TEXT NOT NULL, last_attempt_at REAL, last_refresh_at REAL, last_error TEXT,
-            consecutive_failures INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL,
-            PRIMARY KEY (app, user, scope)) WITHOUT ROWID""",
-        """CREATE TABLE leases (app TEXT NOT NULL, user TEXT NOT NULL, scope TEXT NOT NULL,
-            owner TEXT NOT NULL, expires_at REAL NOT NULL,
-            PRIMARY KEY (app, user, scope)) WITHOUT ROWID""",
-    ),
-    # 2: generations and fenced leases; output health apart from token health; the issue
-    # time on this host's clock (the old column already was the host's commit time).
-    (
-        "ALTER TABLE tokens RENAME COLUMN refresh_token_issued_at TO issued_at",
-        "ALTER TABLE tokens ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE tokens ADD COLUMN output_error TEXT",
-        "UPDATE tokens SET generation = 1 WHERE access_token IS NOT NULL",
-        """UPDATE tokens SET output_error = substr(last_error, 10), last_error = NULL,
-            state = 'ok' WHERE state = 'failing' AND last_error LIKE 'outputs: %'""",
-        # Old leases count wall-clock seconds; nothing holds one across an upgrade.
-        "DROP TABLE leases",
-        """CREATE TABLE leases (app TEXT NOT NULL, user TEXT NOT NULL, scope TEXT NOT NULL,
-            owner TEXT NOT NULL, epoch INTEGER NOT NULL, expires_at REAL NOT NULL,
-            clock TEXT NOT NULL, PRIMARY KEY (app, user, scope)) WITHOUT ROWID""",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-_KEY = "app = ? AND user = ? AND scope = ?"
-_COLUMNS = """app, user, scope, access_token, token_type, expires_in, refresh_token,
-    granted_scope, created_at, issued_at, state, last_attempt_at, last_refresh_at,
-    last_error, consecutive_failures, next_attempt_at, generation, output_error"""
-_SELECT = f"SELECT {_COLUMNS} FROM tokens"  # noqa: S608 -- constants only, values are bound
-_GET = f"{_SELECT} WHERE {_KEY}"
-_ALL = f"{_SELECT} ORDER BY app, user, scope"
-_TOKEN_VALUES = """access_token = ?, token_type = ?, expires_in = ?, refresh_token = ?,
-    granted_scope = ?, created_at = ?, issued_at = ?, state = 'ok', last_attempt_at = ?,
-    last_refresh_at = ?, last_error = NULL, consecutive_failures = 0, next_attempt_at = NULL,
-    generation = generation + 1"""  # noqa: S105 -- column names, not a password
-_SAVE = """INSERT INTO tokens (app, user, scope, access_token, token_type, expires_in,
-    refresh_token, granted_scope, created_at, issued_at, state, last_attempt_at,
-    last_refresh_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', ?, ?, 1)
-    ON CONFLICT (app, user, scope) DO UPDATE SET
-    access_token = excluded.access_token, token_type = excluded.token_type,
-    expires_in = excluded.expires_in, refresh_token = excluded.refresh_token,
-    granted_scope = excluded.granted_scope, created_at = excluded.created_at,
-    issued_at = excluded.issued_at, state = 'ok',
-    last_attempt_at = excluded.last_attempt_at, last_refresh_at = excluded.last_refresh_at,
-    last_error = NULL, consecutive_failures = 0, next_attempt_at = NULL,
-    generation = generation + 1"""
-_COMMIT = f"UPDATE tokens SET {_TOKEN_VALUES} WHERE {_KEY} AND generation = ?"  # noqa: S608
-_EXISTS = f"SELECT 1 FROM tokens WHERE {_KEY}"  # noqa: S608 -- constants
-_INSERT = """INSERT INTO tokens (app, user, scope, access_token, token_type, expires_in,
-    refresh_token, granted_scope, created_at, issued_at, state, last_attempt_at,
-    last_refresh_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', ?, ?, 1)"""
-_FAILURE = f"""UPDATE tokens SET state = ?, last_attempt_at = ?, last_error = ?,
-    consecutive_failures = consecutive_failures + 1, next_attempt_at = ?
-    WHERE {_KEY} AND generation = ?"""  # noqa: S608 -- constants
-_FIRST_FAILURE = """INSERT INTO tokens (app, user, scope, state, last_attempt_at, last_error,
-    consecutive_failures, next_attempt_at, generation) VALUES (?, ?, ?, ?, ?, ?, 1, ?, 0)"""
-_DELETE = f"""UPDATE tokens SET access_token = NULL, token_type = NULL, expires_in = NULL,
-    refresh_token = NULL, granted_scope = NULL, created_at = NULL, issued_at = NULL,
-    state = 'not_authorized', last_error = NULL, consecutive_failures = 0,
-    next_attempt_at = NULL, output_error = NULL, generation = generation + 1
-    WHERE {_KEY} AND generation = ?"""  # noqa: S608 -- constants
-_OUTPUT_PROBLEM = f"UPDATE tokens SET output_error = ? WHERE {_KEY}"  # noqa: S608 -- constants
-_LEASE_HOLDER = f"SELECT owner, epoch, expires_at, clock FROM leases WHERE {_KEY}"  # noqa: S608
-_LEASE_TAKE = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)"
-# A lease is live when its epoch is current and its end has not passed on this boot's clock.
-_LEASE_LIVE = f"""SELECT 1 FROM leases WHERE {_KEY} AND epoch = ? AND owner = ?
-    AND clock = ? AND expires_at > ?"""  # noqa: S608 -- constants
-# Released leases keep their row, so the epoch only ever grows.
-_LEASE_RELEASE = f"""UPDATE leases SET owner = '', expires_at = 0
-    WHERE {_KEY} AND epoch = ? AND owner = ?"""  # noqa: S608 -- constants
-
-
-def _key(name: TokenName) -> tuple[str, str, str]:
-    return (name.app, name.user, name.scope)
-
-
-def _record(row: tuple[Any, ...]) -> TokenRecord:
-    token = None
-    if row[3] is not None:
-        token = Token(
-            access_token=row[3], token_type=row[4], expires_in=row[5],
-            refresh_token=row[6], scope=row[7], created_at=row[8],
-        )
-    return TokenRecord(
-        name=TokenName(row[0], row[1], row[2]), token=token, issued_at=row[9],
-        state=TokenState(row[10]), last_attempt_at=row[11], last_refresh_at=row[12],
-        last_error=row[13], consecutive_failures=row[14], next_attempt_at=row[15],
-        generation=row[16], output_error=row[17],
-    )
-
-
-def _token_values(token: Token) -> tuple[Any, ...]:
-    return (token.access_token, token.token_type, token.expires_in, token.refresh_token,
-            token.scope, token.created_at)
-
 
 def boot_clock() -> float:
     """Seconds since this machine booted, suspend included: no wall-clock step moves it."""
@@ -201,27 +98,27 @@ class SqliteStateStore(StateStore):
             self._conn.execute("PRAGMA synchronous = FULL")
             # Read first without a lock: a CLI opening an up-to-date store next to a running
             # daemon must not wait for the write lock.
-            if self._version() != SCHEMA_VERSION:
+            if self._version() != sql.SCHEMA_VERSION:
                 self._migrate()
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from exc
 
     def _version(self) -> int:
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
+        if version > sql.SCHEMA_VERSION:
             raise StateError(
                 f"state store {self.path} has schema version {version}, written by a newer "
-                f"tokend; this one knows up to {SCHEMA_VERSION}"
+                f"tokend; this one knows up to {sql.SCHEMA_VERSION}"
             )
         return version
 
     def _migrate(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            for statements in _MIGRATIONS[self._version():]:  # re-read under the lock
+            for statements in sql.MIGRATIONS[self._version():]:  # re-read under the lock
                 for statement in statements:
                     self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            self._conn.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION:d}")
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -267,21 +164,21 @@ class SqliteStateStore(StateStore):
                 raise self._error("cannot read", exc) from exc
 
     def get(self, name: TokenName) -> TokenRecord | None:
-        rows = self._read(_GET, _key(name))
-        return _record(rows[0]) if rows else None
+        rows = self._read(sql.GET, sql.key(name))
+        return sql.record(rows[0]) if rows else None
 
     def all(self) -> list[TokenRecord]:
-        return [_record(row) for row in self._read(_ALL)]
+        return [sql.record(row) for row in self._read(sql.ALL)]
 
     def ping(self) -> None:
         self._read("SELECT 1")
 
     def save_tokens(self, items: Sequence[tuple[TokenName, Token]], *, now: float) -> None:
-        rows = [(*_key(name), *_token_values(token), now, now, now) for name, token in items]
+        rows = [(*sql.key(name), *sql.token_values(token), now, now, now) for name, token in items]
         if not rows:
             return
         with self._write("save tokens") as conn:
-            conn.executemany(_SAVE, rows)
+            conn.executemany(sql.SAVE, rows)
 
     def save_token(self, name: TokenName, token: Token, *, now: float) -> None:
         self.save_tokens([(name, token)], now=now)
@@ -291,18 +188,19 @@ class SqliteStateStore(StateStore):
     ) -> Written:
         # Whole seconds, rounded down: every expiry a consumer sees (the json output,
         # `tokend token`) is then the same second, and never later than the truth.
-        values = (*_token_values(token), math.floor(issued_at), now, now)
+        values = (*sql.token_values(token), math.floor(issued_at), now, now)
         with self._write("commit token") as conn:
-            if conn.execute(_COMMIT, (*values, *_key(name), generation)).rowcount:
+            if conn.execute(sql.COMMIT, (*values, *sql.key(name), generation)).rowcount:
                 return Written.DONE
-            if generation == 0 and conn.execute(_EXISTS, _key(name)).fetchone() is None:
-                conn.execute(_INSERT, (*_key(name), *values))
+            if generation == 0 and conn.execute(sql.EXISTS, sql.key(name)).fetchone() is None:
+                conn.execute(sql.INSERT, (*sql.key(name), *values))
                 return Written.DONE
             return Written.STALE
 
     def _live(self, conn: sqlite3.Connection, lease: Lease) -> bool:
-        params = (*_key(lease.name), lease.epoch, lease.owner, self._clock_id, self._lease_clock())
-        return conn.execute(_LEASE_LIVE, params).fetchone() is not None
+        params = (*sql.key(lease.name), lease.epoch, lease.owner, self._clock_id,
+                  self._lease_clock())
+        return conn.execute(sql.LEASE_LIVE, params).fetchone() is not None
 
     def record_failure(
         self,
@@ -317,14 +215,14 @@ class SqliteStateStore(StateStore):
         with self._write("record failure") as conn:
             if not self._live(conn, lease):
                 return Written.STALE
-            params = (str(state), now, error, next_attempt_at, *_key(lease.name), generation)
-            if conn.execute(_FAILURE, params).rowcount:
+            params = (str(state), now, error, next_attempt_at, *sql.key(lease.name), generation)
+            if conn.execute(sql.FAILURE, params).rowcount:
                 return Written.DONE
             # No row is generation 0, as for commit: a token that failed before it was ever
             # stored still shows in `tokend status`.
-            if generation == 0 and conn.execute(_EXISTS, _key(lease.name)).fetchone() is None:
-                conn.execute(_FIRST_FAILURE,
-                             (*_key(lease.name), str(state), now, error, next_attempt_at))
+            if generation == 0 and conn.execute(sql.EXISTS, sql.key(lease.name)).fetchone() is None:
+                conn.execute(sql.FIRST_FAILURE,
+                             (*sql.key(lease.name), str(state), now, error, next_attempt_at))
                 return Written.DONE
             return Written.STALE
 
@@ -332,15 +230,15 @@ class SqliteStateStore(StateStore):
         with self._write("record output problem", durable=False) as conn:
             if not self._live(conn, lease):
                 return Written.STALE
-            conn.execute(_OUTPUT_PROBLEM, (error, *_key(lease.name)))
+            conn.execute(sql.OUTPUT_PROBLEM, (error, *sql.key(lease.name)))
             return Written.DONE
 
     def delete_token(self, lease: Lease, *, generation: int) -> Written:
         with self._write("delete token") as conn:
             if not self._live(conn, lease):
                 return Written.STALE
-            params = (*_key(lease.name), generation)
-            return Written.DONE if conn.execute(_DELETE, params).rowcount else Written.STALE
+            params = (*sql.key(lease.name), generation)
+            return Written.DONE if conn.execute(sql.DELETE, params).rowcount else Written.STALE
 
     def claim(
         self,
@@ -368,7 +266,7 @@ class SqliteStateStore(StateStore):
         with self._write("claim lease", durable=False) as conn:
             now = self._lease_clock()
             for name in names:
-                held = conn.execute(_LEASE_HOLDER, _key(name)).fetchone()
+                held = conn.execute(sql.LEASE_HOLDER, sql.key(name)).fetchone()
                 epoch = 1
                 if held is not None:
                     holder, epoch = held[0], held[1] + 1
@@ -376,22 +274,24 @@ class SqliteStateStore(StateStore):
                             and held[2] > now and not holder_is_dead(holder))
                     if busy:
                         continue
-                conn.execute(_LEASE_TAKE, (*_key(name), owner, epoch, now + lease, self._clock_id))
-                row = conn.execute(_GET, _key(name)).fetchone()
+                conn.execute(sql.LEASE_TAKE,
+                             (*sql.key(name), owner, epoch, now + lease, self._clock_id))
+                row = conn.execute(sql.GET, sql.key(name)).fetchone()
                 claims.append(Claim(Lease(name, owner, epoch, lease),
-                                    _record(row) if row is not None else None))
+                                    sql.record(row) if row is not None else None))
         return claims
 
     def release(self, lease: Lease) -> Written:
         with self._write("release lease", durable=False) as conn:
-            params = (*_key(lease.name), lease.epoch, lease.owner)
-            return Written.DONE if conn.execute(_LEASE_RELEASE, params).rowcount else Written.STALE
+            params = (*sql.key(lease.name), lease.epoch, lease.owner)
+            released = conn.execute(sql.LEASE_RELEASE, params).rowcount
+            return Written.DONE if released else Written.STALE
 
     def release_many(self, leases: Sequence[Lease]) -> None:
         if not leases:
             return
         with self._write("release leases", durable=False) as conn:
-            conn.executemany(_LEASE_RELEASE, [(*_key(lease.name), lease.epoch, lease.owner)
+            conn.executemany(sql.LEASE_RELEASE, [(*sql.key(lease.name), lease.epoch, lease.owner)
                                               for lease in leases])
 
     def close(self) -> None:
