@@ -12,7 +12,6 @@ import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import httpx
 
@@ -23,7 +22,7 @@ from tokend.factorial import Factorial
 from tokend.lock import owner_id, owner_is_dead
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenSpec
-from tokend.outputs import remove_outputs
+from tokend.outputs import format_utc, remove_outputs
 from tokend.refresher import Refresher, RefreshOutcome, lease_seconds
 from tokend.schedule import due_at
 from tokend.slots import RefreshSlots
@@ -96,7 +95,7 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
     due = due_at(record, spec)
     expires_at = record.expires_at if record is not None else None
     if outcome.result == "ok" and expires_at is not None:
-        text, failed = f"refreshed; valid until {_iso(expires_at)}", False
+        text, failed = f"refreshed; valid until {format_utc(expires_at)}", False
     elif outcome.result == "busy":
         text, failed = "skipped; another process is refreshing it right now", False
     elif outcome.result == "superseded":
@@ -110,12 +109,9 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
     elif due is None:
         text, failed = "skipped; needs authorization (--force tries anyway)", strict
     else:
-        text, failed = f"skipped; not due until {_iso(due) if due > now else 'now'}", False
+        text, failed = f"skipped; not due until {format_utc(due) if due > now else 'now'}", False
     return RefreshLine(f"{name}: {text}", failed=failed)
 
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def revoke(

@@ -33,6 +33,7 @@ from tokend.log import SecretMasker
 from tokend.metrics import Metrics
 from tokend.model import ApplicationSpec, TokenName, TokenSpec
 from tokend.oauth import Token
+from tokend.outputs import format_utc
 from tokend.publish import Published, Publisher
 from tokend.ratelimit import RateLimiter
 from tokend.schedule import backoff_delay, due_at
@@ -224,7 +225,8 @@ class Refresher:
             log.warning("refresh_superseded", token=str(name))
             return RefreshOutcome(name, "superseded", fresh)
         self._metrics.refresh_finished(name, "ok", seconds)
-        log.info("token_refreshed", token=str(name), expires_at=_iso(sent_at + token.expires_in))
+        log.info("token_refreshed", token=str(name),
+                 expires_at=format_utc(sent_at + token.expires_in))
         self._masker.discard(current.access_token, current.refresh_token)
         return RefreshOutcome(name, "ok", fresh)
 
@@ -284,6 +286,3 @@ class Refresher:
             await self.publisher.run_hook(spec, "on_failure", None)
         return RefreshOutcome(name, "permanent_error", fresh)
 
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
