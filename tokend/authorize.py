@@ -17,7 +17,7 @@ import structlog
 
 from tokend.clock import Clock
 from tokend.doorbell import ring
-from tokend.errors import ConfigError, OutputError, TokendError
+from tokend.errors import ConfigError, NetworkError, OutputError, TokendError
 from tokend.factorial import PROMPT, AsyncFactorial, Factorial
 from tokend.listen import Listener, listen_address
 from tokend.lock import owner_id, owner_is_dead
@@ -124,15 +124,18 @@ async def _authorize(
         )
         try:
             sent_at = clock.now()
-            async with AsyncFactorial(access_token="", base_url=app.base_url,
-                                      timeout=spec.timeout) as client:
-                async with asyncio.timeout(spec.timeout):
-                    token = await client.obtain_access_token(
-                        client_id=app.client_id,
-                        client_secret=app.client_secret.reveal(),
-                        redirect_uri=app.redirect_uri,
-                        authorization_key=authorization_key,
-                    )
+            try:
+                async with AsyncFactorial(access_token="", base_url=app.base_url,
+                                          timeout=spec.timeout) as client:
+                    async with asyncio.timeout(spec.timeout):
+                        token = await client.obtain_access_token(
+                            client_id=app.client_id,
+                            client_secret=app.client_secret.reveal(),
+                            redirect_uri=app.redirect_uri,
+                            authorization_key=authorization_key,
+                        )
+            except TimeoutError:
+                raise NetworkError.deadline(spec.timeout) from None
             masker.add(token.access_token, token.refresh_token)
             written = await workers.store(store.commit, spec.name, token,
                                           generation=claim.generation, issued_at=sent_at,

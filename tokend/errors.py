@@ -83,6 +83,11 @@ class TransientOAuthError(OAuthError):
 class NetworkError(TransientOAuthError):
     """The server could not be reached or did not answer in time."""
 
+    @classmethod
+    def deadline(cls, seconds: float) -> NetworkError:
+        """An exchange that did not complete within its total deadline (``timeout``)."""
+        return cls("timeout", f"no complete answer within {seconds:g} s")
+
 
 class PermanentOAuthError(OAuthError):
     """Retrying cannot help: a person must authorize again or fix the credentials."""

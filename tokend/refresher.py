@@ -213,8 +213,7 @@ class Refresher:
         except OAuthError as error:
             return await self._fail(spec, claim, error, started)
         except TimeoutError:
-            late = NetworkError("timeout", f"no complete answer within {spec.timeout:g} s")
-            return await self._fail(spec, claim, late, started)
+            return await self._fail(spec, claim, NetworkError.deadline(spec.timeout), started)
         self._masker.add(token.access_token, token.refresh_token)
         written, fresh = await self.workers.store(self._commit, name, token, claim, sent_at)
         seconds = self._monotonic() - started
