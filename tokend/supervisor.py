@@ -230,8 +230,11 @@ class Supervisor:
                 await self._workers.store(self._store.release_many,
                                           [claim.lease for claim in claims])
             for (spec, _lease, _record), result in zip(items, published, strict=True):
-                self._retry_publish(spec, ok=result.ok)
-                self._track(spec, result.record, retry_if_stuck=spec.name in retry_if_stuck)
+                current = self._specs.get(spec.name)
+                if current is None:  # removed by a reload meanwhile
+                    continue
+                self._retry_publish(current, ok=result.ok)
+                self._track(current, result.record, retry_if_stuck=spec.name in retry_if_stuck)
         except Exception as error:  # noqa: BLE001 -- one batch's failure must never kill the daemon
             for name in names:
                 self._crashed(name, error, self._publish_retries)
