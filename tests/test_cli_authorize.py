@@ -62,10 +62,14 @@ def test_oob_flow_link_then_key_at_the_prompt_then_token_and_outputs(
     current = tokend("token", "app/alice/read", config=setup.config)
     assert current.returncode == 0
     token = current.stdout.removesuffix("\n")
-    assert setup.output("alice", "read", "token").read_text() == token, "token output differs"
-    assert setup.output("alice", "read", "env").read_text() == f"FACTORIAL_ACCESS_TOKEN={token}\n"
+    same_token = setup.output("alice", "read", "token").read_text() == token
+    assert same_token, "token output differs"
+    env_text = setup.output("alice", "read", "env").read_text()
+    same_env = env_text == f"FACTORIAL_ACCESS_TOKEN={token}\n"
+    assert same_env, "env output differs"
     document = json.loads(setup.output("alice", "read", "json").read_text())
-    assert document["access_token"] == token, "json output differs"
+    same_json = document["access_token"] == token
+    assert same_json, "json output differs"
     assert httpx.get(f"{sandbox.url}/api/v1/me", timeout=5,
                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
 

@@ -132,7 +132,8 @@ def test_sigterm_during_a_refresh_loses_nothing(
     store.close()
     assert record is not None and record.token is not None
     assert sandbox.refresh_token_state(record.token.refresh_token) == "live"
-    assert setup.output("alice", "read", "token").read_text() == record.token.access_token
+    current = setup.output("alice", "read", "token").read_text() == record.token.access_token
+    assert current, "the output does not hold the stored token"
 
     again = start_daemon(setup.config, "again")
     wait_for(lambda: refreshed(again, "app/alice/read") >= 1, 10, "a refresh after restart")

@@ -274,7 +274,8 @@ def test_a_token_timeout_bounds_the_whole_refresh(tmp_path: Path, trickling_serv
     assert result == "transient_error" and elapsed < 5.0, (
         f"with a 1 s timeout the refresh took {elapsed:.1f} s and ended {result}"
     )
-    assert _stored(store).refresh_token == seeded.refresh_token, "the stored token changed"
+    kept = _stored(store).refresh_token == seeded.refresh_token
+    assert kept, "the stored token changed"
 
 
 # Finding 3: `tokend authorize` takes no claim.
@@ -319,7 +320,8 @@ def test_reauthorizing_during_a_refresh_of_a_revoked_token_leaves_the_new_token_
     )
     record = store.get(NAME)
     assert record is not None and record.token is not None
-    assert record.token.refresh_token == new.refresh_token, "the new authorization was lost"
+    kept = record.token.refresh_token == new.refresh_token
+    assert kept, "the new authorization was lost"
     assert record.state == "ok", f"the new token is {record.state}: {record.last_error}"
 
     async def scheduled() -> float | None:
@@ -397,7 +399,8 @@ def test_a_rescan_during_a_refresh_leaves_the_new_token_in_the_outputs(
     stored = _stored(store)
     assert stored.access_token != old.access_token, "the token was not refreshed"
     held = output.read_text()
-    assert held == stored.access_token, (
+    current = held == stored.access_token
+    assert current, (
         "the output holds the OLD token" if held == old.access_token else "the output is stale"
     )
 
