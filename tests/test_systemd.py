@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import shutil
+import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,11 +16,32 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import Setup, tokend, wait_for
+from tokend.sandbox import Sandbox
 from tokend.systemd import Notifier
 
-UNIT = Path(__file__).parent.parent / "systemd" / "tokend.service"
+ROOT = Path(__file__).parent.parent
+UNIT = ROOT / "systemd" / "tokend.service"
+USER_UNIT = ROOT / "systemd" / "user" / "tokend.service"
+CONTRIB = ROOT / "contrib"
 ANALYZE = shutil.which("systemd-analyze")
+STRACE = shutil.which("strace")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+
+# What tokend/outputs.py and tokend/hooks.py ask of the kernel, under every name
+# glibc may use for it: writing an output (lstat, open the temporary file
+# O_EXCL, write, fchown when owner:/group: is set, fchmod, fsync, rename over
+# the target, fsync the folder; mkdir/chmod for missing parents; unlink a
+# leftover or a revoked output) and starting a hook (pipe, fork, new session,
+# exec, wait, signal its process group).
+OUTPUT_PATH_SYSCALLS = (
+    "newfstatat", "statx", "openat", "read", "write", "close", "getrandom",
+    "chown", "fchown", "fchownat", "lchown", "fchmod", "chmod", "fchmodat",
+    "fsync", "fdatasync", "rename", "renameat", "renameat2", "unlink", "unlinkat",
+    "mkdir", "mkdirat",
+    "pipe2", "clone", "clone3", "vfork", "setsid", "dup2", "dup3", "close_range",
+    "execve", "wait4", "waitid", "kill",
+)
 
 
 @pytest.fixture
@@ -106,3 +131,230 @@ def test_the_unit_has_what_operators_rely_on() -> None:
     ):
         assert line in text, f"{line} missing from the unit"
     assert re.search(r"^WatchdogSec=\d+", text, re.MULTILINE)
+
+
+def syscall_groups() -> dict[str, list[str]]:
+    """Every ``@group`` this systemd knows, with its members (syscalls and nested groups)."""
+    assert ANALYZE is not None
+    listing = subprocess.run(
+        [ANALYZE, "syscall-filter"], capture_output=True, text=True, check=True
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    members: list[str] = []
+    for line in listing.splitlines():
+        if line.startswith("@"):
+            members = groups.setdefault(line.strip(), [])
+        elif line.startswith("#"):
+            break  # the trailing notes on ungrouped syscalls
+        elif line.strip() and not line.strip().startswith("#"):
+            members.append(line.strip())
+    return groups
+
+
+def allowed_syscalls(unit_text: str) -> set[str]:
+    """The syscalls a unit's ``SystemCallFilter=`` lines let through, applied in order as
+    systemd does: the first line sets an allow list (plus ``@default``), later lines add to
+    it or, with ``~``, take away from it."""
+    groups = syscall_groups()
+
+    def expand(item: str) -> set[str]:
+        if item.startswith("@"):
+            return set().union(*(expand(member) for member in groups[item]))
+        return {item}
+
+    allowed: set[str] | None = None
+    for value in re.findall(r"^SystemCallFilter=(.*)$", unit_text, re.MULTILINE):
+        deny = value.startswith("~")
+        names = set().union(*(expand(item) for item in value.lstrip("~").split()))
+        if allowed is None:
+            assert not deny, "the unit's first SystemCallFilter= should be an allow list"
+            allowed = names | expand("@default")
+        elif deny:
+            allowed -= names
+        else:
+            allowed |= names
+    assert allowed is not None, "the unit has no SystemCallFilter="
+    return allowed
+
+
+@needs_analyze
+def test_the_unit_allows_every_syscall_the_output_path_uses() -> None:
+    """An output with ``owner:``/``group:`` is fchown'ed; a filter that blocks it leaves that
+    file holding the old token while its siblings get the new one."""
+    allowed = allowed_syscalls(UNIT.read_text())
+    blocked = sorted(set(OUTPUT_PATH_SYSCALLS) - allowed)
+    assert blocked == [], f"the unit's SystemCallFilter= refuses {blocked} (EPERM)"
+
+
+def traced_syscalls(summary: str) -> set[str]:
+    """The syscall names in ``strace -c``'s table: the last column of the rows between the
+    two dashed rules."""
+    rows = re.split(r"^-{6}.*\n", summary, flags=re.MULTILINE)
+    assert len(rows) == 3, summary
+    return {line.split()[-1] for line in rows[1].splitlines()}
+
+
+@needs_analyze
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_the_unit_allows_every_syscall_a_refresh_makes(tmp_path: Path, sandbox: Sandbox) -> None:
+    """The real daemon, traced while it writes a group-owned output and runs a hook, at start
+    and on a refresh: the unit lets every syscall it (and the hook) made through."""
+    assert STRACE is not None
+    grouped = tmp_path / "out" / "grouped.env"
+    marker = tmp_path / "hook-ran"
+    setup = Setup(
+        tmp_path, sandbox, [("alice", "read")],
+        extra_outputs_yaml={"alice": (
+            f"          - path: {grouped}\n            format: env\n"
+            f"            mode: \"0640\"\n            group: {os.getgid()}\n")},
+        extra_token_yaml={"alice": f"        on_refresh: [touch, {marker}]\n"},
+    ).authorized()
+    authorized = grouped.read_bytes()
+    grouped.unlink()
+    marker.unlink()
+    summary = tmp_path / "strace.txt"
+    with (tmp_path / "daemon.log").open("wb") as log:
+        tracer = subprocess.Popen(
+            [STRACE, "-f", "-qq", "-c", "-o", str(summary),
+             sys.executable, "-m", "tokend", "--config", str(setup.config), "run"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: marker.exists() and grouped.exists(), 60, "outputs healed at start")
+            marker.unlink()
+            wait_for(lambda: marker.exists() and grouped.read_bytes() != authorized, 60,
+                     "a refresh that rewrites the outputs and runs the hook")
+            daemon = int(Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text())
+            os.kill(daemon, signal.SIGTERM)
+            assert tracer.wait(30) == 0, (tmp_path / "daemon.log").read_text()
+        finally:
+            if tracer.poll() is None:
+                tracer.kill()
+                tracer.wait(10)
+    made = traced_syscalls(summary.read_text())
+    assert {"fchown", "rename", "fsync", "execve"} <= made, sorted(made)
+    blocked = sorted(made - allowed_syscalls(UNIT.read_text()))
+    assert blocked == [], f"the unit's SystemCallFilter= refuses {blocked} (EPERM)"
+
+
+def unit_values(unit: Path, key: str) -> list[str]:
+    """The values of every ``key=`` line of ``unit``."""
+    return re.findall(rf"^{key}=(.*)$", unit.read_text(), re.MULTILINE)
+
+
+def test_a_config_error_does_not_restart_the_daemon_forever(tmp_path: Path) -> None:
+    """An invalid config exits with a status the unit names in RestartPreventExitStatus=, so
+    systemd stops instead of restarting every 5 s; an ordinary failure (1) still restarts."""
+    config = tmp_path / "config.yaml"
+    config.write_text("applications:\n  payroll:\n    scope: readwrite\n")
+    result = tokend("run", config=config)
+    prevent = {int(status) for value in unit_values(UNIT, "RestartPreventExitStatus")
+               for status in value.split()}
+    assert result.returncode in prevent, (result.returncode, prevent, result.stderr)
+    assert 1 not in prevent
+
+
+def test_the_unit_has_no_empty_setting_that_restricts_nothing() -> None:
+    """An empty ``IPAddressDeny=`` reads like a restriction but only resets an empty list.
+    Empty is kept only where it means "none" (no capabilities)."""
+    empty = set(re.findall(r"^(\w+)=$", UNIT.read_text(), re.MULTILINE))
+    assert empty <= {"CapabilityBoundingSet", "AmbientCapabilities"}, sorted(empty)
+
+
+@needs_analyze
+def test_the_example_path_unit_verifies_and_watches_an_example_output() -> None:
+    """contrib's .path/.service pair (the way to restart a consumer, which a hook running as
+    tokend may not do) is valid, and watches a file config.example.yaml writes."""
+    assert ANALYZE is not None
+    units = [CONTRIB / "payroll-token.path", CONTRIB / "payroll-token.service"]
+    result = subprocess.run(
+        [ANALYZE, "verify", *map(str, units)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    watched = unit_values(units[0], "PathChanged")
+    example = (ROOT / "config.example.yaml").read_text()
+    assert watched
+    assert all(re.search(rf"path: {re.escape(path)}\s", example) for path in watched), watched
+
+
+# systemd's inotify mask for PathChanged= (src/core/path.c): IN_ATTRIB, IN_CLOSE_WRITE,
+# IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF.
+PATH_CHANGED_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
+
+
+def test_a_refresh_fires_a_path_changed_watch_on_the_output(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A .path unit triggers on an event of the watch on the file itself; tokend's
+    rename over the file must raise one, or the consumer is never restarted."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
+    output = setup.output("alice", "read", "env")
+    libc = ctypes.CDLL(None, use_errno=True)
+    inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert inotify >= 0, os.strerror(ctypes.get_errno())
+    try:
+        watch = libc.inotify_add_watch(inotify, bytes(output), PATH_CHANGED_MASK)
+        assert watch >= 0, os.strerror(ctypes.get_errno())
+        result = tokend("refresh", "--force", config=setup.config)
+        assert result.returncode == 0, result.stderr
+        try:
+            events = os.read(inotify, 65536)
+        except BlockingIOError:
+            events = b""
+    finally:
+        os.close(inotify)
+    watches = []
+    while events:
+        wd, _mask, _cookie, length = struct.unpack_from("iIII", events)
+        watches.append(wd)
+        events = events[16 + length:]
+    assert watch in watches
+
+
+def readme_user_install() -> str:
+    """The shell block of the README's user-service section."""
+    section = (ROOT / "README.md").read_text().split("### A user service for one person")[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the README's user-service section has no shell block"
+    return match.group(1)
+
+
+def readme_user_venv() -> str:
+    """The venv the README's user install creates, as written there (``~/…``)."""
+    commands = readme_user_install()
+    assert "pip install --user" not in commands, (
+        "pip install --user is refused on an externally managed Python (PEP 668)")
+    match = re.search(r"python3 -m venv (\S+)", commands)
+    assert match is not None, "the README's user install creates no venv"
+    venv = match.group(1)
+    assert f"{venv}/bin/pip install" in commands, "the README installs tokend outside its venv"
+    return venv
+
+
+def test_the_user_unit_runs_the_tokend_the_readme_installs() -> None:
+    """The user unit's ExecStart= is the executable the README's install puts in the venv."""
+    executable = unit_values(USER_UNIT, "ExecStart")[0].split()[0]
+    assert executable.replace("%h/", "~/", 1) == f"{readme_user_venv()}/bin/tokend"
+
+
+@needs_analyze
+def test_the_user_unit_verifies_after_the_readme_install(tmp_path: Path) -> None:
+    """In a home where tokend sits where the README installs it, the user unit installed as
+    the README says verifies cleanly with ``systemd-analyze --user``."""
+    assert ANALYZE is not None
+    home = tmp_path / "home"
+    executable = home / readme_user_venv().removeprefix("~/") / "bin" / "tokend"
+    executable.parent.mkdir(parents=True)
+    executable.symlink_to(Path(sys.executable).parent / "tokend")
+    unit = home / ".config" / "systemd" / "user" / "tokend.service"
+    unit.parent.mkdir(parents=True)
+    shutil.copyfile(USER_UNIT, unit)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    result = subprocess.run(
+        [ANALYZE, "--user", "verify", str(unit)], capture_output=True, text=True, check=False,
+        env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
