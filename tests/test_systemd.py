@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,16 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import Setup, tokend, wait_for
+from tests.systemd_units import UNIT, analyze, needs_analyze, unit_values, verify_complaints
 from tokend.sandbox import Sandbox
 from tokend.systemd import Notifier
 
-ROOT = Path(__file__).parent.parent
-UNIT = ROOT / "systemd" / "tokend.service"
-USER_UNIT = ROOT / "systemd" / "user" / "tokend.service"
-CONTRIB = ROOT / "contrib"
-ANALYZE = shutil.which("systemd-analyze")
 STRACE = shutil.which("strace")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
 # What tokend/outputs.py and tokend/hooks.py ask of the kernel, under every name
 # glibc may use for it: writing an output (lstat, open the temporary file
@@ -97,11 +90,7 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
 @needs_analyze
 def test_the_unit_is_hardened_to_an_exposure_of_at_most_1_5() -> None:
     """systemd-analyze security rates the shipped unit 1.5 or better."""
-    assert ANALYZE is not None
-    result = subprocess.run(
-        [ANALYZE, "security", "--offline=yes", str(UNIT)],
-        capture_output=True, text=True, check=False,
-    )
+    result = analyze("security", "--offline=yes", str(UNIT))
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= 1.5
@@ -110,15 +99,10 @@ def test_the_unit_is_hardened_to_an_exposure_of_at_most_1_5() -> None:
 @needs_analyze
 def test_the_unit_verifies_cleanly(tmp_path: Path) -> None:
     """systemd-analyze verify finds nothing wrong (with ExecStart pointing at this install)."""
-    assert ANALYZE is not None
     tokend = str(Path(sys.executable).parent / "tokend")
     unit = tmp_path / "tokend.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/tokend", tokend))
-    result = subprocess.run(
-        [ANALYZE, "verify", str(unit)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == ""
+    assert verify_complaints(unit) == ""
 
 
 def test_the_unit_has_what_operators_rely_on() -> None:
@@ -135,10 +119,7 @@ def test_the_unit_has_what_operators_rely_on() -> None:
 
 def syscall_groups() -> dict[str, list[str]]:
     """Every ``@group`` this systemd knows, with its members (syscalls and nested groups)."""
-    assert ANALYZE is not None
-    listing = subprocess.run(
-        [ANALYZE, "syscall-filter"], capture_output=True, text=True, check=True
-    ).stdout
+    listing = analyze("syscall-filter").stdout
     groups: dict[str, list[str]] = {}
     members: list[str] = []
     for line in listing.splitlines():
@@ -237,11 +218,6 @@ def test_the_unit_allows_every_syscall_a_refresh_makes(tmp_path: Path, sandbox: 
     assert blocked == [], f"the unit's SystemCallFilter= refuses {blocked} (EPERM)"
 
 
-def unit_values(unit: Path, key: str) -> list[str]:
-    """The values of every ``key=`` line of ``unit``."""
-    return re.findall(rf"^{key}=(.*)$", unit.read_text(), re.MULTILINE)
-
-
 def test_a_config_error_does_not_restart_the_daemon_forever(tmp_path: Path) -> None:
     """An invalid config exits with a status the unit names in RestartPreventExitStatus=, so
     systemd stops instead of restarting every 5 s; an ordinary failure (1) still restarts."""
@@ -259,102 +235,3 @@ def test_the_unit_has_no_empty_setting_that_restricts_nothing() -> None:
     Empty is kept only where it means "none" (no capabilities)."""
     empty = set(re.findall(r"^(\w+)=$", UNIT.read_text(), re.MULTILINE))
     assert empty <= {"CapabilityBoundingSet", "AmbientCapabilities"}, sorted(empty)
-
-
-@needs_analyze
-def test_the_example_path_unit_verifies_and_watches_an_example_output() -> None:
-    """contrib's .path/.service pair (the way to restart a consumer, which a hook running as
-    tokend may not do) is valid, and watches a file config.example.yaml writes."""
-    assert ANALYZE is not None
-    units = [CONTRIB / "payroll-token.path", CONTRIB / "payroll-token.service"]
-    result = subprocess.run(
-        [ANALYZE, "verify", *map(str, units)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == ""
-    watched = unit_values(units[0], "PathChanged")
-    example = (ROOT / "config.example.yaml").read_text()
-    assert watched
-    assert all(re.search(rf"path: {re.escape(path)}\s", example) for path in watched), watched
-
-
-# systemd's inotify mask for PathChanged= (src/core/path.c): IN_ATTRIB, IN_CLOSE_WRITE,
-# IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF.
-PATH_CHANGED_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
-
-
-def test_a_refresh_fires_a_path_changed_watch_on_the_output(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    """A .path unit triggers on an event of the watch on the file itself; tokend's
-    rename over the file must raise one, or the consumer is never restarted."""
-    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
-    output = setup.output("alice", "read", "env")
-    libc = ctypes.CDLL(None, use_errno=True)
-    inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-    assert inotify >= 0, os.strerror(ctypes.get_errno())
-    try:
-        watch = libc.inotify_add_watch(inotify, bytes(output), PATH_CHANGED_MASK)
-        assert watch >= 0, os.strerror(ctypes.get_errno())
-        result = tokend("refresh", "--force", config=setup.config)
-        assert result.returncode == 0, result.stderr
-        try:
-            events = os.read(inotify, 65536)
-        except BlockingIOError:
-            events = b""
-    finally:
-        os.close(inotify)
-    watches = []
-    while events:
-        wd, _mask, _cookie, length = struct.unpack_from("iIII", events)
-        watches.append(wd)
-        events = events[16 + length:]
-    assert watch in watches
-
-
-def readme_user_install() -> str:
-    """The shell block of the README's user-service section."""
-    section = (ROOT / "README.md").read_text().split("### A user service for one person")[1]
-    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the README's user-service section has no shell block"
-    return match.group(1)
-
-
-def readme_user_venv() -> str:
-    """The venv the README's user install creates, as written there (``~/…``)."""
-    commands = readme_user_install()
-    assert "pip install --user" not in commands, (
-        "pip install --user is refused on an externally managed Python (PEP 668)")
-    match = re.search(r"python3 -m venv (\S+)", commands)
-    assert match is not None, "the README's user install creates no venv"
-    venv = match.group(1)
-    assert f"{venv}/bin/pip install" in commands, "the README installs tokend outside its venv"
-    return venv
-
-
-def test_the_user_unit_runs_the_tokend_the_readme_installs() -> None:
-    """The user unit's ExecStart= is the executable the README's install puts in the venv."""
-    executable = unit_values(USER_UNIT, "ExecStart")[0].split()[0]
-    assert executable.replace("%h/", "~/", 1) == f"{readme_user_venv()}/bin/tokend"
-
-
-@needs_analyze
-def test_the_user_unit_verifies_after_the_readme_install(tmp_path: Path) -> None:
-    """In a home where tokend sits where the README installs it, the user unit installed as
-    the README says verifies cleanly with ``systemd-analyze --user``."""
-    assert ANALYZE is not None
-    home = tmp_path / "home"
-    executable = home / readme_user_venv().removeprefix("~/") / "bin" / "tokend"
-    executable.parent.mkdir(parents=True)
-    executable.symlink_to(Path(sys.executable).parent / "tokend")
-    unit = home / ".config" / "systemd" / "user" / "tokend.service"
-    unit.parent.mkdir(parents=True)
-    shutil.copyfile(USER_UNIT, unit)
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    result = subprocess.run(
-        [ANALYZE, "--user", "verify", str(unit)], capture_output=True, text=True, check=False,
-        env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)},
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == ""
