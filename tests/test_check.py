@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
+import httpx
+import pytest
+import structlog
+
 from tests.e2e import CLIENT_SECRET, Setup, StartDaemon, free_port, tokend, wait_for
-from tokend.check import check_config
+from tokend.check import CheckReport, check_config
+from tokend.check_online import check_online
 from tokend.config import load_config
+from tokend.lock import make_private_dir
 from tokend.model import Config, TokenName
 from tokend.sandbox import Sandbox
 
@@ -37,7 +46,7 @@ def config(tmp_path: Path, *, outputs: tuple[str, ...] = (), state_dir: str = "s
 def test_a_good_setup_has_no_problems(tmp_path: Path) -> None:
     """Missing output folders and state dir are fine: tokend creates them."""
     report = check_config(config(tmp_path, outputs=(f"{tmp_path}/new/dir/a.token",)),
-                          lifetimes={})
+                          lifetimes=dict)
     assert report.problems == [] and report.warnings == []
     assert report.render().endswith("check: OK, 0 warning(s)")
 
@@ -46,7 +55,7 @@ def test_an_output_below_a_file_is_a_problem(tmp_path: Path) -> None:
     """A parent that is a regular file can never hold the output."""
     (tmp_path / "blocker").write_text("")
     report = check_config(config(tmp_path, outputs=(f"{tmp_path}/blocker/sub/a.token",)),
-                          lifetimes={})
+                          lifetimes=dict)
     assert len(report.problems) == 1
     assert f"{tmp_path}/blocker exists and is not a directory" in report.problems[0]
     assert "app/user0/read" in report.problems[0]
@@ -58,7 +67,7 @@ def test_an_output_that_is_a_directory_or_symlink_is_a_problem(tmp_path: Path) -
     (tmp_path / "link.token").symlink_to(tmp_path / "elsewhere")
     report = check_config(
         config(tmp_path, outputs=(f"{tmp_path}/dir.token", f"{tmp_path}/link.token")),
-        lifetimes={},
+        lifetimes=dict,
     )
     assert [p.split(": ", 2)[2] for p in report.problems] == [
         "exists and is not a regular file", "is a symlink; tokend refuses to replace it"]
@@ -67,14 +76,14 @@ def test_an_output_that_is_a_directory_or_symlink_is_a_problem(tmp_path: Path) -
 def test_a_state_dir_below_a_file_is_a_problem(tmp_path: Path) -> None:
     """The state store could not be created."""
     (tmp_path / "blocker").write_text("")
-    report = check_config(config(tmp_path, state_dir="blocker/state"), lifetimes={})
+    report = check_config(config(tmp_path, state_dir="blocker/state"), lifetimes=dict)
     assert len(report.problems) == 1 and report.problems[0].startswith("state_dir ")
 
 
 def test_plain_http_to_a_remote_host_is_a_warning(tmp_path: Path) -> None:
     """Codes and tokens over plain http to another machine are worth a second look."""
     app = "    base_url: http://oauth.example.com\n"
-    report = check_config(config(tmp_path, app=app), lifetimes={})
+    report = check_config(config(tmp_path, app=app), lifetimes=dict)
     assert report.problems == []
     assert len(report.warnings) == 1 and "base_url uses plain http" in report.warnings[0]
 
@@ -82,14 +91,14 @@ def test_plain_http_to_a_remote_host_is_a_warning(tmp_path: Path) -> None:
 def test_a_loopback_redirect_without_port_cannot_be_listened_on(tmp_path: Path) -> None:
     """--listen needs the port in the redirect_uri."""
     app = "    redirect_uri: http://127.0.0.1/callback\n"
-    report = check_config(config(tmp_path, app=app), lifetimes={})
+    report = check_config(config(tmp_path, app=app), lifetimes=dict)
     assert any("needs one" in warning for warning in report.warnings)
 
 
 def test_more_refreshes_than_the_rate_limit_allows_is_a_warning(tmp_path: Path) -> None:
     """120 one-hour tokens at 75 % need ~2.7 refreshes a minute; 1/min cannot keep up."""
     cfg = config(tmp_path, app="    rate_limit: 1/min\n", tokens=120)
-    report = check_config(cfg, lifetimes={})
+    report = check_config(cfg, lifetimes=dict)
     assert len(report.warnings) == 1
     assert "about 3 refreshes per minute" in report.warnings[0]
     assert "120 not yet authorized: a 1h lifetime assumed" in report.warnings[0]
@@ -98,9 +107,9 @@ def test_more_refreshes_than_the_rate_limit_allows_is_a_warning(tmp_path: Path) 
 def test_the_rate_estimate_uses_stored_lifetimes(tmp_path: Path) -> None:
     """Once authorized, the server's real lifetime replaces the 1 h assumption."""
     cfg = config(tmp_path, app="    rate_limit: 1/min\n", tokens=2)
-    assert check_config(cfg, lifetimes={}).warnings == []
+    assert check_config(cfg, lifetimes=dict).warnings == []
     short = {TokenName("app", f"user{i}", "read"): 30 for i in range(2)}
-    (warning,) = check_config(cfg, lifetimes=short).warnings
+    (warning,) = check_config(cfg, lifetimes=lambda: short).warnings
     assert "about 5 refreshes per minute" in warning and "assumed" not in warning
 
 
@@ -131,7 +140,7 @@ def position(config: Config, text: str, needle: str) -> str:
 def test_a_hook_executable_missing_from_path_is_a_located_problem(tmp_path: Path) -> None:
     """``on_refresh: [nosuchcmd]`` would fail at every refresh; check says where it is written."""
     cfg, text = hooked(tmp_path, "        on_refresh: [nosuchcmd-tokend-test, --flag]\n")
-    (problem,) = check_config(cfg, lifetimes={}).problems
+    (problem,) = check_config(cfg, lifetimes=dict).problems
     assert problem.startswith(position(cfg, text, "nosuchcmd") + ": ")
     assert "applications.app.tokens[0].on_refresh[0]" in problem
     assert "app/user0/read" in problem
@@ -148,7 +157,7 @@ def test_a_missing_or_not_executable_hook_path_is_a_problem(tmp_path: Path) -> N
              "        on_failure:\n"
              f"          - {tmp_path}/missing/notify.sh\n")
     cfg, text = hooked(tmp_path, hooks)
-    first, second = check_config(cfg, lifetimes={}).problems
+    first, second = check_config(cfg, lifetimes=dict).problems
     assert first.startswith(position(cfg, text, str(script)) + ": ")
     assert "on_refresh[0]" in first and "is not executable" in first
     assert second.startswith(position(cfg, text, f"{tmp_path}/missing") + ": ")
@@ -162,14 +171,14 @@ def test_hooks_that_can_run_are_not_problems(tmp_path: Path) -> None:
     script.chmod(0o755)
     cfg, _ = hooked(tmp_path, f"        on_refresh: [sh, -c, 'exit 0']\n"
                               f"        on_failure: [{script}, failed]\n")
-    assert check_config(cfg, lifetimes={}).problems == []
+    assert check_config(cfg, lifetimes=dict).problems == []
 
 
 def test_a_state_dir_open_to_others_is_a_warning(tmp_path: Path) -> None:
     """The README promises 0700: a 0777 state_dir lets anyone replace the store."""
     (tmp_path / "state").mkdir()
     (tmp_path / "state").chmod(0o777)
-    report = check_config(config(tmp_path), lifetimes={})
+    report = check_config(config(tmp_path), lifetimes=dict)
     assert report.problems == []
     (warning,) = report.warnings
     assert f"state_dir {tmp_path / 'state'}" in warning and "0777" in warning
@@ -180,7 +189,7 @@ def test_a_config_file_others_can_write_is_a_warning(tmp_path: Path) -> None:
     """Whoever can edit the config can run commands as the daemon's user through hooks."""
     cfg = config(tmp_path)
     cfg.source.chmod(0o666)
-    (warning,) = check_config(cfg, lifetimes={}).warnings
+    (warning,) = check_config(cfg, lifetimes=dict).warnings
     assert f"{cfg.source}" in warning and "0666" in warning and "hooks" in warning
 
 
@@ -190,11 +199,11 @@ def test_a_config_folder_others_control_is_a_warning(tmp_path: Path) -> None:
     folder.mkdir()
     cfg = config(folder)
     folder.chmod(0o777)
-    (open_folder,) = check_config(cfg, lifetimes={}).warnings
+    (open_folder,) = check_config(cfg, lifetimes=dict).warnings
     assert f"{folder}" in open_folder and "0777" in open_folder
     folder.chmod(0o755)
     os.chown(folder, 4242, -1)
-    (foreign,) = check_config(cfg, lifetimes={}).warnings
+    (foreign,) = check_config(cfg, lifetimes=dict).warnings
     assert f"{folder}" in foreign and "uid 4242" in foreign
 
 
@@ -204,7 +213,7 @@ def test_a_sticky_shared_folder_above_the_config_is_fine(tmp_path: Path) -> None
     shared.mkdir()
     cfg = config(shared)
     shared.chmod(0o1777)
-    assert check_config(cfg, lifetimes={}).warnings == []
+    assert check_config(cfg, lifetimes=dict).warnings == []
 
 
 def test_an_application_without_tokens_is_a_warning(tmp_path: Path) -> None:
@@ -214,7 +223,7 @@ def test_an_application_without_tokens_is_a_warning(tmp_path: Path) -> None:
                     "    client_secret: s3cr3t-value\n  app:\n    client_id: abc\n"
                     "    client_secret: s3cr3t-value\n    tokens: [{user: alice, scope: read}]\n")
     path.chmod(0o600)
-    (warning,) = check_config(load_config(path, environ={}), lifetimes={}).warnings
+    (warning,) = check_config(load_config(path, environ={}), lifetimes=dict).warnings
     assert warning.startswith("application idle: ") and "no tokens" in warning
 
 
@@ -240,7 +249,7 @@ def test_the_daemon_tightens_an_open_state_dir_and_says_so(
 
 def test_a_command_that_writes_the_state_tightens_its_folder(sandbox: Sandbox,
                                                               tmp_path: Path) -> None:
-    """``tokend authorize`` opens the store to write: a 0777 state_dir becomes 0700, and it says so."""
+    """``tokend authorize`` writes the store: a 0777 state_dir becomes 0700, and it says so."""
     setup = Setup(tmp_path, sandbox, [("alice", "read")])
     setup.write()
     setup.state_dir.mkdir()
@@ -251,6 +260,48 @@ def test_a_command_that_writes_the_state_tightens_its_folder(sandbox: Sandbox,
     assert result.returncode == 0, result.stderr
     assert mode_of(setup.state_dir) == 0o700
     assert "state_dir_tightened" in result.stderr
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges to nobody")
+def test_a_state_dir_that_is_not_ours_to_tighten_is_used_and_logged() -> None:
+    """A 0777 folder owned by root, opened by the daemon's user: no crash, a warning instead.
+
+    A forked child drops to ``nobody`` (the venv's Python may be out of its reach).
+    """
+    shared = Path(tempfile.mkdtemp(prefix="tokend-check-"))
+    shared.chmod(0o755)
+    state = shared / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child reports through the pipe
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            with structlog.testing.capture_logs() as logs:
+                make_private_dir(state)
+            os.write(write_end, json.dumps(logs).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        logs = json.loads(pipe.read() or b"null")
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0, "make_private_dir raised in the child"
+        assert [(e["event"], e["mode"], e["owner"]) for e in logs] == [
+            ("state_dir_open", "0777", 0)]
+        assert mode_of(state) == 0o777
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_check_warns_about_an_open_state_dir_that_holds_a_store(sandbox: Sandbox,
@@ -330,11 +381,6 @@ def test_check_online_is_not_fooled_by_a_server_that_looks_up_refresh_tokens_fir
     """Doorkeeper (Factorial's OAuth server) finds the refresh token before it checks the
     client, so an unknown refresh token answers invalid_grant whatever the secret. It checks
     the client first for an authorization code, so the probe must use one."""
-    import httpx
-
-    from tokend.check import CheckReport
-    from tokend.check_online import check_online
-
     def doorkeeper(request: httpx.Request) -> httpx.Response:
         form = dict(httpx.QueryParams(request.content.decode()))
         client_ok = form.get("client_secret") == "the-right-secret"
