@@ -160,12 +160,12 @@ def test_files_are_private_even_with_an_open_umask(tmp_path: Path) -> None:
                      "tokend.db-shm": 0o600}
 
 
-def test_existing_state_dir_keeps_its_mode(state_dir: Path) -> None:
-    """An operator's chosen mode on an existing state directory is not overridden."""
+def test_existing_state_dir_is_tightened_to_0700(state_dir: Path) -> None:
+    """It holds every refresh token: a looser existing state directory is made 0700 (README)."""
     state_dir.mkdir(mode=0o750)
     state_dir.chmod(0o750)
     SqliteStateStore(state_dir).close()
-    assert mode(state_dir) == 0o750
+    assert mode(state_dir) == 0o700
 
 
 def test_token_survives_close_and_reopen(state_dir: Path) -> None:

@@ -2,22 +2,30 @@
 
 :func:`tokend.config.load_config` has already validated the file and read
 every secret; this adds what only the running machine can tell: can this user
-create the state store and write every output, are the redirect and base URLs
-sane, and can each application's rate limit keep up with its tokens. Paths
-are checked with ``os.access`` on the nearest existing folder, as the user
-running the check, which should be the daemon's user.
+create the state store and write every output, can every hook's executable be
+found and run, are the state and the config safe from other users, are the
+redirect and base URLs sane, and can each application's rate limit keep up
+with its tokens. Paths are checked with ``os.access`` on the nearest existing
+folder, as the user running the check, which should be the daemon's user.
+``tokend check --online`` also asks the server (:mod:`tokend.check_online`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tokend.config_events import KeyPath
+from tokend.config_yaml import Document, format_key_path, read_document
 from tokend.durations import format_duration
+from tokend.errors import ConfigError
+from tokend.lock import PRIVATE_DIR_MODE
+from tokend.metrics import HOOKS
 from tokend.model import ApplicationSpec, Config, OutputSpec, TokenName, TokenSpec
 from tokend.schedule import MAX_REFRESH_FRACTION
 
@@ -45,14 +53,23 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_config(config: Config, *, lifetimes: dict[TokenName, int]) -> CheckReport:
-    """Check everything ``config`` points at; ``lifetimes`` are stored tokens' ``expires_in``."""
+def check_config(
+    config: Config, *, lifetimes: Callable[[], Mapping[TokenName, int]]
+) -> CheckReport:
+    """Check everything ``config`` points at; ``lifetimes`` gives stored tokens' ``expires_in``.
+
+    ``lifetimes`` is called once the state directory has been looked at:
+    reading the store tightens the directory to 0700, which would hide its mode.
+    """
     report = CheckReport()
     report.notes.append(f"config {config.source}: {len(config.applications)} application(s), "
                         f"{len(config.tokens)} token(s), state in {config.state_dir}")
     report.warnings += config.warnings
+    report.warnings += _config_exposure(config.source)
     if (problem := _creatable_dir(config.state_dir)) is not None:
         report.problems.append(f"state_dir {config.state_dir}: {problem}")
+    elif (warning := _state_dir_exposure(config.state_dir)) is not None:
+        report.warnings.append(warning)
     database = config.state_dir / "tokend.db"
     if database.exists() and not os.access(database, os.R_OK | os.W_OK):
         report.problems.append(f"state store {database}: not readable and writable by this user")
@@ -60,11 +77,94 @@ def check_config(config: Config, *, lifetimes: dict[TokenName, int]) -> CheckRep
         for output in spec.outputs:
             if (problem := _output_problem(output)) is not None:
                 report.problems.append(f"{spec.name}: output {output.path}: {problem}")
+    report.problems += _hook_problems(config)
+    stored = lifetimes()
     for app in config.applications.values():
         _check_urls(app, report)
         tokens = [spec for spec in config.tokens if spec.name.app == app.name]
-        _check_rate(app, tokens, lifetimes, report)
+        if not tokens:
+            report.warnings.append(f"application {app.name}: has no tokens, so nothing is "
+                                   "refreshed for it; add some under tokens: or remove it")
+        _check_rate(app, tokens, stored, report)
     return report
+
+
+def _config_exposure(source: Path) -> list[str]:
+    """Who besides root and this user could rewrite the config, whose hooks run as the daemon.
+
+    The file and every folder above it must be owned by root or this user and
+    not writable by others; a sticky folder (``/tmp``) is fine, since others
+    cannot replace there what they do not own.
+    """
+    warnings = []
+    real = source.resolve()
+    for path in (real, *real.parents):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        what = "config file" if path == real else "config folder"
+        mode = stat.S_IMODE(info.st_mode)
+        consequence = "could rewrite the config, and its hooks run as the daemon's user"
+        if info.st_uid not in (0, os.geteuid()):
+            warnings.append(f"{what} {path} is owned by uid {info.st_uid}, not root or this "
+                            f"user (uid {os.geteuid()}): that user {consequence}")
+        elif mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX):
+            who = {0o020: "its group", 0o002: "others"}.get(mode & 0o022, "its group and others")
+            warnings.append(f"{what} {path} is writable by {who} (mode {mode:04o}), who "
+                            f"{consequence}; chmod go-w {path}")
+    return warnings
+
+
+def _state_dir_exposure(path: Path) -> str | None:
+    """The state holds every refresh token: only the daemon's user may enter it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # created 0700 when first used
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode) or not mode & 0o077:
+        return None
+    return (f"state_dir {path} is open to other users (mode {mode:04o}); it holds every "
+            f"refresh token and must be {PRIVATE_DIR_MODE:04o}: tokend tightens it whenever it "
+            f"opens the store, or chmod {PRIVATE_DIR_MODE:o} {path}")
+
+
+def _hook_problems(config: Config) -> list[str]:
+    """Each hook whose executable cannot be started, located in the file like a config error."""
+    problems = []
+    document: Document | None = None
+    index = dict.fromkeys(config.applications, -1)
+    for spec in config.tokens:
+        index[spec.name.app] += 1
+        for hook in HOOKS:
+            argv: tuple[str, ...] = getattr(spec, hook)
+            if not argv or (problem := _executable_problem(argv[0])) is None:
+                continue
+            message = f"{spec.name} {hook}: {problem}"
+            where: KeyPath = ("applications", spec.name.app, "tokens", index[spec.name.app],
+                              hook, 0)
+            try:
+                document = document or read_document(config.source)
+            except ConfigError:
+                problems.append(message)  # the file changed since it was loaded
+                continue
+            problems.append(str(ConfigError(message, location=document.location(where),
+                                            key_path=format_key_path(where))))
+    return problems
+
+
+def _executable_problem(command: str) -> str | None:
+    """Why the daemon could not start ``command`` (found as ``execvp`` would), or ``None``."""
+    if "/" not in command:
+        if shutil.which(command) is None:
+            return f"{command} was not found on PATH ({os.environ.get('PATH', os.defpath)})"
+        return None
+    if not os.path.exists(command):
+        return f"{command} was not found at that path (no such file)"
+    if os.path.isdir(command) or not os.access(command, os.X_OK):
+        return f"{command} is not executable by this user (uid {os.geteuid()})"
+    return None
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -135,7 +235,7 @@ def _check_urls(app: ApplicationSpec, report: CheckReport) -> None:
 def _check_rate(
     app: ApplicationSpec,
     tokens: Iterable[TokenSpec],
-    lifetimes: dict[TokenName, int],
+    lifetimes: Mapping[TokenName, int],
     report: CheckReport,
 ) -> None:
     """Each token refreshes every ``refresh_at * lifetime`` seconds; their sum must fit."""

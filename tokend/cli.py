@@ -206,14 +206,19 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config and what it points at: secrets, folders, URLs, rate limits."""
+    """Validate the config and what it points at: secrets, folders, hooks, URLs, rate limits."""
     from tokend.check import check_config
     from tokend.status import stored_records
 
+    _masker_and_logging(args)  # opening the store may log, and stdout is for the report
     config = _load(args)
-    records = stored_records(config.state_dir)
-    lifetimes = {r.name: r.token.expires_in for r in records if r.token is not None}
-    report = check_config(config, lifetimes=lifetimes)
+    report = check_config(config, lifetimes=lambda: {
+        r.name: r.token.expires_in
+        for r in stored_records(config.state_dir) if r.token is not None})
+    if args.online:
+        from tokend.check_online import check_online
+
+        check_online(config, report)
     print(report.render())
     return EXIT_FAILURE if report.problems else EXIT_OK
 
@@ -293,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--local-only", action="store_true",
                         help="do not call the server (it is gone); only forget the token here")
 
-    verb("check", cmd_check, "tokend --config /etc/tokend/config.yaml check")
+    check = verb("check", cmd_check, "tokend --config /etc/tokend/config.yaml check --online")
+    check.add_argument("--online", action="store_true", help="also ask each application's token "
+                       "endpoint whether it accepts the client id and secret (uses no token)")
     return parser
 
 

@@ -1,6 +1,7 @@
-"""One daemon per state directory, and who holds a claim on a token.
+"""One daemon per state directory, its mode, and who holds a claim on a token.
 
-``StateDirLock`` is an exclusive ``flock`` that names its holder.
+:func:`make_private_dir` keeps the state directory 0700. ``StateDirLock`` is
+an exclusive ``flock`` that names its holder.
 :func:`owner_id` names the process behind a token lease, and
 :func:`owner_is_dead` lets a new claimant take over the lease of a holder that
 is positively gone (a SIGKILLed daemon) instead of waiting for it to expire.
@@ -15,12 +16,18 @@ import fcntl
 import os
 import re
 import socket
+import stat
 from pathlib import Path
 from types import TracebackType
 
+import structlog
+
 from tokend.errors import AlreadyRunningError, StateError
 
+log = structlog.get_logger(__name__)
+
 LOCK_NAME = "tokend.pid"
+PRIVATE_DIR_MODE = 0o700
 
 # HOST may itself hold colons; the four fields after it never do.
 _OWNER = re.compile(
@@ -51,7 +58,7 @@ class StateDirLock:
 
     def __enter__(self) -> StateDirLock:
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as error:
             raise StateError(f"cannot use state directory {self.path.parent}: "
@@ -82,6 +89,37 @@ class StateDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the state directory ``path`` 0700, or tighten an existing one that is looser.
+
+    It holds every refresh token, so only the daemon's user may enter it: a
+    folder others can write lets them swap the store, one they can read lists
+    what is in it. A folder made by hand under a 022 umask is 0755, so the mode
+    is enforced every time the state is opened, not only at creation, and the
+    change is logged. One we may not chmod (another user owns it) is logged and
+    used as it is: refusing would stop refreshes that work today.
+    """
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        path.chmod(PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
+        return
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode) or not mode & 0o077:
+        return  # not a folder: opening the store in it fails and says so
+    fields = {"path": str(path), "mode": f"{mode:04o}"}
+    try:
+        path.chmod(PRIVATE_DIR_MODE)
+    except PermissionError:
+        log.warning("state_dir_open", **fields, uid=os.geteuid(), owner=info.st_uid,
+                    error="only its owner can tighten it to 0700")
+        return
+    log.warning("state_dir_tightened", **fields, now=f"{PRIVATE_DIR_MODE:04o}")
 
 
 def running_daemon_pid(state_dir: Path) -> int | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from tokend import sqlite_schema as sql
 from tokend.errors import StateError
+from tokend.lock import make_private_dir
 from tokend.model import TokenName
 from tokend.oauth import Token
 from tokend.state import (
@@ -70,7 +71,7 @@ class SqliteStateStore(StateStore):
         self._lease_clock = lease_clock
         self._clock_id = boot_id() if clock_id is None else clock_id
         try:
-            _make_private_dir(state_dir)
+            make_private_dir(state_dir)
             _make_private_file(self.path)
         except OSError as exc:
             raise StateError(f"cannot create state store {self.path}: {exc.strerror}") from exc
@@ -297,15 +298,6 @@ class SqliteStateStore(StateStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create ``path`` 0700; an existing directory keeps the mode its operator chose."""
-    try:
-        path.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        return
-    path.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 def _make_private_file(path: Path) -> None:
