@@ -60,12 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the daemon against the built-in sandbox in a temporary folder."""
-    from tokend.demo import run_demo
+    from tokend.demo import own_command, run_demo
 
     masker = _masker_and_logging(args, level=args.log_level if args.verbose else "warning")
     try:
-        return run_demo(duration=args.duration, lifetime=args.lifetime, masker=masker,
-                        out=sys.stdout)
+        return run_demo(duration=args.duration, lifetime=args.lifetime, keep=args.keep,
+                        command=own_command(), masker=masker, out=sys.stdout)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -123,10 +123,12 @@ def _option_value(parse: Callable[[str], _T]) -> Callable[[str], _T]:
 
 
 def _positive_duration(value: str) -> float:
+    import math
+
     from tokend.durations import parse_duration
 
-    seconds = parse_duration(value)
-    if seconds <= 0:
+    seconds = 0.0 if value.strip().startswith("-") else parse_duration(value)
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("must be longer than zero")
     return seconds
 
@@ -293,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     verb("run", cmd_run, "tokend --config /etc/tokend/config.yaml run")
 
     demo = verb("demo", cmd_demo, "tokend demo --duration 60")
-    demo.add_argument("--duration", type=float, help="stop after this many seconds")
-    demo.add_argument("--lifetime", type=float, default=20.0,
-                      help="access-token lifetime in seconds (20)")
+    demo.add_argument("--duration", type=_option_value(_positive_duration), metavar="DURATION",
+                      help="stop after this long, such as 60 (seconds) or 5m")
+    demo.add_argument("--lifetime", type=_option_value(_positive_duration), default=20.0,
+                      metavar="DURATION", help="access-token lifetime, such as 20 or 1m (20)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary folder (config, secret, state, outputs) at exit")
     demo.add_argument("--verbose", action="store_true", help="also show the daemon's log")
 
     sandbox = verb("sandbox", cmd_sandbox, "tokend sandbox --port 8000 --client app:secret")
