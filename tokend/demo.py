@@ -138,7 +138,7 @@ def run_demo(
         (outputs,) = {output.path.parent for spec in config.tokens for output in spec.outputs}
         print(f"tokend demo: sandbox at {sandbox.url} (a local test server, not Factorial)\n"
               f"  config:  {config_path}\n  outputs: {outputs}/\n"
-              f"  {'kept after the demo' if keep else 'removed when the demo stops'}"
+              f"  {'kept' if keep else 'removed'} when the demo stops"
               f"{'' if keep else ' (--keep keeps them)'}", file=out)
         store = SqliteStateStore(config.state_dir)
         try:
@@ -169,14 +169,14 @@ def run_demo(
         return status
 
 
-def own_command(argv0: str | None = None) -> str:
+def own_command() -> str:
     """How to run the tokend that is running now from a shell, for hints to copy.
 
     ``tokend`` only when PATH finds this very script: after the Quick start
     (``.venv/bin/tokend demo``) it is not on PATH, so the script's absolute path;
     under ``python -m tokend`` that same interpreter with ``-m tokend``.
     """
-    script = Path(sys.argv[0] if argv0 is None else argv0)
+    script = Path(sys.argv[0])
     if script.suffix == ".py" or not script.is_file():
         return f"{shlex.quote(sys.executable)} -m tokend"
     found = shutil.which("tokend")
