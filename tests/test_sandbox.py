@@ -650,3 +650,13 @@ def test_admin_api_sets_clock_offset_answer_delay_and_shows_reuse(
     assert http.get("/_sandbox/stats").json()["refresh_token_reused"] == 1
     assert http.post("/_sandbox/stats/reset").status_code == 200
     assert sandbox.reused_refresh_tokens() == 0
+
+
+def test_settings_say_what_the_sandbox_enforces_and_no_secret(http: httpx.Client) -> None:
+    """GET /_sandbox/settings: the lifetimes it was started with and client ids, so a test
+    can compare what a client shows with what the server really does."""
+    settings = http.get("/_sandbox/settings").json()
+    assert settings == {"access_token_lifetime": 60, "refresh_token_lifetime": 600.0,
+                        "rate_limit": None, "clients": ["demo-client"]}
+    leaked = CLIENT["client_secret"] in json.dumps(settings)
+    assert not leaked, "the settings show a client secret"

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tokend import __version__
 
@@ -60,37 +60,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the daemon against the built-in sandbox in a temporary folder."""
-    from tokend.demo import run_demo
+    from tokend.demo import own_command, run_demo
 
     masker = _masker_and_logging(args, level=args.log_level if args.verbose else "warning")
     try:
-        return run_demo(duration=args.duration, lifetime=args.lifetime, masker=masker,
-                        out=sys.stdout)
+        return run_demo(duration=args.duration, lifetime=args.lifetime, keep=args.keep,
+                        command=own_command(), masker=masker, out=sys.stdout)
     except KeyboardInterrupt:
         return EXIT_OK
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    """Serve the local Factorial-compatible OAuth server until stopped."""
-    from tokend.durations import parse_duration, parse_rate
+    """Serve the local Factorial-compatible OAuth server until stopped (for testing only)."""
     from tokend.sandbox import Sandbox
+    from tokend.sandbox_http import settings_summary
 
     clients = {}
-    for pair in args.client or ["demo-client:demo-secret"]:
+    for pair in args.client or [_SANDBOX_DEFAULT_CLIENT]:
         client_id, sep, secret = pair.partition(":")
         if not sep or not client_id or not secret:
             raise _UsageError(f"--client {pair!r} must be ID:SECRET")
         clients[client_id] = secret
-    try:
-        sandbox = Sandbox(
-            host=args.host, port=args.port, clients=clients,
-            access_token_lifetime=parse_duration(args.access_token_lifetime),
-            refresh_token_lifetime=parse_duration(args.refresh_token_lifetime),
-            rate_limit=None if args.rate_limit == "off" else parse_rate(args.rate_limit))
-    except ValueError as error:
-        raise _UsageError(str(error)) from None
+    sandbox = Sandbox(
+        host=args.host, port=args.port, clients=clients,
+        access_token_lifetime=args.access_token_lifetime,
+        refresh_token_lifetime=args.refresh_token_lifetime, rate_limit=args.rate_limit)
     sandbox.start()
-    print(sandbox.url, flush=True)
+    # Secrets stay off this banner (it may end up in a log): say where each one comes from.
+    source = ("the secrets given to --client" if args.client else
+              "the test secret shown by `tokend sandbox --help`\n"
+              "    (--client ID:SECRET registers your own instead)")
+    print(f"{sandbox.url}\n"
+          "tokend sandbox: a local OAuth2 server for testing, not Factorial; "
+          "its tokens work nowhere else.\n"
+          f"  {'client' if len(clients) == 1 else 'clients'} {', '.join(clients)}, with {source}\n"
+          f"  {settings_summary(sandbox.settings())}\n"
+          "  open the URL for the endpoints it serves; Ctrl-C stops it", flush=True)
     try:
         sandbox.serve_forever()
     except KeyboardInterrupt:
@@ -98,6 +103,46 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     finally:
         sandbox.stop()
     return EXIT_OK
+
+
+_T = TypeVar("_T")
+_SANDBOX_DEFAULT_CLIENT = "demo-client:demo-secret"
+
+
+def _option_value(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """An argparse ``type`` from a parser raising ValueError: the usage error then names the
+    option (argparse adds it), the value and what is wrong, instead of a traceback."""
+
+    def convert(value: str) -> _T:
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{value!r} {error}") from None
+
+    return convert
+
+
+def _positive_duration(value: str) -> float:
+    import math
+
+    from tokend.durations import parse_duration
+
+    seconds = 0.0 if value.strip().startswith("-") else parse_duration(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def _port(value: str) -> int:
+    if not (value.isdigit() and int(value) <= 65535):
+        raise ValueError("must be a port number from 0 to 65535 (0 picks a free port)")
+    return int(value)
+
+
+def _rate_or_off(value: str) -> float | None:
+    from tokend.durations import parse_rate
+
+    return None if value == "off" else parse_rate(value)
 
 
 def _with_store(args: argparse.Namespace, work: Callable[[Config, StateStore, SecretMasker], int]
@@ -255,19 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     verb("run", cmd_run, "tokend --config /etc/tokend/config.yaml run")
 
     demo = verb("demo", cmd_demo, "tokend demo --duration 60")
-    demo.add_argument("--duration", type=float, help="stop after this many seconds")
-    demo.add_argument("--lifetime", type=float, default=20.0,
-                      help="access-token lifetime in seconds (20)")
+    demo.add_argument("--duration", type=_option_value(_positive_duration), metavar="DURATION",
+                      help="stop after this long, such as 60 (seconds) or 5m")
+    demo.add_argument("--lifetime", type=_option_value(_positive_duration), default=20.0,
+                      metavar="DURATION", help="access-token lifetime, such as 20 or 1m (20)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary folder (config, secret, state, outputs) at exit")
     demo.add_argument("--verbose", action="store_true", help="also show the daemon's log")
 
     sandbox = verb("sandbox", cmd_sandbox, "tokend sandbox --port 8000 --client app:secret")
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    sandbox.add_argument("--access-token-lifetime", default="1h")
-    sandbox.add_argument("--refresh-token-lifetime", default="7d")
-    sandbox.add_argument("--rate-limit", default="200/min", help="POST limit, or 'off'")
+    sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sandbox.add_argument("--port", type=_option_value(_port), default=0,
+                         help="0 picks a free port")
+    sandbox.add_argument("--access-token-lifetime", type=_option_value(_positive_duration),
+                         default="1h", metavar="DURATION", help="such as 90s, 5m, 1h (1h)")
+    sandbox.add_argument("--refresh-token-lifetime", type=_option_value(_positive_duration),
+                         default="7d", metavar="DURATION", help="such as 1h, 7d (7d)")
+    sandbox.add_argument("--rate-limit", type=_option_value(_rate_or_off), default="200/min",
+                         metavar="RATE", help="POST limit such as 200/min, or 'off' (200/min)")
     sandbox.add_argument("--client", action="append", metavar="ID:SECRET",
-                         help="register a client (repeatable; default demo-client:demo-secret)")
+                         help=f"register clients (default: {_SANDBOX_DEFAULT_CLIENT})")
 
     authorize = verb("authorize", cmd_authorize, "tokend authorize payroll/alice/read\n"
                      "  tokend authorize payroll/alice --key=-KEY-STARTING-WITH-A-DASH\n"

@@ -2,17 +2,28 @@
 
 It starts the built-in sandbox with short-lived tokens, authorizes a few
 user/scope pairs the way a person would (link, key, exchange), writes a real
-config file into a temporary folder and runs the real daemon on it.
+config file into a temporary folder and runs the real daemon on it. The folder
+holds a client secret and live tokens, so it is removed when the demo stops
+unless asked to keep it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import re
 import secrets
+import shlex
+import shutil
+import signal
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 from urllib.parse import quote
 
@@ -22,6 +33,7 @@ from tokend.authorize import authorization_link, exchange_and_store
 from tokend.clock import SystemClock
 from tokend.config import load_config
 from tokend.daemon import Daemon
+from tokend.durations import format_duration
 from tokend.log import SecretMasker
 from tokend.model import TokenSpec
 from tokend.oauth import Token
@@ -37,6 +49,7 @@ _CONFIG = """\
 state_dir: {folder}/state
 defaults:
   refresh_at: 0.5
+  refresh_token_lifetime: {refresh_lifetime}s  # what the demo's sandbox enforces
   retry: {{initial: 1s, max: 10s}}
 applications:
   demo:
@@ -59,8 +72,14 @@ _ENTRY_YAML = """\
 """
 
 
-def write_demo_config(folder: Path, base_url: str, client_secret: str) -> Path:
-    """Write the demo's secret file and config file into ``folder``."""
+def write_demo_config(
+    folder: Path, base_url: str, client_secret: str, *, refresh_lifetime: int
+) -> Path:
+    """Write the demo's secret file and config file into ``folder``.
+
+    ``refresh_lifetime`` must be the sandbox's, or ``status`` would show refresh
+    tokens outliving what the server allows.
+    """
     secret_file = folder / "demo.secret"
     secret_file.touch(mode=0o600)
     secret_file.write_text(client_secret)
@@ -70,7 +89,8 @@ def write_demo_config(folder: Path, base_url: str, client_secret: str) -> Path:
     )
     path = folder / "config.yaml"
     path.write_text(
-        _CONFIG.format(folder=folder, base_url=base_url, client_id=DEMO_CLIENT_ID, tokens=tokens)
+        _CONFIG.format(folder=folder, base_url=base_url, client_id=DEMO_CLIENT_ID, tokens=tokens,
+                       refresh_lifetime=refresh_lifetime)
     )
     path.chmod(0o600)
     return path
@@ -97,20 +117,29 @@ async def _run_daemon(daemon: Daemon, duration: float | None) -> int:
 
 
 def run_demo(
-    *, duration: float | None, lifetime: float, masker: SecretMasker, out: TextIO
+    *, duration: float | None, lifetime: float, keep: bool, command: str, masker: SecretMasker,
+    out: TextIO,
 ) -> int:
-    """Run the demo until Ctrl-C or ``duration`` seconds; return the exit status."""
-    folder = Path(tempfile.mkdtemp(prefix="tokend-demo-"))
+    """Run the demo until Ctrl-C, SIGTERM or ``duration`` seconds; return the exit status.
+
+    ``command`` is how the user runs this tokend from a shell (``own_command()``).
+    """
     client_secret = secrets.token_urlsafe(24)
     masker.add(client_secret)
-    with Sandbox(
+    refresh_lifetime = math.ceil(max(3600.0, lifetime * 100))
+    with _sigterm_stops_like_ctrl_c(), _demo_folder(keep, out) as folder, Sandbox(
         access_token_lifetime=lifetime,
-        refresh_token_lifetime=max(3600.0, lifetime * 100),
+        refresh_token_lifetime=refresh_lifetime,
         clients={DEMO_CLIENT_ID: client_secret},
     ) as sandbox:
-        config_path = write_demo_config(folder, sandbox.url, client_secret)
+        config_path = write_demo_config(folder, sandbox.url, client_secret,
+                                        refresh_lifetime=refresh_lifetime)
         config = load_config(config_path)
-        print(f"tokend demo: sandbox at {sandbox.url}, files in {folder}", file=out)
+        (outputs,) = {output.path.parent for spec in config.tokens for output in spec.outputs}
+        print(f"tokend demo: sandbox at {sandbox.url} (a local test server, not Factorial)\n"
+              f"  config:  {config_path}\n  outputs: {outputs}/\n"
+              f"  {'kept' if keep else 'removed'} when the demo stops"
+              f"{'' if keep else ' (--keep keeps them)'}", file=out)
         store = SqliteStateStore(config.state_dir)
         try:
             for spec in config.tokens:
@@ -124,16 +153,67 @@ def run_demo(
                 _print_line(out, spec, record.token, "authorized")
         finally:
             store.close()
-        print(f"Access tokens live {lifetime:g} s; watch them rotate (Ctrl-C stops).", file=out)
-        print(f"In another terminal: tokend --config {config_path} status", file=out, flush=True)
+        settings = sandbox.settings()
+        print(f"Access tokens live {format_duration(settings['access_token_lifetime'])}, "
+              f"refresh tokens {format_duration(settings['refresh_token_lifetime'])}; "
+              "watch them rotate (Ctrl-C stops).", file=out)
+        print(f"In another terminal: {command} --config {shlex.quote(str(config_path))} status",
+              file=out, flush=True)
 
         def on_refreshed(spec: TokenSpec, token: Token) -> None:
             _print_line(out, spec, token, "refreshed")
 
         daemon = Daemon(config_path, masker=masker, on_refreshed=on_refreshed)
         status = asyncio.run(_run_daemon(daemon, duration))
-    print(f"tokend demo: stopped; config, state and outputs stay in {folder}", file=out)
-    return status
+        signal.signal(signal.SIGTERM, _interrupt)  # closing the loop reset it to the default
+        return status
+
+
+def own_command() -> str:
+    """How to run the tokend that is running now from a shell, for hints to copy.
+
+    ``tokend`` only when PATH finds this very script: after the Quick start
+    (``.venv/bin/tokend demo``) it is not on PATH, so the script's absolute path;
+    under ``python -m tokend`` that same interpreter with ``-m tokend``.
+    """
+    script = Path(sys.argv[0])
+    if script.suffix == ".py" or not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m tokend"
+    found = shutil.which("tokend")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "tokend"
+    return shlex.quote(os.path.abspath(script))
+
+
+@contextmanager
+def _demo_folder(keep: bool, out: TextIO) -> Iterator[Path]:
+    """A private temporary folder, removed at the end (also on Ctrl-C or an error) unless
+    ``keep``; then say where it is and how to remove it."""
+    folder = Path(tempfile.mkdtemp(prefix="tokend-demo-"))
+    try:
+        yield folder
+    finally:
+        if keep:
+            print(f"tokend demo: stopped; config, state and outputs stay in {folder}\n"
+                  f"  remove them with: rm -r {shlex.quote(str(folder))}", file=out, flush=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"tokend demo: stopped; removed {folder}", file=out, flush=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """``kill`` outside the daemon's run (which handles it itself) would end the process
+    without cleanup and leave the folder with its secret behind."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _print_line(out: TextIO, spec: TokenSpec, token: Token, verb: str) -> None:

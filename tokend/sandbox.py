@@ -6,12 +6,11 @@ to Factorial. The OAuth rules live in ``sandbox_model.py``, rate limit, faults
 and statistics in ``sandbox_traffic.py``, the HTTP layer in ``sandbox_http.py``;
 this module holds them together under one lock and offers the same controls
 as a Python API and as an admin API under ``/_sandbox/``. It prints and logs
-nothing: the CLI prints the URL.
+nothing: the CLI prints the URL and what the server is for.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +21,7 @@ from typing import Any
 from tokend.clock import Clock, SystemClock
 from tokend.sandbox_http import SandboxHTTPServer
 from tokend.sandbox_model import Refusal, Reply, SandboxModel, error_reply
-from tokend.sandbox_traffic import PROCESSED_FAULTS, Fault, Traffic
+from tokend.sandbox_traffic import PROCESSED_FAULTS, Fault, Traffic, rate_limited_reply
 
 
 class Sandbox:
@@ -67,7 +66,12 @@ class Sandbox:
         """Bind and serve in a background thread."""
         if self._server is None:
             self._stopping.clear()
-            self._server = SandboxHTTPServer((self._host, self._port), _Backend(self))
+            try:
+                self._server = SandboxHTTPServer((self._host, self._port), _Backend(self))
+            except OSError as error:
+                # The bare errno ("Address already in use") does not say which address.
+                raise OSError(error.errno, f"cannot listen on {self._host}:{self._port}: "
+                              f"{error.strerror or error}") from error
             self._thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                 name="tokend-sandbox", daemon=True,
@@ -106,6 +110,12 @@ class Sandbox:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def settings(self) -> dict[str, Any]:
+        """access_token_lifetime (the ``expires_in`` it answers), refresh_token_lifetime,
+        rate_limit (POSTs per second, None if off) and the client ids: what it enforces."""
+        with self._lock:
+            return {**self._model.settings(), "rate_limit": self._traffic.rate_limit}
 
     def add_client(self, client_id: str, client_secret: str) -> None:
         with self._lock:
@@ -236,7 +246,7 @@ class _Backend:
             if grant == "refresh_token" and self._model.was_refreshed(presented):
                 self._traffic.count("refresh_token_reused")
             wait = self._traffic.take_rate_slot()
-            answer: Reply | Fault | None = None if wait is None else _rate_limited(wait)
+            answer: Reply | Fault | None = None if wait is None else rate_limited_reply(wait)
             if answer is None:
                 answer = self._traffic.next_fault(grant)
             if isinstance(answer, Fault) and answer.kind in PROCESSED_FAULTS:
@@ -260,7 +270,10 @@ class _Backend:
         with self._lock:
             self._traffic.count("revoke")
             wait = self._traffic.take_rate_slot()
-            return _rate_limited(wait) if wait is not None else self._model.revoke(form, basic)
+            return rate_limited_reply(wait) if wait is not None else self._model.revoke(form, basic)
+
+    def settings(self) -> dict[str, Any]:
+        return self._sandbox.settings()
 
     def me_request(self, access_token: str) -> Reply:
         with self._lock:
@@ -273,6 +286,7 @@ class _Backend:
         routes: dict[tuple[str, str], Callable[[], object]] = {
             ("POST", "faults"): lambda: sb.inject_fault(**data),
             ("DELETE", "faults"): sb.clear_faults,
+            ("GET", "settings"): sb.settings,
             ("GET", "stats"): lambda: {**sb.stats(), "token_requests": sb.token_requests()},
             ("POST", "stats/reset"): sb.reset_stats,
             ("POST", "clock-offset"): lambda: sb.set_clock_offset(**data),
@@ -293,8 +307,3 @@ class _Backend:
             return error_reply(400, "invalid_request", str(exc))
         return Reply(200, result if isinstance(result, dict) else {})
 
-
-def _rate_limited(wait: float) -> Reply:
-    retry_after = str(max(1, math.ceil(wait)))
-    return error_reply(429, "too_many_requests", "Rate limit exceeded, retry later.",
-                       (("Retry-After", retry_after),))

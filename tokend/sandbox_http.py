@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
+from tokend.durations import format_duration
 from tokend.sandbox_model import OOB, Refusal, Reply, error_reply
 from tokend.sandbox_traffic import Fault
 
@@ -32,6 +33,28 @@ _PROXY_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center>
 _OOB_PAGE = ("<!doctype html><html><head><title>Authorization code</title></head><body>"
              "<h1>Authorization code</h1><p>Copy this authorization key into the application:</p>"
              '<code id="authorization_code">{code}</code></body></html>')
+_HOME_PAGE = """<!doctype html><html><head><title>tokend sandbox</title></head><body>
+<h1>tokend sandbox</h1>
+<p>This is tokend's local OAuth2 server for testing, <strong>not Factorial</strong>: its clients
+and tokens are made up and work nowhere else. It answers like Factorial's Doorkeeper does.</p>
+<h2>Endpoints</h2>
+<ul>
+<li><code>GET /oauth/authorize</code>: approves at once (as <code>&amp;user=NAME</code>, default
+demo) and shows the authorization key, or redirects with <code>?code=</code></li>
+<li><code>POST /oauth/token</code>: <code>grant_type</code> authorization_code or
+refresh_token</li>
+<li><code>POST /oauth/revoke</code>: revoke an access or refresh token</li>
+<li><code>GET /api/v1/me</code>: who owns the bearer token (its first use kills the previous
+refresh token)</li>
+<li><code>/_sandbox/</code>: the admin API (faults, stats, clients, settings), for tests</li>
+</ul>
+<h2>Settings</h2>
+<ul>
+<li>clients: {clients}</li>
+<li>{summary}</li>
+</ul>
+</body></html>
+"""
 _JSON = "application/json; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
 
@@ -52,7 +75,24 @@ class Backend(Protocol):
 
     def me_request(self, access_token: str) -> Reply: ...
 
+    def settings(self) -> dict[str, Any]: ...
+
     def admin_request(self, method: str, path: str, data: dict[str, Any]) -> Reply: ...
+
+
+def settings_summary(settings: Mapping[str, Any]) -> str:
+    """``access tokens live 1h, refresh tokens 7d; POST rate limit 200/min``, from
+    ``Sandbox.settings()``: for the command's banner and the home page."""
+    rate = settings["rate_limit"]
+    return (f"access tokens live {format_duration(settings['access_token_lifetime'])}, "
+            f"refresh tokens {format_duration(settings['refresh_token_lifetime'])}; "
+            f"POST rate limit {'off' if rate is None else f'{rate * 60:g}/min'}")
+
+
+def _home_page(settings: Mapping[str, Any]) -> str:
+    """What someone who opens the sandbox's URL in a browser needs to know."""
+    return _HOME_PAGE.format(clients=html.escape(", ".join(settings["clients"]) or "none"),
+                             summary=html.escape(settings_summary(settings)))
 
 
 class SandboxHTTPServer(ThreadingHTTPServer):
@@ -113,7 +153,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         route = (method, parts.path)
-        if route == ("GET", "/oauth/authorize"):
+        if route == ("GET", "/"):
+            self._send(200, _home_page(backend.settings()).encode(), _HTML)
+        elif route == ("GET", "/oauth/authorize"):
             self._authorize(dict(parse_qsl(parts.query, keep_blank_values=True)))
         elif route == ("POST", "/oauth/token"):
             answer = backend.token_request(form, self._basic_auth())

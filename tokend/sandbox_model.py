@@ -127,6 +127,12 @@ class SandboxModel:
             raise ValueError("clock offset must be a finite number of seconds")
         self._clock_offset = seconds
 
+    def settings(self) -> dict[str, Any]:
+        """The lifetimes this server enforces and the ids of its clients (never their secrets)."""
+        return {"access_token_lifetime": self._expires_in,
+                "refresh_token_lifetime": self._refresh_lifetime,
+                "clients": sorted(self._clients)}
+
     def add_client(self, client_id: str, client_secret: str) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret must not be empty")

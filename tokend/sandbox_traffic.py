@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 
 from tokend.clock import Clock
-from tokend.sandbox_model import GRANTS
+from tokend.sandbox_model import GRANTS, Reply, error_reply
 
 FAULT_KINDS = (
     "status", "hang", "close", "html", "malformed_json", "missing_fields", "delay", "drop",
@@ -80,6 +80,11 @@ class Traffic:
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._log: list[tuple[float, str, int]] = []
 
+    @property
+    def rate_limit(self) -> float | None:
+        """POSTs per second allowed, or None for no limit."""
+        return self._rate
+
     def take_rate_slot(self) -> float | None:
         """Spend one POST from the bucket; None if allowed, else the seconds to wait."""
         if self._rate is None:
@@ -141,3 +146,10 @@ class Traffic:
     def reset_stats(self) -> None:
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._log = []
+
+
+def rate_limited_reply(wait: float) -> Reply:
+    """The 429 a client over the limit gets, with ``Retry-After`` in whole seconds."""
+    retry_after = str(max(1, math.ceil(wait)))
+    return error_reply(429, "too_many_requests", "Rate limit exceeded, retry later.",
+                       (("Retry-After", retry_after),))
