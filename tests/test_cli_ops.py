@@ -179,3 +179,23 @@ def test_revoke_keeps_everything_when_the_server_cannot_be_reached(
     assert "locally only" in local.stdout
     assert not setup.output("alice", "read", "token").exists()
     assert _stored_refresh_token(setup, "alice") is None
+
+
+def test_forced_refresh_with_an_output_it_cannot_write_names_it_and_exits_1(
+    tmp_path: Path, hour_sandbox: Sandbox
+) -> None:
+    """`refresh && restart-consumer` must not hand the consumer a stale file: the token's
+    line says which output failed, and the exit status is 1."""
+    setup = Setup(tmp_path, hour_sandbox, TOKENS[:2])
+    setup.write()
+    authorize(setup, "alice", "read")
+    authorize(setup, "bob", "read")
+    blocked = setup.output("alice", "read", "env")
+    blocked.unlink()
+    blocked.mkdir()  # a folder where the env file should be: the write must fail
+    result = tokend("refresh", "--force", config=setup.config)
+    assert result.returncode == 1, result.stdout
+    alice, bob = result.stdout.splitlines()
+    assert alice.startswith("app/alice/read: refreshed, but an output failed: "), alice
+    assert str(blocked) in alice, alice
+    assert bob.startswith("app/bob/read: refreshed; valid until "), bob
