@@ -154,12 +154,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show every token's state, expiries and last error, and the daemon's health."""
     import time
 
+    from tokend.config import load_config
+    from tokend.errors import ConfigError
     from tokend.status import build_report, render_json, render_text, stored_records
+    from tokend.status_fallback import invalid_config_report
 
-    config = _load(args)
+    path = _config_path(args)
     now = time.time()
-    report = build_report(config, _specs(config, args.names), stored_records(config.state_dir),
-                          now=now)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        # Exactly when a reload failed the operator needs the rest of the picture.
+        report = invalid_config_report(path, error, lambda known: _specs(known, args.names),
+                                       now=now)
+    else:
+        report = build_report(config, _specs(config, args.names),
+                              stored_records(config.state_dir), now=now)
     print(render_json(report) if args.json else render_text(report, now=now))
     return EXIT_OK if report.healthy else EXIT_FAILURE
 
