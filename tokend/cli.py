@@ -124,25 +124,26 @@ def _specs(config: Config, names: Sequence[str]) -> list[TokenSpec]:
 
 def cmd_authorize(args: argparse.Namespace) -> int:
     """Authorize one token: print the link, get the key, store the token, write its outputs."""
-    from tokend.authorize import exchange_and_store, obtain_key
+    from tokend.authorize import authorize_token
     from tokend.clock import SystemClock
     from tokend.outputs import format_utc
 
+    def checked(key: str) -> str:
+        if not key.strip():
+            raise _UsageError("the authorization key is empty")
+        return key
+
     def read_key() -> str:
-        if args.key is not None:
-            return str(args.key)
         if not sys.stdin.isatty():
             raise _UsageError("no terminal to read the authorization key from; pass --key=KEY")
-        return input("Authorization key: ")
+        return checked(input("Authorization key: "))
 
     def work(config: Config, store: StateStore, masker: SecretMasker) -> int:
         (spec,) = _specs(config, [args.name])
-        key = obtain_key(config, spec, listen=args.listen, timeout=args.timeout,
-                         out=sys.stdout, read_key=read_key)
-        if not key:
-            raise _UsageError("the authorization key is empty")
-        record = exchange_and_store(config, spec, key, store=store, clock=SystemClock(),
-                                    masker=masker)
+        key = None if args.key is None else checked(args.key)
+        record = authorize_token(config, spec, key=key, listen=args.listen,
+                                 timeout=args.timeout, out=sys.stdout, read_key=read_key,
+                                 store=store, clock=SystemClock(), masker=masker)
         until = "?" if record.expires_at is None else format_utc(record.expires_at)
         print(f"{spec.name} authorized; access token valid until {until}")
         return EXIT_OK
@@ -278,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "  tokend authorize payroll/alice --key=-KEY-STARTING-WITH-A-DASH\n"
                      "  tokend authorize payroll/alice/read --listen --timeout 120")
     authorize.add_argument("name", help=_NAME_HELP)
-    authorize.add_argument("--key", help="the authorization key, instead of a prompt; write "
-                           "--key=KEY when it starts with '-'")
-    authorize.add_argument("--listen", action="store_true",
+    key_source = authorize.add_mutually_exclusive_group()
+    key_source.add_argument("--key", help="the authorization key, instead of a prompt; write "
+                            "--key=KEY when it starts with '-'")
+    key_source.add_argument("--listen", action="store_true",
                            help="catch the key with a local listener on the http://127.0.0.1:PORT"
                            " or http://localhost:PORT redirect_uri")
     authorize.add_argument("--timeout", type=float, default=300.0,
