@@ -3,11 +3,14 @@
 Each verb imports what it needs when it runs, so quick verbs start quickly.
 Errors are one line on stderr (a traceback only with ``--log-level debug``);
 exit status 2 means a usage or configuration error, 1 any other failure.
+The global options work before and after the command, and the log settings
+also come from the environment, so a systemd drop-in needs no ``ExecStart=``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +27,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 _NAME_HELP = "APP/USER/SCOPE (the scope may be left out if unique)"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+_FROM_ENVIRONMENT = (("log_level", "TOKEND_LOG_LEVEL", LOG_LEVELS, "info"),
+                     ("log_format", "TOKEND_LOG_FORMAT", LOG_FORMATS, "auto"))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -44,7 +51,8 @@ def _masker_and_logging(args: argparse.Namespace, *, level: str | None = None) -
     from tokend.log import SecretMasker, configure_logging
 
     masker = SecretMasker()
-    configure_logging(level or args.log_level, masker=masker)
+    as_json = {"auto": None, "json": True, "console": False}[args.log_format]
+    configure_logging(level or args.log_level, masker=masker, json=as_json)
     return masker
 
 
@@ -233,18 +241,33 @@ class _UsageError(Exception):
     """A command line that cannot be carried out as written."""
 
 
+def _global_options() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name.
+
+    Their default is SUPPRESS: a command's parser would otherwise write its own
+    default over a value given before the command. :func:`main` fills them in.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS,
+        help="config file (default: $TOKEND_CONFIG, else /etc/tokend/config.yaml)")
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+        help="log verbosity; debug also shows tracebacks (default: $TOKEND_LOG_LEVEL, else info)")
+    common.add_argument(
+        "--log-format", default=argparse.SUPPRESS, choices=LOG_FORMATS,
+        help="JSON lines or coloured console lines on stderr; auto: JSON unless stderr is a "
+             "terminal (default: $TOKEND_LOG_FORMAT, else auto)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, with an example in every verb's help."""
+    common = _global_options()
     parser = argparse.ArgumentParser(
-        prog="tokend",
+        prog="tokend", parents=[common],
         description="Keep OAuth access tokens for the Factorial HR API fresh, forever.")
     parser.add_argument("--version", action="version", version=f"tokend {__version__}")
-    parser.add_argument(
-        "--config", help="config file (default: $TOKEND_CONFIG, else /etc/tokend/config.yaml)")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
-        help="log verbosity; debug also shows tracebacks (default: info)",
-    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], example: str) -> (
@@ -253,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (func.__doc__ or "").strip()
         sub = verbs.add_parser(
             name, help=doc, description=doc, epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
         )
         sub.set_defaults(func=func)
         return sub
@@ -313,6 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokend`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None)
+    for name, variable, allowed, default in _FROM_ENVIRONMENT:
+        if not hasattr(args, name):
+            given = os.environ.get(variable) or default
+            if given.lower() not in allowed:
+                parser.error(f"${variable}={given!r} is not one of {', '.join(allowed)}")
+            setattr(args, name, given.lower())
     from tokend.errors import ConfigError, NotFoundError, TokendError
 
     try:
