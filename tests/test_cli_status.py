@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +156,23 @@ def test_status_json_names_the_config_by_its_absolute_path(
     _break_scope(setup)
     invalid = tokend("status", "--json", config=Path("config.yaml"))
     assert json.loads(invalid.stdout)["config"]["path"] == str(setup.config)
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("refresh",)])
+def test_output_into_a_pipe_closed_early_stops_quietly_with_141(
+    tmp_path: Path, hour_sandbox: Sandbox, args: tuple[str, ...]
+) -> None:
+    """`tokend status | head -1`: the reader went away, so tokend stops like other Unix
+    tools, without an error message, exit 141 (128 + SIGPIPE)."""
+    setup = Setup(tmp_path, hour_sandbox, [("alice", "read")]).authorized()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before tokend writes a byte
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tokend", "--config", str(setup.config), *args],
+            stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True,
+            timeout=30, check=False, env={**os.environ, "TOKEND_LOG_LEVEL": "warning"})
+    finally:
+        os.close(write_end)
+    assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+    assert result.stderr == ""

@@ -347,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         status: int = args.func(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as a warning at exit
+    except BrokenPipeError:
+        return _reader_gone()
     except (_UsageError, ConfigError, NotFoundError) as error:
         return _fail(args, error, EXIT_USAGE)
     except (TokendError, OSError) as error:
@@ -354,6 +357,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def _reader_gone() -> int:
+    """Stop quietly when stdout's reader went away (``tokend status | head -1``), with the
+    status a shell reports for Unix tools that SIGPIPE ended: 128 + SIGPIPE."""
+    import signal
+
+    # What is still buffered for stdout would fail again when Python flushes it at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _fail(args: argparse.Namespace, error: BaseException, status: int) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from tokend.daemon_status import read_daemon_status
 from tokend.durations import format_duration
 from tokend.lock import running_daemon_pid
 from tokend.model import Config, TokenSpec
+from tokend.outputs import format_utc
 from tokend.schedule import due_at
 from tokend.sqlite_store import SqliteStateStore
 from tokend.state import TokenRecord, TokenState, shown_state
@@ -137,9 +137,7 @@ def build_report(
 
 
 def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if epoch is None else format_utc(epoch)
 
 
 def render_json(report: StatusReport) -> str:
