@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     key_source.add_argument("--key", help="the authorization key, instead of a prompt; write "
                             "--key=KEY when it starts with '-'")
     key_source.add_argument("--listen", action="store_true",
-                           help="catch the key with a local listener on the http://127.0.0.1:PORT"
-                           " or http://localhost:PORT redirect_uri")
+                            help="catch the key with a local listener on the http://127.0.0.1:"
+                            "PORT or http://localhost:PORT redirect_uri")
     authorize.add_argument("--timeout", type=float, default=300.0,
                            help="with --listen, give up after this many seconds (300)")
 
