@@ -83,7 +83,8 @@ def test_status_shows_every_state_and_exits_1_until_all_are_ok(
     assert {row["name"]: row["state"] for row in document["tokens"]} == expected
     errors = {row["name"]: row["last_error"] for row in document["tokens"]}
     assert "503" in errors["app/bob/read"] and "invalid_grant" in errors["app/carol/read"]
-    assert document["config"] == {"path": str(setup.config), "tokens": 5}
+    assert document["config"] == {"path": str(setup.config), "tokens": 5, "valid": True,
+                                  "tokens_from": "config", "error": None}
     alice = setup.output("alice", "read", "token").read_text()
     for output in (text.stdout, as_json.stdout):
         assert alice not in output and CLIENT_SECRET not in output, "status shows a secret"

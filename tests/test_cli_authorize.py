@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e import (
+    CLIENT_ID,
+    CLIENT_SECRET,
     Setup,
     StartDaemon,
     authorize,
@@ -74,6 +77,18 @@ def test_oob_flow_link_then_key_at_the_prompt_then_token_and_outputs(
                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
+def test_a_key_on_the_command_line_is_not_asked_for(tmp_path: Path, sandbox: Sandbox) -> None:
+    """With --key there is nothing to follow or store: one line, the outcome."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")])
+    setup.write()
+    key = sandbox.authorize(client_id=CLIENT_ID, redirect_uri="urn:ietf:wg:oauth:2.0:oob",
+                            scope="read", user="alice")
+    result = tokend("authorize", "app/alice/read", f"--key={key}", config=setup.config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("app/alice/read authorized; access token valid until ")
+    assert len(result.stdout.splitlines()) == 1, result.stdout
+
+
 def _listen_setup(tmp_path: Path, sandbox: Sandbox) -> tuple[Setup, str]:
     setup = Setup(tmp_path, sandbox, [("alice", "read")])
     redirect = f"http://127.0.0.1:{free_port()}/callback"
@@ -89,7 +104,9 @@ def test_listen_flow_the_browser_brings_the_code_and_forgeries_are_refused(
     process = _start(setup.config, "app/alice/read", "--listen", "--timeout", "20")
     try:
         assert process.stdout is not None
-        assert process.stdout.readline() == PROMPT + "\n"
+        instruction = process.stdout.readline()
+        assert "store your authorization key" not in instruction, "nobody types a key here"
+        assert instruction.startswith("Authorization required. Follow this link in a browser")
         link = process.stdout.readline().strip()
         assert "state=" in link
         forged = httpx.get(redirect, params={"code": "forged", "state": "guess"}, timeout=5)
@@ -105,6 +122,43 @@ def test_listen_flow_the_browser_brings_the_code_and_forgeries_are_refused(
     assert "app/alice/read authorized" in out
     assert sandbox.stats()["authorization_code"] == 1
     assert setup.output("alice", "read", "token").exists()
+
+
+@pytest.mark.parametrize("secret_is_right", [True, False], ids=["right-secret", "wrong-secret"])
+def test_listen_answers_the_browser_after_the_exchange_with_its_real_outcome(
+    tmp_path: Path, sandbox: Sandbox, secret_is_right: bool
+) -> None:
+    """The browser's page says what happened to the code: with the right client secret the
+    token is already stored when the page arrives; with a wrong one the page says the
+    server refused the client (no secret on it) and the command fails the same way."""
+    setup, _redirect = _listen_setup(tmp_path, sandbox)
+    wrong = "wrong-client-secret-Pq4v"
+    if not secret_is_right:
+        (tmp_path / "client.secret").write_text(wrong + "\n")
+    process = _start(setup.config, "app/alice/read", "--listen", "--timeout", "20")
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        link = process.stdout.readline().strip()
+        page = httpx.get(f"{link}&user=alice", follow_redirects=True, timeout=30)
+        stored_when_answered = tokend("token", "app/alice/read", config=setup.config)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert wrong not in page.text and CLIENT_SECRET not in page.text, "a secret on the page"
+    if secret_is_right:
+        assert page.status_code == 200
+        assert "tokend is authorized" in page.text and "close this window" in page.text
+        assert stored_when_answered.returncode == 0, "the page came before the token was stored"
+        assert process.returncode == 0, err
+        return
+    assert page.status_code == 500
+    assert "tokend is not authorized" in page.text
+    assert "invalid_client" in page.text
+    assert process.returncode == 1
+    assert "invalid_client" in err and "authorized" not in out
+    assert stored_when_answered.returncode == 1
 
 
 def test_listen_times_out_with_one_clear_line(tmp_path: Path, sandbox: Sandbox) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import (
+    CLIENT_ID,
     Setup,
     StartDaemon,
     authorize,
@@ -179,3 +181,47 @@ def test_revoke_keeps_everything_when_the_server_cannot_be_reached(
     assert "locally only" in local.stdout
     assert not setup.output("alice", "read", "token").exists()
     assert _stored_refresh_token(setup, "alice") is None
+
+
+def test_forced_refresh_with_an_output_it_cannot_write_names_it_and_exits_1(
+    tmp_path: Path, hour_sandbox: Sandbox
+) -> None:
+    """`refresh && restart-consumer` must not hand the consumer a stale file: the token's
+    line says which output failed, and the exit status is 1."""
+    setup = Setup(tmp_path, hour_sandbox, TOKENS[:2])
+    setup.write()
+    authorize(setup, "alice", "read")
+    authorize(setup, "bob", "read")
+    blocked = setup.output("alice", "read", "env")
+    blocked.unlink()
+    blocked.mkdir()  # a folder where the env file should be: the write must fail
+    result = tokend("refresh", "--force", config=setup.config)
+    assert result.returncode == 1, result.stdout
+    alice, bob = result.stdout.splitlines()
+    assert alice.startswith("app/alice/read: refreshed, but an output failed: "), alice
+    assert str(blocked) in alice, alice
+    assert bob.startswith("app/bob/read: refreshed; valid until "), bob
+
+
+def test_every_time_printed_is_utc_in_one_form(tmp_path: Path, hour_sandbox: Sandbox) -> None:
+    """authorize and refresh lines, status --json, the JSON output, the hook's environment
+    and the log lines all write UTC as ``2025-01-31T14:05:00Z`` (logs add the fraction of
+    the second); ``+00:00`` appears nowhere."""
+    marker = tmp_path / "hook.env"
+    hook = f"        on_refresh: [sh, -c, 'echo \"$TOKEND_EXPIRES_AT\" >> {marker}']\n"
+    setup = Setup(tmp_path, hour_sandbox, TOKENS[:1], {"alice": hook})
+    setup.write()
+    key = hour_sandbox.authorize(client_id=CLIENT_ID, redirect_uri="urn:ietf:wg:oauth:2.0:oob",
+                                 scope="read", user="alice")
+    runs = [tokend("authorize", "app/alice/read", f"--key={key}", config=setup.config),
+            tokend("refresh", "--force", config=setup.config),
+            tokend("status", "--json", config=setup.config)]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    printed = [run.stdout for run in runs] + [run.stderr for run in runs] + [
+        setup.output("alice", "read", "json").read_text(), marker.read_text()]
+    assert not any("+00:00" in text for text in printed)
+    found = [match for text in printed
+             for match in re.findall(r"\d{4}-\d\d-\d\dT[\d:.]+\S*?(?=[\"\s;,]|$)", text)]
+    assert len(found) >= 12, found
+    bad = [time for time in found if not re.fullmatch(r"[\d-]{10}T\d\d:\d\d:\d\d(\.\d+)?Z", time)]
+    assert not bad, bad

@@ -41,16 +41,21 @@ def test_only_loopback_http_with_a_port_can_be_listened_on(
     assert listen_address(uri) == expected
 
 
+def _exchanged(code: str) -> str:
+    return f"token-for-{code}"
+
+
 @pytest.fixture
 def listening() -> Iterator[tuple[str, list[object]]]:
-    """A listener waiting (up to 5 s) in a thread; the list receives its code or error."""
+    """A listener waiting (up to 5 s) in a thread, exchanging a code with ``_exchanged``;
+    the list receives what the exchange returned, or the error."""
     port = free_port()
     listener = Listener(ListenAddress("127.0.0.1", port, "/callback"), STATE)
     result: list[object] = []
 
     def wait() -> None:
         try:
-            result.append(listener.wait(5.0))
+            result.append(listener.wait(5.0, _exchanged))
         except TokendError as error:
             result.append(error)
 
@@ -69,7 +74,7 @@ def test_the_right_state_brings_the_code_and_a_closing_page(
     assert page.status_code == 200
     assert "close this window" in page.text
     time.sleep(0.1)
-    assert result == ["the-code"]
+    assert result == ["token-for-the-code"]
 
 
 def test_a_forged_state_is_refused_and_the_listener_keeps_waiting(
@@ -84,7 +89,7 @@ def test_a_forged_state_is_refused_and_the_listener_keeps_waiting(
     assert result == []
     httpx.get(url, params={"code": "real", "state": STATE}, timeout=5)
     time.sleep(0.1)
-    assert result == ["real"]
+    assert result == ["token-for-real"]
 
 
 def test_a_refusal_by_the_server_ends_the_wait_with_its_reason(
@@ -103,7 +108,7 @@ def test_waiting_times_out_with_a_clear_message() -> None:
     listener = Listener(ListenAddress("127.0.0.1", free_port(), "/"), STATE)
     started = time.monotonic()
     with pytest.raises(TokendError, match=r"no authorization arrived within 0\.3 s"):
-        listener.wait(0.3)
+        listener.wait(0.3, _exchanged)
     assert time.monotonic() - started < 2
 
 
@@ -115,3 +120,36 @@ def test_a_busy_port_is_a_clear_error() -> None:
         port = sock.getsockname()[1]
         with pytest.raises(TokendError, match=f"cannot listen on 127.0.0.1:{port}"):
             Listener(ListenAddress("127.0.0.1", port, "/"), STATE)
+
+
+def test_the_browser_is_answered_only_after_the_exchange_and_with_its_outcome() -> None:
+    """The page comes after the code was used: success says so; a failed exchange gets a
+    page saying what failed (masked), and the error still reaches the caller."""
+    port = free_port()
+    listener = Listener(ListenAddress("127.0.0.1", port, "/"), STATE)
+    exchanged = threading.Event()
+    failure = TokendError("invalid_client (HTTP 401): client secret-XYZ was refused")
+
+    def exchange(code: str) -> str:
+        exchanged.set()
+        raise failure
+
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            listener.wait(5.0, exchange, describe=lambda error: str(error).replace("XYZ", "***"))
+        except TokendError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    page = httpx.get(f"http://127.0.0.1:{port}/", params={"code": "c", "state": STATE},
+                     timeout=5)
+    thread.join(10)
+    assert exchanged.is_set()
+    assert page.status_code == 500
+    assert "tokend is not authorized" in page.text
+    assert "invalid_client (HTTP 401): client secret-*** was refused" in page.text
+    assert "XYZ" not in page.text
+    assert outcome == [failure]

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tokend.daemon_status import DaemonStatus, write_daemon_status
+from tokend.daemon_status import (
+    DaemonStatus,
+    daemon_tokens,
+    read_daemon_status,
+    write_daemon_status,
+)
 from tokend.lock import StateDirLock
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.oauth import Token
@@ -125,7 +130,8 @@ def test_json_has_the_documented_schema_and_no_secret(tmp_path: Path) -> None:
     assert document["daemon"] == {"running": False, "pid": None, "started_at": None,
                                   "last_reload_at": None, "last_reload_ok": None,
                                   "last_reload_error": None}
-    assert document["config"] == {"path": str(config.source), "tokens": 1}
+    assert document["config"] == {"path": str(config.source), "tokens": 1, "valid": True,
+                                  "tokens_from": "config", "error": None}
 
 
 def test_text_shows_relative_times_and_the_last_error(tmp_path: Path) -> None:
@@ -159,3 +165,27 @@ def test_report_is_unhealthy_when_any_token_needs_attention(tmp_path: Path) -> N
     assert build_report(config, [SPEC], [record()], now=T0).healthy
     assert not build_report(config, [SPEC], [], now=T0).healthy
     assert not build_report(config, [SPEC], [record(output_error="/run/x: gone")], now=T0).healthy
+
+
+def test_the_daemons_token_list_survives_the_status_file_and_an_older_file_has_none(
+    tmp_path: Path,
+) -> None:
+    """What ``status`` needs of each token of the daemon's config round-trips through
+    ``daemon.json``; a file written before the list existed still reads, without one."""
+    state = tmp_path / "state"
+    state.mkdir()
+    spec = TokenSpec(name=NAME, refresh_at=0.5, refresh_token_lifetime=3600.0)
+    write_daemon_status(state, DaemonStatus(pid=1, started_at=T0, config="c.yaml",
+                                            tokens=daemon_tokens([spec])))
+    status = read_daemon_status(state)
+    assert status is not None and status.tokens is not None
+    assert [token.spec() for token in status.tokens] == [spec]
+    (state / "daemon.json").write_text(json.dumps(
+        {"pid": 1, "started_at": T0, "config": "c.yaml", "last_reload_at": None,
+         "last_reload_ok": True, "last_reload_error": None}))
+    older = read_daemon_status(state)
+    assert older is not None and older.tokens is None
+    bad = {"name": "no-slashes", "refresh_at": 0.5, "refresh_token_lifetime": 1}
+    (state / "daemon.json").write_text(json.dumps(
+        {"pid": 1, "started_at": T0, "config": "c.yaml", "tokens": [bad]}))
+    assert read_daemon_status(state) is None, "a token name that cannot be parsed was accepted"

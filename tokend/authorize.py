@@ -45,39 +45,55 @@ def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = N
     )
 
 
-def obtain_key(
+LISTEN_PROMPT = ("Authorization required. Follow this link in a browser on this machine; "
+                 "it brings the authorization key back to tokend:")
+
+
+def authorize_token(
     config: Config,
     spec: TokenSpec,
     *,
+    key: str | None,
     listen: bool,
     timeout: float,
     out: TextIO,
     read_key: Callable[[], str],
-) -> str:
-    """Show the link and get the authorization key: from ``read_key`` (the ``--key``
-    argument or a prompt), or with ``listen`` from the browser's redirect.
+    store: StateStore,
+    clock: Clock,
+    masker: SecretMasker,
+) -> TokenRecord:
+    """Get the authorization key and exchange it (:func:`exchange_and_store`): ``key`` as
+    given, or after showing the link, from ``read_key`` (a prompt) or with ``listen``
+    from the browser's redirect.
 
-    The listener is bound before the link is shown, so a quick browser cannot
-    arrive before it; the link's random ``state`` is what the listener checks.
+    The seed's "store your authorization key" is shown only when a key is asked
+    for. The listener is bound before the link is shown, so a quick browser cannot
+    arrive before it; the link's random ``state`` is what the listener checks, and
+    the browser is answered once the exchange is done, with its outcome.
     """
-    listener = None
-    state = None
-    if listen:
-        app = config.applications[spec.name.app]
-        address = listen_address(app.redirect_uri)
-        if address is None:
-            raise ConfigError(
-                f"--listen needs an http://127.0.0.1:PORT/... or http://localhost:PORT/... "
-                f"redirect_uri; application {app.name!r} has {app.redirect_uri!r}"
-            )
-        state = secrets.token_urlsafe(24)
-        listener = Listener(address, state)
-    print(PROMPT, file=out)
+    def exchange(authorization_key: str) -> TokenRecord:
+        return exchange_and_store(config, spec, authorization_key, store=store, clock=clock,
+                                  masker=masker)
+
+    if key is not None:
+        return exchange(key.strip())
+    if not listen:
+        print(PROMPT, file=out)
+        print(authorization_link(config, spec), file=out, flush=True)
+        return exchange(read_key().strip())
+    app = config.applications[spec.name.app]
+    address = listen_address(app.redirect_uri)
+    if address is None:
+        raise ConfigError(
+            f"--listen needs an http://127.0.0.1:PORT/... or http://localhost:PORT/... "
+            f"redirect_uri; application {app.name!r} has {app.redirect_uri!r}"
+        )
+    state = secrets.token_urlsafe(24)
+    listener = Listener(address, state)
+    print(LISTEN_PROMPT, file=out)
     print(authorization_link(config, spec, state=state), file=out, flush=True)
-    if listener is None:
-        return read_key().strip()
     print(f"Waiting up to {timeout:g} s for the browser to come back...", file=out, flush=True)
-    return listener.wait(timeout)
+    return listener.wait(timeout, exchange, describe=lambda error: masker.mask(str(error)))
 
 
 def exchange_and_store(

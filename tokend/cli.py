@@ -3,11 +3,14 @@
 Each verb imports what it needs when it runs, so quick verbs start quickly.
 Errors are one line on stderr (a traceback only with ``--log-level debug``);
 exit status 2 means a usage or configuration error, 1 any other failure.
+The global options work before and after the command, and the log settings
+also come from the environment, so a systemd drop-in needs no ``ExecStart=``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +27,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 _NAME_HELP = "APP/USER/SCOPE (the scope may be left out if unique)"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+_FROM_ENVIRONMENT = (("log_level", "TOKEND_LOG_LEVEL", LOG_LEVELS, "info"),
+                     ("log_format", "TOKEND_LOG_FORMAT", LOG_FORMATS, "auto"))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -44,7 +51,8 @@ def _masker_and_logging(args: argparse.Namespace, *, level: str | None = None) -
     from tokend.log import SecretMasker, configure_logging
 
     masker = SecretMasker()
-    configure_logging(level or args.log_level, masker=masker)
+    as_json = {"auto": None, "json": True, "console": False}[args.log_format]
+    configure_logging(level or args.log_level, masker=masker, json=as_json)
     return masker
 
 
@@ -169,25 +177,26 @@ def _specs(config: Config, names: Sequence[str]) -> list[TokenSpec]:
 
 def cmd_authorize(args: argparse.Namespace) -> int:
     """Authorize one token: print the link, get the key, store the token, write its outputs."""
-    from tokend.authorize import exchange_and_store, obtain_key
+    from tokend.authorize import authorize_token
     from tokend.clock import SystemClock
     from tokend.outputs import format_utc
 
+    def checked(key: str) -> str:
+        if not key.strip():
+            raise _UsageError("the authorization key is empty")
+        return key
+
     def read_key() -> str:
-        if args.key is not None:
-            return str(args.key)
         if not sys.stdin.isatty():
             raise _UsageError("no terminal to read the authorization key from; pass --key=KEY")
-        return input("Authorization key: ")
+        return checked(input("Authorization key: "))
 
     def work(config: Config, store: StateStore, masker: SecretMasker) -> int:
         (spec,) = _specs(config, [args.name])
-        key = obtain_key(config, spec, listen=args.listen, timeout=args.timeout,
-                         out=sys.stdout, read_key=read_key)
-        if not key:
-            raise _UsageError("the authorization key is empty")
-        record = exchange_and_store(config, spec, key, store=store, clock=SystemClock(),
-                                    masker=masker)
+        key = None if args.key is None else checked(args.key)
+        record = authorize_token(config, spec, key=key, listen=args.listen,
+                                 timeout=args.timeout, out=sys.stdout, read_key=read_key,
+                                 store=store, clock=SystemClock(), masker=masker)
         until = "?" if record.expires_at is None else format_utc(record.expires_at)
         print(f"{spec.name} authorized; access token valid until {until}")
         return EXIT_OK
@@ -199,12 +208,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show every token's state, expiries and last error, and the daemon's health."""
     import time
 
+    from tokend.config import load_config
+    from tokend.errors import ConfigError
     from tokend.status import build_report, render_json, render_text, stored_records
+    from tokend.status_fallback import invalid_config_report
 
-    config = _load(args)
+    path = _config_path(args)
     now = time.time()
-    report = build_report(config, _specs(config, args.names), stored_records(config.state_dir),
-                          now=now)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        # Exactly when a reload failed the operator needs the rest of the picture.
+        report = invalid_config_report(path, error, lambda known: _specs(known, args.names),
+                                       now=now)
+    else:
+        report = build_report(config, _specs(config, args.names),
+                              stored_records(config.state_dir), now=now)
     print(render_json(report) if args.json else render_text(report, now=now))
     return EXIT_OK if report.healthy else EXIT_FAILURE
 
@@ -272,18 +291,33 @@ class _UsageError(Exception):
     """A command line that cannot be carried out as written."""
 
 
+def _global_options() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name.
+
+    Their default is SUPPRESS: a command's parser would otherwise write its own
+    default over a value given before the command. :func:`main` fills them in.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS,
+        help="config file (default: $TOKEND_CONFIG, else /etc/tokend/config.yaml)")
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+        help="log verbosity; debug also shows tracebacks (default: $TOKEND_LOG_LEVEL, else info)")
+    common.add_argument(
+        "--log-format", default=argparse.SUPPRESS, choices=LOG_FORMATS,
+        help="JSON lines or coloured console lines on stderr; auto: JSON unless stderr is a "
+             "terminal (default: $TOKEND_LOG_FORMAT, else auto)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, with an example in every verb's help."""
+    common = _global_options()
     parser = argparse.ArgumentParser(
-        prog="tokend",
+        prog="tokend", parents=[common],
         description="Keep OAuth access tokens for the Factorial HR API fresh, forever.")
     parser.add_argument("--version", action="version", version=f"tokend {__version__}")
-    parser.add_argument(
-        "--config", help="config file (default: $TOKEND_CONFIG, else /etc/tokend/config.yaml)")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
-        help="log verbosity; debug also shows tracebacks (default: info)",
-    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], example: str) -> (
@@ -292,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (func.__doc__ or "").strip()
         sub = verbs.add_parser(
             name, help=doc, description=doc, epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
         )
         sub.set_defaults(func=func)
         return sub
@@ -325,11 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "  tokend authorize payroll/alice --key=-KEY-STARTING-WITH-A-DASH\n"
                      "  tokend authorize payroll/alice/read --listen --timeout 120")
     authorize.add_argument("name", help=_NAME_HELP)
-    authorize.add_argument("--key", help="the authorization key, instead of a prompt; write "
-                           "--key=KEY when it starts with '-'")
-    authorize.add_argument("--listen", action="store_true",
-                           help="catch the key with a local listener on the http://127.0.0.1:PORT"
-                           " or http://localhost:PORT redirect_uri")
+    key_source = authorize.add_mutually_exclusive_group()
+    key_source.add_argument("--key", help="the authorization key, instead of a prompt; write "
+                            "--key=KEY when it starts with '-'")
+    key_source.add_argument("--listen", action="store_true",
+                            help="catch the key with a local listener on the http://127.0.0.1:"
+                            "PORT or http://localhost:PORT redirect_uri")
     authorize.add_argument("--timeout", type=float, default=300.0,
                            help="with --listen, give up after this many seconds (300)")
 
@@ -360,10 +395,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokend`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None)
+    for name, variable, allowed, default in _FROM_ENVIRONMENT:
+        if not hasattr(args, name):
+            given = os.environ.get(variable) or default
+            if given.lower() not in allowed:
+                parser.error(f"${variable}={given!r} is not one of {', '.join(allowed)}")
+            setattr(args, name, given.lower())
     from tokend.errors import ConfigError, NotFoundError, TokendError
 
     try:
         status: int = args.func(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as a warning at exit
+    except BrokenPipeError:
+        return _reader_gone()
     except (_UsageError, ConfigError, NotFoundError) as error:
         return _fail(args, error, EXIT_USAGE)
     except (TokendError, OSError) as error:
@@ -371,6 +416,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def _reader_gone() -> int:
+    """Stop quietly when stdout's reader went away (``tokend status | head -1``), with the
+    status a shell reports for Unix tools that SIGPIPE ended: 128 + SIGPIPE."""
+    import signal
+
+    # What is still buffered for stdout would fail again when Python flushes it at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _fail(args: argparse.Namespace, error: BaseException, status: int) -> int:

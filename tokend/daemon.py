@@ -21,7 +21,7 @@ import structlog
 
 from tokend.clock import Clock, SystemClock
 from tokend.config import load_config
-from tokend.daemon_status import DaemonStatus, write_daemon_status
+from tokend.daemon_status import DaemonStatus, daemon_tokens, write_daemon_status
 from tokend.doorbell import Doorbell
 from tokend.errors import AlreadyRunningError, ConfigError, StateError, TokendError
 from tokend.lock import StateDirLock, owner_id
@@ -157,7 +157,8 @@ class Daemon:
                                                  self._stop_event))
             )
         self._status = DaemonStatus(
-            pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path)
+            pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path),
+            tokens=daemon_tokens(config.tokens),
         )
         await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
         self._metrics.mark_ready()
@@ -283,7 +284,7 @@ class Daemon:
         log.info("config_reloaded", added=added, removed=removed, changed=changed)
         self._metrics.reload_finished(ok=True)
         await self._apply_metrics(config.metrics)
-        await self._record_reload(None)
+        await self._record_reload(None, config)
         self._notifier.ready(self._supervisor.status_line())
 
     async def _reload_failed(self, error: str) -> None:
@@ -294,12 +295,13 @@ class Daemon:
         first_line = error.splitlines()[0] if error else error
         self._notifier.ready(f"reload failed, running the last good config: {first_line}")
 
-    async def _record_reload(self, error: str | None) -> None:
+    async def _record_reload(self, error: str | None, config: Config | None = None) -> None:
         self._status = replace(
             self._status,
             last_reload_at=self._clock.now(),
             last_reload_ok=error is None,
             last_reload_error=error,
+            tokens=self._status.tokens if config is None else daemon_tokens(config.tokens),
         )
         try:
             await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)

@@ -5,6 +5,10 @@ the browser brings the authorization code to us, so nobody copies a key by
 hand. The link carries a random ``state``; a request without that exact state
 did not come from our link (another local program, a forged page) and is
 refused with 400 while the listener keeps waiting for the real one.
+
+The browser is answered only once the code has been exchanged and the token
+stored, with what really happened: a page saying "authorized" before a wrong
+client secret turned the exchange down would send the person away content.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import hmac
 import html
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from tokend.errors import TokendError
+from tokend.errors import OutputError, TokendError
+
+T = TypeVar("T")
 
 LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1"}
 _PAGE = ("<!doctype html><html><head><meta charset=utf-8><title>tokend</title></head>"
@@ -46,13 +53,20 @@ def listen_address(redirect_uri: str) -> ListenAddress | None:
     return ListenAddress(host, port, parts.path or "/")
 
 
+def _not_set(code: str) -> None:
+    raise AssertionError("the listener serves only inside Listener.wait")
+
+
 class _Server(HTTPServer):
-    """Remembers the expected state and the first valid code."""
+    """Remembers the expected state, what to do with the code, and how that went."""
 
     def __init__(self, address: ListenAddress, state: str) -> None:
         self.expected_path = address.path
         self.expected_state = state
-        self.code: str | None = None
+        self.use: Callable[[str], None] = _not_set
+        self.describe: Callable[[Exception], str] = str
+        self.done = False
+        self.failure: Exception | None = None
         self.denied: str | None = None
         super().__init__((address.host, address.port), _Handler)
 
@@ -84,7 +98,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not code:
             self._answer(400, "Refused", "The request carries no authorization code.")
             return
-        self.server.code = code
+        self.server.done = True
+        try:
+            self.server.use(code)
+        except Exception as error:  # noqa: BLE001 -- any failure: wait() re-raises it
+            self.server.failure = error
+            title = ("tokend is authorized, but an output failed"
+                     if isinstance(error, OutputError) else "tokend is not authorized")
+            self._answer(500, title, f"{self.server.describe(error)} (see the terminal)")
+            return
         self._answer(200, "tokend is authorized", "You can close this window.")
 
     def _answer(self, status: int, title: str, text: str) -> None:
@@ -107,11 +129,20 @@ class Listener:
             raise TokendError(f"cannot listen on {address.host}:{address.port} for the "
                               f"redirect: {exc.strerror}") from None
 
-    def wait(self, timeout: float) -> str:
-        """Serve until a request with the right state brings a code; return the code."""
+    def wait(self, timeout: float, use: Callable[[str], T], *,
+             describe: Callable[[Exception], str] = str) -> T:
+        """Serve until a request with the right state brings a code; return ``use(code)``.
+
+        ``use`` runs while the browser waits, which is then answered with its outcome;
+        an exception from it is re-raised here, shown on the page as ``describe`` says
+        (which must leave out any secret).
+        """
+        results: list[T] = []
+        self._server.use = lambda code: results.append(use(code))
+        self._server.describe = describe
         deadline = time.monotonic() + timeout
         try:
-            while self._server.code is None and self._server.denied is None:
+            while not self._server.done and self._server.denied is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TokendError(
@@ -124,4 +155,6 @@ class Listener:
             self._server.server_close()
         if self._server.denied is not None:
             raise TokendError(f"the authorization was refused: {self._server.denied}")
-        return self._server.code or ""
+        if self._server.failure is not None:
+            raise self._server.failure
+        return results[0]

@@ -94,7 +94,11 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
     token = record.token if record is not None else None
     due = due_at(record, spec)
     expires_at = record.expires_at if record is not None else None
-    if outcome.result == "ok" and expires_at is not None:
+    if outcome.result == "ok" and not outcome.outputs_ok:
+        # The new token is stored, but a consumer reading that file still gets the old one.
+        problem = record.output_error if record is not None else None
+        text, failed = f"refreshed, but an output failed: {problem}", True
+    elif outcome.result == "ok" and expires_at is not None:
         text, failed = f"refreshed; valid until {format_utc(expires_at)}", False
     elif outcome.result == "busy":
         text, failed = "skipped; another process is refreshing it right now", False

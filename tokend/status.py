@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tokend.daemon_status import read_daemon_status
 from tokend.durations import format_duration
 from tokend.lock import running_daemon_pid
 from tokend.model import Config, TokenSpec
+from tokend.outputs import format_utc
 from tokend.schedule import due_at
 from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenRecord, TokenState
+from tokend.state import TokenRecord, TokenState, shown_state
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,32 @@ class DaemonRow:
     last_reload_error: str | None
 
 
+TokensFrom = Literal["config", "daemon", "store"]
+
+
 @dataclass(frozen=True)
 class StatusReport:
-    """Everything ``tokend status`` prints."""
+    """Everything ``tokend status`` prints.
+
+    With an invalid config file, ``config_error`` says why and where, ``config_tokens``
+    is ``None``, and the rows come from the last good config a daemon ran (``tokens_from``
+    ``daemon``) or, without one, from every token in the store (``store``); ``daemon`` and
+    ``tokens_from`` are ``None`` when not even the state directory can be read from the file.
+    """
 
     config_path: Path
-    config_tokens: int
+    config_tokens: int | None
     tokens: tuple[TokenRow, ...]
-    daemon: DaemonRow
+    daemon: DaemonRow | None
+    config_error: str | None = None
+    tokens_from: TokensFrom | None = "config"
 
     @property
     def healthy(self) -> bool:
-        """Every listed token ``ok`` and no failed reload: exit status 0."""
+        """Every listed token ``ok``, a valid config and no failed reload: exit status 0."""
         return all(row.state == TokenState.OK for row in self.tokens) and (
-            self.daemon.last_reload_ok is not False
+            self.config_error is None and self.daemon is not None
+            and self.daemon.last_reload_ok is not False
         )
 
 
@@ -79,16 +91,29 @@ def token_row(spec: TokenSpec, record: TokenRecord | None, *, now: float) -> Tok
         return TokenRow(str(spec.name), str(TokenState.NOT_AUTHORIZED), None, None, None,
                         None, None)
     state = record.shown_state(spec.refresh_token_lifetime, now)
-    error = record.last_error
-    if record.output_error is not None:
-        # Also without a token: a revoked token's file that could not be removed still holds it.
-        output_problem = f"outputs: {record.output_error}"
-        error = output_problem if error is None else f"{error}; {output_problem}"
+    error = _error(record)
     if record.token is None:
         return TokenRow(str(spec.name), state, None, None, None, record.last_refresh_at, error)
     return TokenRow(str(spec.name), state, record.expires_at,
                     record.refresh_token_expires_at(spec.refresh_token_lifetime),
                     due_at(record, spec), record.last_refresh_at, error)
+
+
+def stored_row(record: TokenRecord, *, now: float) -> TokenRow:
+    """The row of a stored token whose settings no config tells: the refresh token's expiry
+    and the next refresh are unknown, and so is whether the refresh token has lapsed."""
+    state = shown_state(record.state, record.expires_at, None,
+                        output_problem=record.output_error is not None, now=now)
+    return TokenRow(str(record.name), state, record.expires_at, None, None,
+                    record.last_refresh_at, _error(record))
+
+
+def _error(record: TokenRecord) -> str | None:
+    if record.output_error is None:
+        return record.last_error
+    # Also without a token: a revoked token's file that could not be removed still holds it.
+    output_problem = f"outputs: {record.output_error}"
+    return output_problem if record.last_error is None else f"{record.last_error}; {output_problem}"
 
 
 def daemon_row(state_dir: Path) -> DaemonRow:
@@ -107,13 +132,12 @@ def build_report(
     """Rows for ``specs`` (in config order) from the store's ``records``."""
     by_name = {record.name: record for record in records}
     rows = tuple(token_row(spec, by_name.get(spec.name), now=now) for spec in specs)
-    return StatusReport(config.source, len(config.tokens), rows, daemon_row(config.state_dir))
+    return StatusReport(config.source.absolute(), len(config.tokens), rows,
+                        daemon_row(config.state_dir))
 
 
 def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if epoch is None else format_utc(epoch)
 
 
 def render_json(report: StatusReport) -> str:
@@ -132,7 +156,7 @@ def render_json(report: StatusReport) -> str:
             }
             for row in report.tokens
         ],
-        "daemon": {
+        "daemon": None if daemon is None else {
             "running": daemon.running,
             "pid": daemon.pid,
             "started_at": _iso(daemon.started_at),
@@ -140,7 +164,9 @@ def render_json(report: StatusReport) -> str:
             "last_reload_ok": daemon.last_reload_ok,
             "last_reload_error": daemon.last_reload_error,
         },
-        "config": {"path": str(report.config_path), "tokens": report.config_tokens},
+        "config": {"path": str(report.config_path), "tokens": report.config_tokens,
+                   "valid": report.config_error is None, "tokens_from": report.tokens_from,
+                   "error": report.config_error},
     }
     return json.dumps(document, indent=2)
 
@@ -176,10 +202,22 @@ def render_text(report: StatusReport, *, now: float) -> str:
             lines.append(f"  last error: {error}")
     lines.append("")
     lines.append(_daemon_line(report.daemon, now))
+    if report.config_error is not None:
+        lines.append(f"config: INVALID, {report.config_error}")
+        if report.tokens_from is not None:
+            lines.append(f"  tokens shown: {_SHOWN[report.tokens_from]}")
     return "\n".join(lines)
 
 
-def _daemon_line(daemon: DaemonRow, now: float) -> str:
+_SHOWN = {
+    "daemon": "those of the daemon's last good config",
+    "store": "those in the store, as no daemon ran a good config here ('-': only it can tell)",
+}
+
+
+def _daemon_line(daemon: DaemonRow | None, now: float) -> str:
+    if daemon is None:
+        return "daemon: unknown (the invalid config does not say where the state directory is)"
     if not daemon.running:
         return "daemon: not running"
     line = f"daemon: running (pid {daemon.pid}"
