@@ -515,6 +515,11 @@ LAYOUT: list[tuple[str, str, str]] = [
      "config.yaml:4:5: this line needs a ':' after its key, as in key: value"),
     ("first key without colon", T.replace("client_id: abc", 'client_id "abc"'),
      "config.yaml:3:5: this line needs a ':' after its key, as in key: value"),
+    ("list item key without colon", T.replace("- user: alice", "- user alice")
+     + "        scope: read\n",
+     "config.yaml:6:9: this line needs a ':' after its key, as in key: value"),
+    ("first line of the file without colon", "state_dir /srv/tokend\n# the apps\n" + T,
+     "config.yaml:1:1: this line needs a ':' after its key, as in key: value"),
     ("no space after colon", T + "        scope:read\n        timeout: 5s\n",
      "config.yaml:7:9: this line needs a space after the ':' of its key, as in key: value"),
     ("no space after colon on the last line", T + "        scope:read\n",
@@ -528,7 +533,7 @@ LAYOUT: list[tuple[str, str, str]] = [
     ("token key indented too far", T + "          scope: read\n",
      f"config.yaml:7:11: this key is indented by 10 spaces and the key above it by 8: {LINE_UP}"),
     ("key after a quoted value indented too far",
-     T.replace("client_id: abc", 'client_id: "abc"').replace("    client_secret", "      client_secret"),
+     T.replace("client_id: abc", 'client_id: "abc"').replace("    client_s", "      client_s"),
      f"config.yaml:4:7: this key is indented by 6 spaces and the key above it by 4: {LINE_UP}"),
     ("list item without a space", T.replace("- user", "-user") + "        scope: read\n",
      "config.yaml:6:7: a list item needs a space after its '-'"),
@@ -546,6 +551,11 @@ LAYOUT: list[tuple[str, str, str]] = [
     ("text after closing quote", T.replace("client_id: abc", 'client_id: "abc" def'),
      "config.yaml:3:22: this value goes on after its closing quote; put all of it inside the "
      "quotes"),
+    ("comment wrapped without #", T + "        scope: read   # the scope\n          we need\n",
+     "config.yaml:8:11: this line holds no key: write key: value, or start it with '#' if it is "
+     "a comment"),
+    ("text after a list", T + "        on_refresh: [a, b]]\n",
+     "config.yaml:7:27: this text follows a complete value; remove it, or quote the whole value"),
     ("unclosed list mid-file", T + "        scope: [read\n        timeout: 5s\n",
      "config.yaml:7:16: this list has no closing ']'"),
     ("unclosed mapping", T + "        retry: {initial: 1s\n",
@@ -569,6 +579,12 @@ LAYOUT: list[tuple[str, str, str]] = [
      "for a backslash, or use single quotes"),
     ("alias without a name", T + "        scope: *\n",
      "config.yaml:7:16: '*' starts an alias and must be followed by an anchor's name; put the "
+     "value in quotes if it is meant literally"),
+    ("anchor without a name", T + "        scope: &\n",
+     "config.yaml:7:16: '&' starts an anchor and must be followed by a name; put the value in "
+     "quotes if it is meant literally"),
+    ("text after a block indicator", T + "        scope: |read\n",
+     "config.yaml:7:16: '|' and '>' start a block of text and must end their line; put the "
      "value in quotes if it is meant literally"),
     ("undefined alias", T + "        scope: *nope\n",
      "config.yaml:7:16: this alias (*name) refers to no anchor (&name) defined above it"),
