@@ -520,6 +520,12 @@ LAYOUT: list[tuple[str, str, str]] = [
      "config.yaml:6:9: this line needs a ':' after its key, as in key: value"),
     ("first line of the file without colon", "state_dir /srv/tokend\n# the apps\n" + T,
      "config.yaml:1:1: this line needs a ':' after its key, as in key: value"),
+    ("first key of the file indented", " state_dir: /srv/tokend\n" + T,
+     "config.yaml:1:2: the file's first key is indented by 1 space; top-level keys start at "
+     "the beginning of the line"),
+    ("key indented by one space", T.replace("    client_secret", " client_secret"),
+     "config.yaml:4:2: this key is indented by 1 space and the key above it by 4: the keys of "
+     "one mapping must line up"),
     ("no space after colon", T + "        scope:read\n        timeout: 5s\n",
      "config.yaml:7:9: this line needs a space after the ':' of its key, as in key: value"),
     ("no space after colon on the last line", T + "        scope:read\n",

@@ -169,8 +169,8 @@ def _describe(error: ErrorDetails) -> str:
             else "another kind of value")
     scalar = isinstance(value, bool | int | float)
     quote = "; quote it" if expected == "a string" and scalar else ""
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value) and (
-            expected == "a mapping"):
+    if expected == "a mapping" and isinstance(value, list) and value and all(
+            isinstance(item, dict) for item in value):
         quote = "; remove the '- ' in front of its keys"  # a list of mappings: "- key: value"
     return f"must be {expected}, not {kind}{quote}"
 

@@ -164,13 +164,27 @@ def _colon(error: _Error) -> Found | None:
     return _misaligned(error, (error.at[0], len(line) - len(line.lstrip(" ")) + 1))
 
 
-def _lone_value(error: _Error) -> Found | None:
-    """A file whose first line lacks its colon is one plain value, then a mapping YAML refuses."""
-    last = error.last
-    if not error.problem.startswith("expected '<document start>'") or last is None or (
-            last.style is not None or not _starts_line(error, _position(last.start_mark))):
+def _document_end(error: _Error) -> Found | None:
+    """YAML took the lines above for the file's whole content, so more content cannot follow.
+
+    Either the first line lacks its colon (the file would be that one value)
+    or the first key is indented, so that keys at the first column end it.
+    """
+    if not error.problem.startswith("expected '<document start>'"):
         return None
-    return _position(last.start_mark), _NO_COLON
+    last = error.last
+    if last is not None and last.style is None and _starts_line(error,
+                                                                _position(last.start_mark)):
+        return _position(last.start_mark), _NO_COLON
+    for number, line in enumerate(error.lines, 1):
+        if line.strip() and not line.lstrip().startswith(("#", "---", "%")):
+            indent = len(line) - len(line.lstrip(" "))
+            if not indent:
+                break
+            return (number, indent + 1), (f"the file's first key is indented by "
+                                          f"{_spaces(indent)}; top-level keys start at the "
+                                          "beginning of the line")
+    return None
 
 
 def _tab(error: _Error) -> Found | None:
@@ -227,19 +241,24 @@ def _misaligned(error: _Error, at: Mark) -> Found:
         if line[key] == "-":  # "-key:": the list item lacks its space
             return (number, key + 1), "a list item needs a space after its '-'"
         if key != indent:
-            return at, (f"this key is indented by {indent} spaces and the key above it by "
+            return at, (f"this key is indented by {_spaces(indent)} and the key above it by "
                         f"{key}: the keys of one mapping must line up")
         break
     return at, "this key is not lined up with the keys around it"
 
 
 _RULES: tuple[Callable[[_Error], Found | None], ...] = (
-    _runs_on, _fixed, _no_colon, _flow, _colon, _lone_value, _tab, _reserved, _escape, _block_end)
+    _runs_on, _fixed, _no_colon, _flow, _colon, _document_end, _tab, _reserved, _escape,
+    _block_end)
 
 
 def _starts_line(error: _Error, at: Mark) -> bool:
     """Whether ``at`` is where its line's content begins (after any "- " of list items)."""
     return not error.line(at[0])[:at[1] - 1].strip(" -")
+
+
+def _spaces(count: int) -> str:
+    return f"{count} space{'' if count == 1 else 's'}"
 
 
 def _key_column(line: str) -> int:

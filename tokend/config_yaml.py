@@ -10,6 +10,7 @@ gathers every error into one :class:`~tokend.errors.ConfigError`.
 Walking costs most of a large file's load, and only errors need positions: a
 file is read by :mod:`tokend.config_events` first, and walked only when that
 reader gives up (the walker then words the error) or a message needs a position.
+A file YAML itself refuses is described by :mod:`tokend.config_syntax`.
 
 Messages never quote a value from the file: it might be a secret.
 """
