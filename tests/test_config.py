@@ -462,9 +462,9 @@ BROKEN: list[tuple[str, str, str]] = [
     ("duplicate yaml key", T.replace("client_id: abc", "client_id: abc\n    client_id: def"),
      "config.yaml:4:5: applications.payroll.client_id: duplicate key (first written on line 3)"),
     ("yaml syntax", T + "        scope: [read\n",
-     "config.yaml:8:1: YAML syntax error: expected ',' or ']', but got '<stream end>'"),
+     "config.yaml:7:16: this list has no closing ']'"),
     ("tab indentation", "applications:\n\tpayroll: {}\n",
-     "config.yaml:2:1: YAML syntax error: found character '\\t' that cannot start any token"),
+     "config.yaml:2:1: this line is indented with a tab; YAML indents with spaces only"),
     ("recursive alias", "x-loop: &loop [*loop]\n",
      "config.yaml:1:9: x-loop[0]: an alias refers to a mapping or list that contains it"),
     ("unknown tag", T.replace("client_id: abc", "client_id: !vault abc"),
@@ -507,6 +507,133 @@ def test_broken_config_names_position_key_and_problem(text: str, expected: str,
                                                       workdir: Path) -> None:
     """Each mistake is reported as file:line:col, the key path, and what is wrong."""
     assert error_of(text) == expected.replace("{dir}", str(workdir))
+
+
+LINE_UP = "the keys of one mapping must line up"
+LAYOUT: list[tuple[str, str, str]] = [
+    ("key without colon", T.replace(f"client_secret: {SECRET}", f'client_secret "{SECRET}"'),
+     "config.yaml:4:5: this line needs a ':' after its key, as in key: value"),
+    ("first key without colon", T.replace("client_id: abc", 'client_id "abc"'),
+     "config.yaml:3:5: this line needs a ':' after its key, as in key: value"),
+    ("list item key without colon", T.replace("- user: alice", "- user alice")
+     + "        scope: read\n",
+     "config.yaml:6:9: this line needs a ':' after its key, as in key: value"),
+    ("first line of the file without colon", "state_dir /srv/tokend\n# the apps\n" + T,
+     "config.yaml:1:1: this line needs a ':' after its key, as in key: value"),
+    ("first key of the file indented", " state_dir: /srv/tokend\n" + T,
+     "config.yaml:1:2: the file's first key is indented by 1 space; top-level keys start at "
+     "the beginning of the line"),
+    ("key indented by one space", T.replace("    client_secret", " client_secret"),
+     "config.yaml:4:2: this key is indented by 1 space and the key above it by 4: the keys of "
+     "one mapping must line up"),
+    ("no space after colon", T + "        scope:read\n        timeout: 5s\n",
+     "config.yaml:7:9: this line needs a space after the ':' of its key, as in key: value"),
+    ("no space after colon on the last line", T + "        scope:read\n",
+     "config.yaml:7:9: this line needs a space after the ':' of its key, as in key: value"),
+    ("key indented one space too many", T.replace("    client_secret", "     client_secret"),
+     f"config.yaml:4:6: this key is indented by 5 spaces and the key above it by 4: {LINE_UP}"),
+    ("key indented one space too few", T.replace("    client_secret", "   client_secret"),
+     f"config.yaml:4:4: this key is indented by 3 spaces and the key above it by 4: {LINE_UP}"),
+    ("token key lined up with the dash", T + "      scope: read\n",
+     f"config.yaml:7:7: this key is indented by 6 spaces and the key above it by 8: {LINE_UP}"),
+    ("token key indented too far", T + "          scope: read\n",
+     f"config.yaml:7:11: this key is indented by 10 spaces and the key above it by 8: {LINE_UP}"),
+    ("key after a quoted value indented too far",
+     T.replace("client_id: abc", 'client_id: "abc"').replace("    client_s", "      client_s"),
+     f"config.yaml:4:7: this key is indented by 6 spaces and the key above it by 4: {LINE_UP}"),
+    ("list item without a space", T.replace("- user", "-user") + "        scope: read\n",
+     "config.yaml:6:7: a list item needs a space after its '-'"),
+    ("value holding colon", T + "        scope: read: write\n",
+     "config.yaml:7:20: a value that holds ': ' must be put in quotes"),
+    ("tab among the spaces of indentation", T.replace("    client_id", "  \tclient_id"),
+     "config.yaml:3:3: this line is indented with a tab; YAML indents with spaces only"),
+    ("tab after the dash of a list item", T.replace("- user", "-\tuser"),
+     "config.yaml:6:8: this line is indented with a tab; YAML indents with spaces only"),
+    ("unclosed quote at the end", T.replace("user: alice", 'user: "alice'),
+     "config.yaml:6:15: this quoted value has no closing quote"),
+    ("unclosed quote mid-file",
+     T.replace("client_id: abc", 'client_id: "abc').replace("user: alice", 'user: "alice"'),
+     "config.yaml:3:16: this quoted value runs on to line 6: is its closing quote missing?"),
+    ("text after closing quote", T.replace("client_id: abc", 'client_id: "abc" def'),
+     "config.yaml:3:22: this value goes on after its closing quote; put all of it inside the "
+     "quotes"),
+    ("comment wrapped without #", T + "        scope: read   # the scope\n          we need\n",
+     "config.yaml:8:11: this line holds no key: write key: value, or start it with '#' if it is "
+     "a comment"),
+    ("text after a list", T + "        on_refresh: [a, b]]\n",
+     "config.yaml:7:27: this text follows a complete value; remove it, or quote the whole value"),
+    ("unclosed list mid-file", T + "        scope: [read\n        timeout: 5s\n",
+     "config.yaml:7:16: this list has no closing ']'"),
+    ("unclosed mapping", T + "        retry: {initial: 1s\n",
+     "config.yaml:7:16: this mapping has no closing '}'"),
+    ("missing comma in list", T + '        on_refresh: ["a" "b"]\n',
+     "config.yaml:7:26: a ',' is missing before this item"),
+    ("missing comma in mapping", T + '        outputs: [{path: "/x" mode: "0600"}]\n',
+     "config.yaml:7:31: a ',' is missing before this item"),
+    ("list item where a key belongs", T + "        - scope: read\n",
+     "config.yaml:7:9: a list item ('- ') cannot stand where a key is expected; remove the '- ', "
+     "or put it under a key that holds a list"),
+    ("list item on the line of its key", T + "        scope: - read\n",
+     "config.yaml:7:16: a list item ('- ') cannot start on the line of its key; put it on the "
+     "next line, indented"),
+    ("reserved character", T.replace("user: alice", "user: @alice"),
+     "config.yaml:6:15: a value cannot start with '@'; put the value in quotes"),
+    ("closing bracket as value", T + "        scope: ]\n",
+     "config.yaml:7:16: a value cannot start with ']'; put the value in quotes"),
+    ("unknown escape", T.replace("client_id: abc", r'client_id: "a\qb"'),
+     "config.yaml:3:18: a backslash in double quotes starts an escape such as \\n; write \\\\ "
+     "for a backslash, or use single quotes"),
+    ("alias without a name", T + "        scope: *\n",
+     "config.yaml:7:16: '*' starts an alias and must be followed by an anchor's name; put the "
+     "value in quotes if it is meant literally"),
+    ("anchor without a name", T + "        scope: &\n",
+     "config.yaml:7:16: '&' starts an anchor and must be followed by a name; put the value in "
+     "quotes if it is meant literally"),
+    ("text after a block indicator", T + "        scope: |read\n",
+     "config.yaml:7:16: '|' and '>' start a block of text and must end their line; put the "
+     "value in quotes if it is meant literally"),
+    ("undefined alias", T + "        scope: *nope\n",
+     "config.yaml:7:16: this alias (*name) refers to no anchor (&name) defined above it"),
+    ("duplicate anchor", "x-a: &a {}\nx-b: &a {}\n" + T,
+     "config.yaml:2:6: this anchor's name is already used on line 1; give each anchor a name "
+     "of its own"),
+    ("second document", T + "---\nstate_dir: /x\n",
+     "config.yaml:7:1: a second YAML document starts here, but a config file holds one; remove "
+     "this '---' or what follows it"),
+    ("tokens indented as an application", T.replace("    tokens:", "  tokens:"),
+     "config.yaml:5:3: applications.tokens: is an application setting, not an application: "
+     "indent it under its application, in line with client_id"),
+    ("retry indented as an application", T + "  retry:\n    initial: 5s\n",
+     "config.yaml:7:3: applications.retry: is an application setting, not an application: "
+     "indent it under its application, in line with client_id"),
+    ("tokens at the top level", T.replace("    tokens:\n      - user", "tokens:\n  - user"),
+     "config.yaml:5:1: tokens: unknown key here; tokens belongs in an application: check its "
+     "indentation"),
+    ("token key at application level", T + "    scope: read\n",
+     "config.yaml:7:5: applications.payroll.scope: unknown key here; scope belongs in a token "
+     "(an item under tokens:): check its indentation"),
+    ("applications as a list of mappings",
+     "applications:\n  - payroll:\n      client_id: abc\n      client_secret: x\n",
+     "config.yaml:2:3: applications: must be a mapping, not a list; remove the '- ' in front of "
+     "its keys"),
+    ("defaults as a list of mappings", "defaults:\n  - refresh_at: 0.5\n" + T,
+     "config.yaml:2:3: defaults: must be a mapping, not a list; remove the '- ' in front of its "
+     "keys"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [case[1:] for case in LAYOUT],
+                         ids=[case[0] for case in LAYOUT])
+def test_layout_mistake_points_at_the_line_to_fix(text: str, expected: str) -> None:
+    """A YAML slip (colon, indentation, quote, bracket) is named in plain words on its own line."""
+    assert error_of(text) == expected
+
+
+def test_tab_inside_a_line_is_named_without_libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyYAML alone (no libyaml installed) refuses a tab before a colon: the message says so."""
+    monkeypatch.delattr(yaml, "CSafeLoader")
+    assert error_of(T.replace("client_id: abc", "client_id\t: abc")) == (
+        "config.yaml:3:14: a tab cannot stand here; use spaces")
 
 
 def test_all_errors_are_listed_first_one_first() -> None:
@@ -734,8 +861,21 @@ def test_an_alias_bomb_is_refused() -> None:
     lines += [f"x-{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]"
               for level in range(1, 10)]
     message = error_of("\n".join(lines) + "\n" + APP)
-    assert message.endswith(": has too many values (aliases expanding without end?)")
-    assert message.startswith("config.yaml:1:")
+    # x-5 is the first line whose aliases (9 x 66,430 values) pass the limit.
+    assert message == ("config.yaml:6:6: x-5: its aliases expand to more than 100,000 values, "
+                       "which tokend refuses (aliases that repeat other aliases grow "
+                       "exponentially)")
+
+
+def test_an_alias_bomb_in_a_block_list_names_the_list_that_holds_the_aliases() -> None:
+    """The message names the key written in the file, not a path through the expansion."""
+    lines = ["x-0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x-{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]"
+              for level in range(1, 5)]
+    message = error_of("\n".join(lines) + "\n" + APP + "        on_refresh:\n"
+                       + "          - *a4\n" * 9)
+    assert message.startswith("config.yaml:13:11: applications.payroll.tokens[0].on_refresh: its "
+                              "aliases expand to more than 100,000 values"), message
 
 
 SCALARS_TEXT = ["x", "read", "1", "440", "0640", "'440'", '"0640"', "yes", "~", "1.5", "0x1F",

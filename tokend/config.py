@@ -18,7 +18,6 @@ once the shape is right). No message ever quotes a value from the file.
 
 from __future__ import annotations
 
-import difflib
 import gc
 import grp
 import os
@@ -32,6 +31,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from tokend.config_events import KeyPath
+from tokend.config_hints import APPLICATION_SETTING, settings_as_applications, unknown_key
 from tokend.config_schema import (
     MODE_HINT,
     Application,
@@ -41,7 +41,6 @@ from tokend.config_schema import (
     Token,
     Tuning,
     is_loopback,
-    known_keys,
     split_listen,
 )
 from tokend.config_yaml import Document, Problems, format_key_path, read_document
@@ -111,6 +110,12 @@ def _load(path: Path, env: Mapping[str, str]) -> Config:
                  if env.get(f"TOKEND_{name.upper()}")}
     # Top-level x-* keys hold anchors for the rest of the file (as in docker compose).
     data = {key: value for key, value in document.data.items() if not key.startswith("x-")}
+    misplaced = settings_as_applications(data.get("applications"))
+    for name in misplaced:
+        problems.add(("applications", name), APPLICATION_SETTING, key=True)
+    if misplaced:
+        data["applications"] = {name: app for name, app in data["applications"].items()
+                                if name not in misplaced}
     sources = (SettingsSource(Settings, overrides), SettingsSource(Settings, data))
     try:
         # pydantic-settings' documented hook for ready-made sources; mypy only sees the fields.
@@ -133,16 +138,11 @@ def _report(error: ErrorDetails, problems: Problems, overrides: Mapping[str, str
     if kind == "missing":
         problems.add(loc, "required key is missing", anchor=loc[:-1], key=True, location=location)
     elif kind == "extra_forbidden":
-        problems.add(loc, "unknown key" + _hint(loc), key=True, location=location)
+        problems.add(loc, unknown_key(loc), key=True, location=location)
     elif loc and loc[-1] == "[key]":
         problems.add(loc[:-1], _describe(error), key=True, location=location)
     else:
         problems.add(loc, _describe(error), location=location)
-
-
-def _hint(loc: KeyPath) -> str:
-    close = difflib.get_close_matches(str(loc[-1]), known_keys(loc[:-1]), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 _EXPECTED = {"string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
@@ -169,6 +169,9 @@ def _describe(error: ErrorDetails) -> str:
             else "another kind of value")
     scalar = isinstance(value, bool | int | float)
     quote = "; quote it" if expected == "a string" and scalar else ""
+    if expected == "a mapping" and isinstance(value, list) and value and all(
+            isinstance(item, dict) for item in value):
+        quote = "; remove the '- ' in front of its keys"  # a list of mappings: "- key: value"
     return f"must be {expected}, not {kind}{quote}"
 
 

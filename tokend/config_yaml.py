@@ -10,6 +10,7 @@ gathers every error into one :class:`~tokend.errors.ConfigError`.
 Walking costs most of a large file's load, and only errors need positions: a
 file is read by :mod:`tokend.config_events` first, and walked only when that
 reader gives up (the walker then words the error) or a message needs a position.
+A file YAML itself refuses is described by :mod:`tokend.config_syntax`.
 
 Messages never quote a value from the file: it might be a secret.
 """
@@ -17,17 +18,18 @@ Messages never quote a value from the file: it might be a secret.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from tokend.config_events import KeyPath, read_plain
+from tokend.config_syntax import TracingLoader, explain
 from tokend.errors import ConfigError
 
 Mark = tuple[int, int]
@@ -40,6 +42,7 @@ _SEQ = "tag:yaml.org,2002:seq"
 # this: anchors shared by every token of a large file stay within it, a bomb does not.
 _MAX_ALIASED = 100_000
 _MAX_ERRORS = 20
+_T = TypeVar("_T")
 
 
 def format_key_path(path: KeyPath) -> str:
@@ -178,13 +181,14 @@ class _Walker:
         self._active: set[int] = set()
         self._visited: set[int] = set()
         self._budget = 0
+        self._alias: tuple[KeyPath, Mark | None] | None = None
         self._loader: yaml.SafeLoader | None = None
 
     def parse(self, text: str) -> dict[str, Any]:
         loader: yaml.SafeLoader | None = None
         self._budget = _alias_budget(text)
         try:
-            loader, root = _compose(text)
+            loader, root = _compose(text, self.source)
             self._loader = loader
             if root is None:
                 raise ConfigError("is empty; it needs at least an applications: mapping",
@@ -194,11 +198,6 @@ class _Walker:
                 raise self._error(root, (), f"must be a mapping of settings "
                                             f"(state_dir, defaults, applications), not {kind}")
             data = self._walk(root, ())
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-            raise ConfigError(f"YAML syntax error: {exc.problem or exc.context}",
-                              location=f"{self.source}{where}") from None
         except yaml.YAMLError as exc:
             # ReaderError (a control character) knows an offset, not a line.
             offset = getattr(exc, "position", None)
@@ -229,17 +228,43 @@ class _Walker:
         finally:
             self._active.discard(id(node))
 
-    def _charge(self, node: Node, path: KeyPath) -> None:
+    def _charge(self, node: Node) -> None:
         """Count a node met a second time (through an alias) against the alias budget."""
         if id(node) not in self._visited:
             self._visited.add(id(node))
             return
         self._budget -= 1
         if self._budget < 0:
-            raise self._error(node, path, "has too many values (aliases expanding without end?)")
+            raise self._too_many()
+
+    def _through_alias(self, where: KeyPath, mark: Mark | None, walk: Callable[[], _T]) -> _T:
+        """Walk what an alias repeats, remembering where the alias itself is written.
+
+        The copy's key paths lead through the expansion, which the operator
+        cannot find in the file; an error about the expansion names ``where``.
+        """
+        self._alias = (where, mark)
+        try:
+            return walk()
+        finally:
+            self._alias = None
+
+    def _too_many(self) -> ConfigError:
+        where, mark = self._alias or ((), None)
+        return ConfigError(
+            f"its aliases expand to more than {_MAX_ALIASED:,} values, which tokend refuses "
+            "(aliases that repeat other aliases grow exponentially)",
+            location=self.source if mark is None else f"{self.source}:{mark[0]}:{mark[1]}",
+            key_path=format_key_path(where))
 
     def _walk(self, node: Node, path: KeyPath) -> Any:
-        self._charge(node, path)
+        if self._alias is None and id(node) in self._visited:
+            # An alias: a mapping value is found by its key, a list item by its list.
+            key = isinstance(path[-1], str)
+            where = path if key else path[:-1]
+            mark = self.keys.get(where) if key else self.values.get(where)
+            return self._through_alias(where, mark, partial(self._walk, node, path))
+        self._charge(node)
         self.values[path] = _mark(node)
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
@@ -294,11 +319,17 @@ class _Walker:
         for source in sources:
             if not isinstance(source, MappingNode):
                 raise self._error(source, path, "a merge key (<<) can only merge mappings")
-            self._charge(source, path)
-            with self._enter(source, path):
-                for key, value in self._mapping(source, path).items():
-                    result.setdefault(key, value)
+            merge = partial(self._merge_one, source, path)
+            merged = (self._through_alias(path, self.values.get(path), merge)
+                      if self._alias is None and id(source) in self._visited else merge())
+            for key, value in merged.items():
+                result.setdefault(key, value)
         return result
+
+    def _merge_one(self, source: MappingNode, path: KeyPath) -> dict[str, Any]:
+        self._charge(source)
+        with self._enter(source, path):
+            return self._mapping(source, path)
 
     def _key(self, node: Node, path: KeyPath) -> str:
         key = self._construct(node, path) if isinstance(node, ScalarNode) else None
@@ -308,7 +339,7 @@ class _Walker:
         return key
 
 
-def _compose(text: str) -> tuple[Any, Node | None]:
+def _compose(text: str, source: str) -> tuple[Any, Node | None]:
     """The node tree, composed by libyaml when present (five times faster than PyYAML).
 
     libyaml words its errors differently from PyYAML and refuses a few edge
@@ -322,11 +353,16 @@ def _compose(text: str) -> tuple[Any, Node | None]:
             return loader, loader.get_single_node()
         except yaml.YAMLError:
             loader.dispose()
-    loader = yaml.SafeLoader(text)
+    slow = TracingLoader(text)
     try:
-        return loader, loader.get_single_node()
+        return slow, slow.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        slow.dispose()
+        mark, message = explain(text, exc, slow.last_scalar)
+        where = "" if mark is None else f":{mark[0]}:{mark[1]}"
+        raise ConfigError(message, location=f"{source}{where}") from None
     except BaseException:
-        loader.dispose()
+        slow.dispose()
         raise
 
 
