@@ -328,7 +328,7 @@ BROKEN: list[tuple[str, str, str]] = [
      "defaults or an application, not per token"),
     ("hook as string", T + "        on_refresh: systemctl restart x\n",
      "config.yaml:7:21: applications.payroll.tokens[0].on_refresh: must be a list of arguments "
-     "such as [systemctl, restart, app.service]; no shell runs it"),
+     "such as [pkill, -HUP, -x, agent]; no shell runs it"),
     ("empty hook argument", T + '        on_refresh: [systemctl, ""]\n',
      "config.yaml:7:33: applications.payroll.tokens[0].on_refresh[1]: must not be empty"),
     ("numeric hook argument", T + "        on_failure: [sleep, 5]\n",

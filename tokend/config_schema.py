@@ -169,8 +169,8 @@ def _user_or_id(value: object) -> int | str:
 
 def _argv(value: object) -> object:
     if isinstance(value, str):
-        raise ValueError("must be a list of arguments such as [systemctl, restart, "  # noqa: TRY004 -- pydantic reports ValueError, not TypeError
-                         "app.service]; no shell runs it")
+        raise ValueError("must be a list of arguments such as [pkill, -HUP, -x, agent]; "  # noqa: TRY004 -- pydantic reports ValueError, not TypeError
+                         "no shell runs it")
     return [] if value is None else value
 
 
