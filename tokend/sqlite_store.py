@@ -24,6 +24,7 @@ from tokend.oauth import Token
 from tokend.state import (
     Claim,
     Lease,
+    PublishedFiles,
     StateStore,
     TokenRecord,
     TokenState,
@@ -232,6 +233,21 @@ class SqliteStateStore(StateStore):
                 return Written.STALE
             conn.execute(sql.OUTPUT_PROBLEM, (error, *sql.key(lease.name)))
             return Written.DONE
+
+    def record_published(self, marks: Sequence[PublishedFiles]) -> list[Written]:
+        if not marks:
+            return []
+        # Durable: after a power loss the store must still know which files to clean up.
+        with self._write("record published files") as conn:
+            written = []
+            for mark in marks:
+                if not self._live(conn, mark.lease):
+                    written.append(Written.STALE)
+                    continue
+                conn.execute(sql.PUBLISHED, (sql.outputs_value(mark.outputs),
+                                             mark.unconfigured_at, *sql.key(mark.lease.name)))
+                written.append(Written.DONE)
+            return written
 
     def delete_token(self, lease: Lease, *, generation: int) -> Written:
         with self._write("delete token") as conn:
