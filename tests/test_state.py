@@ -20,7 +20,7 @@ from tokend.errors import StateError
 from tokend.model import TokenName
 from tokend.oauth import Token
 from tokend.quicktoken import NoValidTokenError, current_access_token
-from tokend.sqlite_schema import SCHEMA_VERSION
+from tokend.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from tokend.sqlite_store import SqliteStateStore
 from tokend.state import (
     Claim,
@@ -1022,3 +1022,26 @@ def test_a_client_rejected_token_shows_so_even_after_it_lapsed(store: StateStore
     assert record is not None and record.token == make_token()
     assert record.shown_state(LIFETIME, NOW + 10) == "client_rejected"
     assert record.shown_state(LIFETIME, NOW + 2 * LIFETIME) == "client_rejected"
+
+
+def test_tokend_token_reads_a_version_2_store_not_yet_migrated(v1_store: Path) -> None:
+    """After an upgrade, ``tokend token`` (read-only, it never migrates) works before the
+    daemon restarts: a version-2 store has no unconfigured tokens to refuse."""
+    raw = sqlite3.connect(v1_store / "tokend.db")
+    for statement in MIGRATIONS[1]:
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+    token = current_access_token(v1_store, str(V1_OK), now=V1_ISSUED + 10)
+    assert token == v1_token(V1_OK.user).access_token
+
+
+def test_tokend_token_refuses_a_token_removed_from_the_config(store: StateStore,
+                                                               state_dir: Path) -> None:
+    """Nobody refreshes an unconfigured token, so it is not handed out."""
+    store.save_token(NAME, make_token(), now=NOW)
+    claim = claimed(store)
+    store.record_published([PublishedFiles(claim.lease, (), NOW + 1)])
+    with pytest.raises(NoValidTokenError, match="no longer in the config"):
+        current_access_token(state_dir, str(NAME), now=NOW + 10)

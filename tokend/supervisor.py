@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 
 import structlog
@@ -33,6 +32,7 @@ from tokend.refresher import Refresher
 from tokend.schedule import Scheduler, backoff_delay, due_at
 from tokend.slots import RefreshSlots
 from tokend.state import NEEDS_A_PERSON, StateStore, TokenRecord, TokenState
+from tokend.token_states import TokenStates
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +80,7 @@ class Supervisor:
         self._republish: set[TokenName] = set()
         # Tokens removed from the config while in flight: retired when the flight ends.
         self._retire_after: set[TokenName] = set()
-        self._states: dict[TokenName, TokenState] = {}
-        self._counts: Counter[TokenState] = Counter()
+        self._states = TokenStates()
         # Tokens to try once although they need authorization (their config changed).
         self._forced: set[TokenName] = set()
         self._slots: RefreshSlots | None = None
@@ -113,10 +112,7 @@ class Supervisor:
 
     def rejected_applications(self) -> set[str]:
         """The applications with a configured token whose credentials the server rejected."""
-        if not self._counts[TokenState.CLIENT_REJECTED]:
-            return set()
-        return {name.app for name, state in self._states.items()
-                if state is TokenState.CLIENT_REJECTED}
+        return self._states.rejected_applications()
 
     def _expiry(self, name: TokenName) -> float:
         record = self._records.get(name)
@@ -124,25 +120,8 @@ class Supervisor:
         return 0.0 if expires_at is None else expires_at
 
     def status_line(self) -> str:
-        """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows.
-
-        The counts are kept up to date as states change, so this costs nothing
-        per refresh, however many tokens there are.
-        """
-        if not self._specs:
-            return "no tokens configured"
-        parts = [f"{count} {state.value}" for state, count in sorted(self._counts.items())
-                 if count]
-        return f"{len(self._specs)} tokens: " + ", ".join(parts)
-
-    def _set_state(self, name: TokenName, state: TokenState | None) -> None:
-        """Record ``name``'s state (``None``: no longer configured) and keep the counts."""
-        old = self._states.pop(name, None)
-        if old is not None:
-            self._counts[old] -= 1
-        if state is not None:
-            self._states[name] = state
-            self._counts[state] += 1
+        """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows."""
+        return self._states.line(len(self._specs))
 
     async def apply(self, new: Config) -> tuple[int, int, int]:
         """Move to ``new``; return (added, removed, changed).
@@ -248,7 +227,7 @@ class Supervisor:
         self._publish_attempts.pop(name, None)
         self._records.pop(name, None)
         self._republish.discard(name)
-        self._set_state(name, None)
+        self._states.change(name, None)
         self._metrics.forget_token(name)
 
     async def rescan(self, names: Collection[TokenName] | None = None) -> None:
@@ -364,10 +343,10 @@ class Supervisor:
     ) -> None:
         self._records[spec.name] = record
         state = record.state if record else TokenState.NOT_AUTHORIZED
-        first = spec.name not in self._states
+        first = self._states.get(spec.name) is None
         if state is not self._states.get(spec.name) and state in NEEDS_A_PERSON:
             self._action_required(spec.name, state, record)
-        self._set_state(spec.name, state)
+        self._states.change(spec.name, state)
         self._metrics.observe_token(spec, record)
         due = due_at(record, spec)
         stuck = record is not None and record.token is not None and (
