@@ -1045,3 +1045,25 @@ def test_tokend_token_refuses_a_token_removed_from_the_config(store: StateStore,
     store.record_published([PublishedFiles(claim.lease, (), NOW + 1)])
     with pytest.raises(NoValidTokenError, match="no longer in the config"):
         current_access_token(state_dir, str(NAME), now=NOW + 10)
+
+
+OPEN_CHILD = """
+import sys
+from pathlib import Path
+from tokend.sqlite_store import SqliteStateStore
+SqliteStateStore(Path(sys.argv[1])).close()
+"""
+
+
+def test_processes_creating_the_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Several `tokend authorize` run at once on a new state dir: none fails with "locked"."""
+    failures = []
+    for trial in range(20):
+        state = tmp_path / f"state-{trial}"
+        children = [subprocess.Popen([sys.executable, "-c", OPEN_CHILD, str(state)], cwd=ROOT,
+                                     stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        for child in children:
+            _out, err = child.communicate(timeout=60)
+            if child.returncode:
+                failures.append(err.strip().splitlines()[-1])
+    assert failures == []
