@@ -22,6 +22,12 @@ _COLUMNS = "app, user, scope, access_token, issued_at, expires_in, state"
 _ROWS = {2: f"SELECT {_COLUMNS}, NULL FROM tokens",  # noqa: S608 -- constants only
          3: f"SELECT {_COLUMNS}, unconfigured_at FROM tokens"}  # noqa: S608
 _KEYS = ("app", "user", "scope")
+# Why an expired token was not refreshed, for the states that say so.
+_HINTS = {
+    "needs_authorization": "it needs a new authorization",
+    "client_rejected": "the server rejects its application's client credentials (no new "
+                       "authorization needed); see `tokend status`",
+}
 
 
 class _Row:
@@ -65,8 +71,7 @@ def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
             "`tokend status` to revoke it")
     if row.expires_at <= now:
         when = _utc(row.expires_at)
-        hint = ("it needs a new authorization" if row.state == "needs_authorization"
-                else "is the daemon running? see `tokend status`")
+        hint = _HINTS.get(row.state, "is the daemon running? see `tokend status`")
         raise NoValidTokenError(f"the access token of {row.name} expired at {when}; {hint}")
     return row.access_token
 
