@@ -80,12 +80,12 @@ def test_expiry_gauges_follow_the_stored_token() -> None:
 
 
 def test_state_is_one_series_per_state_with_the_current_one_at_1() -> None:
-    """All five states are exported, so a dashboard never sees a series vanish."""
+    """All six states are exported, so a dashboard never sees a series vanish."""
     metrics, _ = metrics_at()
     metrics.observe_token(SPEC, record(TokenState.FAILING))
     assert states(metrics) == {
         "ok": 0.0, "failing": 1.0, "needs_authorization": 0.0, "not_authorized": 0.0,
-        "expired": 0.0,
+        "client_rejected": 0.0, "expired": 0.0,
     }
 
 
@@ -460,7 +460,7 @@ def test_a_scrape_of_thousands_of_tokens_does_not_hold_up_the_loop() -> None:
         status, _, body = await get(port, "/metrics")
         took = time.monotonic() - started
         ticking.cancel()
-        assert status == 200 and body.count(b"tokend_token_state{") == 3000 * 5
+        assert status == 200 and body.count(b"tokend_token_state{") == 3000 * 6
         assert took > 0.1, "rendering was too fast for this test to mean anything"
         # Rendered on the loop, one stall would last the whole scrape; off the loop, the
         # loop keeps ticking (how evenly depends on the machine, so no absolute bound).

@@ -275,7 +275,7 @@ def _exported_names() -> set[str]:
 
 
 _PROMQL_WORDS = {"time", "max", "min", "sum", "by", "without", "and", "or", "unless", "on",
-                 "ignoring", "rate", "increase", "absent", "count"}
+                 "ignoring", "rate", "increase", "absent", "count", "label_replace"}
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -292,13 +292,14 @@ def test_alert_rules_have_the_expected_shape() -> None:
     rules = _rules()
     assert {rule["alert"] for rule in rules} == {
         "TokendTokenExpiringSoon", "TokendTokenNeedsAuthorization", "TokendRefreshesFailing",
-        "TokendConfigReloadFailed",
+        "TokendConfigReloadFailed", "TokendClientRejected",
     }
     for rule in rules:
         assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert {"summary", "description"} <= set(rule["annotations"])
-        bare = re.sub(r"\{[^}]*\}|\b(?:by|without|on|ignoring)\s*\([^)]*\)", "", rule["expr"])
+        bare = re.sub(r'\{[^}]*\}|\b(?:by|without|on|ignoring)\s*\([^)]*\)|"[^"]*"', "",
+                      rule["expr"])
         names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare)) - _PROMQL_WORDS
         assert names, rule["alert"]
         assert names <= exported, f"{rule['alert']} uses {names - exported}"
@@ -368,6 +369,25 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
         ],
         "alert_rule_test": [_expect("TokendTokenExpiringSoon", "25m", None)],
     })
+    # Rejected client credentials page once per application, not as "needs authorization".
+    rejected = [{**token, "token": user} for user in (ALICE, BOB)]
+    case["tests"].append({
+        "interval": "1m",
+        "input_series": [
+            {"series": "tokend_token_state{" + ",".join(
+                f'{key}="{value}"' for key, value in labels.items()) + ',state="client_rejected"}',
+             "values": "0x2 1x20"}
+            for labels in rejected
+        ],
+        "alert_rule_test": [
+            _expect("TokendClientRejected", "2m", None),
+            _expect("TokendClientRejected", "5m", {
+                "severity": "critical", "application": "app", "instance": "h:9464",
+                "job": "tokend"}, value="2"),
+            _expect("TokendTokenNeedsAuthorization", "5m", None),
+            _expect("TokendTokenExpiringSoon", "5m", None),
+        ],
+    })
     tests = tmp_path / "alerts.test.yaml"
     tests.write_text(json.dumps(case))
     result = subprocess.run([_promtool(), "test", "rules", str(tests)],
@@ -384,6 +404,7 @@ def _expect(alert: str, at: str, labels: dict[str, str] | None, value: str = "")
 
     def render(text: str) -> str:
         text = text.replace("{{ $value | humanizeDuration }}", value)
+        text = text.replace("{{ $value }}", value)
         return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
 
     annotations = {key: render(text) for key, text in rule["annotations"].items()}

@@ -45,7 +45,7 @@ def test_no_secret_leaks_anywhere(
     for kind in ("malformed_json", "drop", "html"):
         sandbox.inject_fault(kind, grant="refresh_token")
     sandbox.inject_fault("status", status=400, error="invalid_client", grant="refresh_token")
-    wait_for(lambda: daemon.named("needs_authorization"), 15, "a permanent failure")
+    wait_for(lambda: daemon.named("client_rejected"), 15, "a permanent failure")
     sandbox.revoke_user("bob")
     good = setup.config.read_text()
     setup.config.write_text(good.replace("scope: read", "scope: nope", 1))

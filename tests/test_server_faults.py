@@ -49,6 +49,8 @@ PERMANENT = {
     "invalid_grant": Case("status", {"status": 400, "error": "invalid_grant"}),
     "invalid_client": Case("status", {"status": 401, "error": "invalid_client"}),
 }
+# invalid_client is about the application's credentials, not the refresh token.
+PERMANENT_STATE = {"invalid_grant": "needs_authorization", "invalid_client": "client_rejected"}
 
 
 def _stored(setup: Setup) -> Any:
@@ -94,23 +96,25 @@ def test_a_transient_fault_is_retried_with_backoff_and_recovers(
     assert sandbox.refresh_token_state(record.token.refresh_token) == "live", "token lost"
 
 
-@pytest.mark.parametrize("case", PERMANENT.values(), ids=PERMANENT.keys())
+@pytest.mark.parametrize("error", PERMANENT)
 def test_a_permanent_fault_stops_retrying_and_keeps_the_token(
-    tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon, case: Case
+    tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon, error: str
 ) -> None:
-    """invalid_grant/invalid_client: one request, needs_authorization, on_failure, no hammering."""
+    """invalid_grant (needs_authorization) / invalid_client (client_rejected): one request,
+    on_failure, no hammering."""
+    case, state = PERMANENT[error], PERMANENT_STATE[error]
     marker = tmp_path / "on_failure"
     hook = f"        on_failure: [touch, {marker}]\n"
     sandbox.inject_fault(case.kind, count=1, grant="refresh_token", **case.fault)
     setup, daemon = _start(tmp_path, sandbox, start_daemon, hook)
-    wait_for(lambda: daemon.named("needs_authorization"), 10, "needs_authorization")
+    wait_for(lambda: daemon.named(state), 10, state)
     wait_for(marker.exists, 5, "the on_failure hook")
     time.sleep(2.5)  # several of its would-be refresh cycles
     assert sandbox.stats()["refresh_token"] == 1, "it kept retrying"
     assert daemon.stop() == 0
     record = _stored(setup)
     assert record is not None and record.token is not None, "the token was deleted"
-    assert record.state.value == "needs_authorization"
+    assert record.state.value == state
     assert sandbox.refresh_token_state(record.token.refresh_token) == "live"
 
 

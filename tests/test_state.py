@@ -20,9 +20,17 @@ from tokend.errors import StateError
 from tokend.model import TokenName
 from tokend.oauth import Token
 from tokend.quicktoken import NoValidTokenError, current_access_token
-from tokend.sqlite_schema import SCHEMA_VERSION
+from tokend.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from tokend.sqlite_store import SqliteStateStore
-from tokend.state import Claim, Lease, StateStore, TokenRecord, TokenState, Written
+from tokend.state import (
+    Claim,
+    Lease,
+    PublishedFiles,
+    StateStore,
+    TokenRecord,
+    TokenState,
+    Written,
+)
 
 NAME = TokenName("payroll", "alice", "read")
 OTHER = TokenName("payroll", "bob", "write")
@@ -653,6 +661,8 @@ FENCED: dict[str, FencedWrite] = {
         lease, error="/run/x: Read-only file system"),
     "delete_token": lambda store, lease, generation: store.delete_token(
         lease, generation=generation),
+    "record_published": lambda store, lease, generation: store.record_published(
+        [PublishedFiles(lease, ("/run/x.token",), NOW)])[0],
     "release": lambda store, lease, generation: store.release(lease),
 }
 
@@ -919,11 +929,11 @@ def migrated(state_dir: Path) -> dict[TokenName, TokenRecord]:
 
 
 def test_a_version_1_store_is_upgraded_in_place_without_loss(v1_store: Path) -> None:
-    """An upgrade keeps every token, at generation 1, and records schema version 2 once."""
+    """An upgrade keeps every token, at generation 1, and records the schema version once."""
     records = migrated(v1_store)
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     with sqlite3.connect(v1_store / "tokend.db") as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
     assert sorted(records) == [V1_OK, V1_REFUSED, V1_OUTPUTS, V1_NEVER]
     for name in (V1_OK, V1_REFUSED, V1_OUTPUTS):
         assert records[name].token == v1_token(name.user), f"{name}: token differs"
@@ -978,3 +988,82 @@ def test_tokend_token_reads_a_migrated_store(v1_store: Path) -> None:
         "access-alice")
     with pytest.raises(NoValidTokenError, match="expired at"):
         current_access_token(v1_store, "payroll/alice/read", now=V1_ISSUED + 3600)
+
+
+# --- which files hold a token, and whether it is still configured ------------------------------
+
+
+def test_the_files_a_token_was_written_to_are_remembered_across_a_reopen(state_dir: Path) -> None:
+    """The publish path's record of files and of leaving the config survives a restart."""
+    store = SqliteStateStore(state_dir)
+    store.save_token(NAME, make_token(), now=NOW)
+    claim = claimed(store)
+    marks = [PublishedFiles(claim.lease, ("/run/a.env", "/run/a.token"), NOW + 5)]
+    assert store.record_published(marks) == [Written.DONE]
+    generation = claim.generation
+    store.close()
+    reopened = SqliteStateStore(state_dir)
+    try:
+        record = reopened.get(NAME)
+    finally:
+        reopened.close()
+    assert record is not None and record.token == make_token()
+    assert (record.outputs, record.unconfigured_at) == (("/run/a.env", "/run/a.token"), NOW + 5)
+    assert (record.state, record.generation) == (TokenState.OK, generation), "a token write"
+
+
+def test_a_client_rejected_token_shows_so_even_after_it_lapsed(store: StateStore) -> None:
+    """Rejected credentials are what must be fixed: they win over expired, like a refusal."""
+    store.save_token(NAME, make_token(), now=NOW)
+    claim = claimed(store)
+    assert fail(store, claim.lease, claim.generation, state=TokenState.CLIENT_REJECTED) is (
+        Written.DONE)
+    record = store.get(NAME)
+    assert record is not None and record.token == make_token()
+    assert record.shown_state(LIFETIME, NOW + 10) == "client_rejected"
+    assert record.shown_state(LIFETIME, NOW + 2 * LIFETIME) == "client_rejected"
+
+
+def test_tokend_token_reads_a_version_2_store_not_yet_migrated(v1_store: Path) -> None:
+    """After an upgrade, ``tokend token`` (read-only, it never migrates) works before the
+    daemon restarts: a version-2 store has no unconfigured tokens to refuse."""
+    raw = sqlite3.connect(v1_store / "tokend.db")
+    for statement in MIGRATIONS[1]:
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+    token = current_access_token(v1_store, str(V1_OK), now=V1_ISSUED + 10)
+    assert token == v1_token(V1_OK.user).access_token
+
+
+def test_tokend_token_refuses_a_token_removed_from_the_config(store: StateStore,
+                                                               state_dir: Path) -> None:
+    """Nobody refreshes an unconfigured token, so it is not handed out."""
+    store.save_token(NAME, make_token(), now=NOW)
+    claim = claimed(store)
+    store.record_published([PublishedFiles(claim.lease, (), NOW + 1)])
+    with pytest.raises(NoValidTokenError, match="no longer in the config"):
+        current_access_token(state_dir, str(NAME), now=NOW + 10)
+
+
+OPEN_CHILD = """
+import sys
+from pathlib import Path
+from tokend.sqlite_store import SqliteStateStore
+SqliteStateStore(Path(sys.argv[1])).close()
+"""
+
+
+def test_processes_creating_the_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Several `tokend authorize` run at once on a new state dir: none fails with "locked"."""
+    failures = []
+    for trial in range(20):
+        state = tmp_path / f"state-{trial}"
+        children = [subprocess.Popen([sys.executable, "-c", OPEN_CHILD, str(state)], cwd=ROOT,
+                                     stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        for child in children:
+            _out, err = child.communicate(timeout=60)
+            if child.returncode:
+                failures.append(err.strip().splitlines()[-1])
+    assert failures == []

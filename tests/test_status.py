@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from tokend.daemon_status import (
     write_daemon_status,
 )
 from tokend.lock import StateDirLock
-from tokend.model import Config, TokenName, TokenSpec
+from tokend.model import ApplicationSpec, Config, Secret, TokenName, TokenSpec
 from tokend.oauth import Token
 from tokend.state import TokenRecord, TokenState
 from tokend.status import build_report, daemon_row, render_json, render_text, token_row
@@ -60,10 +61,13 @@ def record(
          "needs_authorization"),
         (record(output_error="/run/x: gone"), T0 + 3600, "expired"),
         (record(created_at=T0 - 3000), T0 + 1000, "ok"),
+        (record(state=TokenState.CLIENT_REJECTED), T0 + 10, "client_rejected"),
+        (record(state=TokenState.CLIENT_REJECTED), T0 + 4000, "client_rejected"),
     ],
     ids=["never-stored", "revoked", "fresh", "failing", "refused", "access-expired",
          "failing-and-expired", "refused-and-expired", "outputs-broken",
-         "refused-and-outputs-broken", "outputs-broken-and-expired", "server-clock-behind"],
+         "refused-and-outputs-broken", "outputs-broken-and-expired", "server-clock-behind",
+         "client-rejected", "client-rejected-and-expired"],
 )
 def test_state_follows_the_documented_rule(
     stored: TokenRecord | None, now: float, expected: str
@@ -123,7 +127,7 @@ def test_json_has_the_documented_schema_and_no_secret(tmp_path: Path) -> None:
     assert set(document) == {"tokens", "daemon", "config"}
     (row,) = document["tokens"]
     assert set(row) == {"name", "state", "expires_at", "refresh_token_expires_at",
-                        "next_refresh_at", "last_refresh_at", "last_error"}
+                        "next_refresh_at", "last_refresh_at", "last_error", "action"}
     assert row["name"] == "payroll/alice/read"
     assert row["expires_at"] == "2023-11-14T23:13:20Z"
     assert row["last_error"] == "server_error (HTTP 503)"
@@ -189,3 +193,61 @@ def test_the_daemons_token_list_survives_the_status_file_and_an_older_file_has_n
     (state / "daemon.json").write_text(json.dumps(
         {"pid": 1, "started_at": T0, "config": "c.yaml", "tokens": [bad]}))
     assert read_daemon_status(state) is None, "a token name that cannot be parsed was accepted"
+
+
+APP = ApplicationSpec(name="payroll", client_id="payroll-client", client_secret=Secret("s3cr3t"),
+                      secret_source="client_secret_file: /etc/tokend/payroll.secret")
+
+
+def _with_app(tmp_path: Path, *specs: TokenSpec) -> Config:
+    return Config(source=tmp_path / "config.yaml", state_dir=tmp_path / "state",
+                  applications={"payroll": APP}, tokens=specs)
+
+
+def test_rejected_credentials_point_at_the_credentials_not_at_authorize(tmp_path: Path) -> None:
+    """client_rejected names the client id and where the secret comes from, never the secret."""
+    config = _with_app(tmp_path, SPEC)
+    report = build_report(config, [SPEC], [record(state=TokenState.CLIENT_REJECTED,
+                                                  last_error="invalid_client (HTTP 401)")],
+                          now=T0 + 10)
+    (row,) = report.tokens
+    assert row.action is not None
+    assert "payroll-client" in row.action and "client_secret_file: /etc/tokend/payroll.secret" \
+        in row.action
+    assert "authorize" not in row.action and "s3cr3t" not in render_json(report)
+    assert not report.healthy
+
+
+def test_a_token_that_needs_authorization_says_which_command_to_run(tmp_path: Path) -> None:
+    """The action is the exact command, with the config file this status read."""
+    config = _with_app(tmp_path, SPEC)
+    report = build_report(config, [SPEC], [], now=T0)
+    text = render_text(report, now=T0)
+    assert f"what to do: run `tokend --config {tmp_path / 'config.yaml'} authorize " \
+        "payroll/alice/read`" in text
+
+
+def test_stored_tokens_the_config_no_longer_names_are_listed_unconfigured(
+    tmp_path: Path
+) -> None:
+    """Listed after the configured ones, with what to do; they do not fail the exit status."""
+    gone = TokenName("payroll", "bob", "read")
+    stored = [record(), dataclasses.replace(record(), name=gone),
+              dataclasses.replace(record(with_token=False, state=TokenState.NOT_AUTHORIZED),
+                                  name=TokenName("payroll", "carol", "read"))]
+    config = _with_app(tmp_path, SPEC)
+    report = build_report(config, [SPEC], stored, now=T0 + 10)
+    assert [(row.name, row.state) for row in report.tokens] == [
+        ("payroll/alice/read", "ok"), ("payroll/bob/read", "unconfigured")]
+    action = report.tokens[1].action
+    assert action is not None and "revoke payroll/bob/read" in action
+    assert "revoke --local-only payroll/bob/read" in action
+    assert report.healthy
+    document = json.loads(render_json(report))
+    assert document["tokens"][1]["state"] == "unconfigured"
+    assert ACCESS not in render_json(report)
+    unknown_app = Config(source=config.source, state_dir=config.state_dir, applications={},
+                         tokens=(SPEC,))
+    without = build_report(unknown_app, [SPEC], stored, now=T0 + 10).tokens[1].action
+    assert without is not None and "revoke --local-only" in without
+    assert "revoke payroll/bob/read" not in without, "revoking needs the credentials"

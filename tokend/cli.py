@@ -258,10 +258,10 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a token at the server, forget it and remove its outputs."""
     from tokend.clock import SystemClock
-    from tokend.operator import revoke
+    from tokend.operator import revoke, revoke_target
 
     def work(config: Config, store: StateStore, masker: SecretMasker) -> int:
-        (spec,) = _specs(config, [args.name])
+        spec = revoke_target(config, store, args.name)
         print(revoke(config, spec, local_only=args.local_only, store=store, clock=SystemClock(),
                      masker=masker))
         return EXIT_OK

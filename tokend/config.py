@@ -200,6 +200,7 @@ class _Builder:
             inherited = (self._retry(where, app, defaults), _layered(_TUNING, app, defaults))
             applications[name] = ApplicationSpec(
                 name=name, client_id=app.client_id, client_secret=self._secret(app, where),
+                secret_source=_secret_source(app),
                 **_layered(("base_url", "redirect_uri"), app),
                 **_layered(("rate_limit", "concurrency", "timeout"), app, defaults),
             )
@@ -352,6 +353,15 @@ def _uid(name: str) -> int:
 
 def _gid(name: str) -> int:
     return grp.getgrnam(name).gr_gid
+
+
+def _secret_source(app: Application) -> str:
+    """Where ``app``'s client secret comes from, in the config's words (never the secret)."""
+    for key in _SECRET_KEYS[1:]:
+        value = getattr(app, key)
+        if value is not None:
+            return f"{key}: {value}"
+    return "client_secret (inline)"
 
 
 def _layered(names: tuple[str, ...], *layers: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import structlog
 
+from tokend.attention import CREDENTIALS_RECHECK
 from tokend.clock import Clock, SystemClock
 from tokend.config import load_config
 from tokend.daemon_status import DaemonStatus, daemon_tokens, write_daemon_status
@@ -56,6 +58,7 @@ class Daemon:
         environ: Mapping[str, str] | None = None,
         on_refreshed: RefreshedCallback | None = None,
         watch: bool = True,
+        credentials_recheck: float = CREDENTIALS_RECHECK,
     ) -> None:
         self._config_path = config_path
         self._masker = masker
@@ -73,6 +76,9 @@ class Daemon:
         self._signals = 0
         self._metrics = Metrics(clock=self._clock)
         self._metrics_server: MetricsServer | None = None
+        self._credentials_recheck = credentials_recheck
+        # When to re-read rejected credentials next (monotonic); None while none are rejected.
+        self._recheck_at: float | None = None
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit status."""
@@ -183,6 +189,7 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 await self._reload()
+            await self._recheck_credentials()
             if self._rescan is None or self._rescan:
                 names, self._rescan = self._rescan, set()
                 await self._supervisor.rescan(names)
@@ -197,6 +204,8 @@ class Daemon:
         timeout = MAX_SLEEP
         if next_at is not None:
             timeout = min(MAX_SLEEP, max(0.0, next_at - self._clock.now()))
+        if self._recheck_at is not None:
+            timeout = min(timeout, max(0.0, self._recheck_at - time.monotonic()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -265,15 +274,46 @@ class Daemon:
                     self._rescan.add(TokenName.parse(text))
         self._wake.set()
 
-    async def _reload(self) -> None:
-        self._notifier.reloading()
-        try:
-            config = await asyncio.to_thread(
-                load_config, self._config_path, environ=self._environ
-            )
-        except ConfigError as error:
-            await self._reload_failed(str(error))
+    async def _recheck_credentials(self) -> None:
+        """While an application's credentials are rejected, re-read the config now and then
+        and reload when they changed: a fixed secret file then needs no reload by hand.
+
+        Quiet otherwise: a config that does not load is reported by the reload its edit
+        causes, not once a minute from here.
+        """
+        rejected = self._supervisor.rejected_applications()
+        now = time.monotonic()
+        if not rejected:
+            self._recheck_at = None
             return
+        if self._recheck_at is None:
+            self._recheck_at = now + self._credentials_recheck
+        if now < self._recheck_at:
+            return
+        self._recheck_at = now + self._credentials_recheck
+        try:
+            config = await asyncio.to_thread(load_config, self._config_path, environ=self._environ)
+        except ConfigError:
+            return
+        current = self._supervisor.config
+        assert current is not None  # noqa: S101 -- applied before the loop starts
+        changed = sorted(app for app in rejected
+                         if config.applications.get(app) != current.applications.get(app))
+        if changed:
+            log.info("credentials_changed", applications=changed)
+            await self._reload(config)
+
+    async def _reload(self, config: Config | None = None) -> None:
+        """Load the config (unless given, freshly loaded) and move to it."""
+        self._notifier.reloading()
+        if config is None:
+            try:
+                config = await asyncio.to_thread(
+                    load_config, self._config_path, environ=self._environ
+                )
+            except ConfigError as error:
+                await self._reload_failed(str(error))
+                return
         if config.state_dir != self._state_dir:
             await self._reload_failed(
                 f"state_dir changed to {config.state_dir}; restart tokend to move the state"

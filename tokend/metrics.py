@@ -34,7 +34,8 @@ from tokend.hooks import HookResult
 from tokend.model import TokenName, TokenSpec
 from tokend.state import TokenRecord, TokenState, shown_state
 
-TOKEN_STATES = ("ok", "failing", "needs_authorization", "not_authorized", "expired")
+TOKEN_STATES = ("ok", "failing", "needs_authorization", "not_authorized", "client_rejected",
+                "expired")
 """Every state a token can show, as ``tokend status`` names them."""
 REFRESH_RESULTS = ("ok", "transient_error", "permanent_error", "superseded")
 HOOKS = ("on_refresh", "on_failure")

@@ -94,6 +94,9 @@ class ApplicationSpec:
     rate_limit: float = 3.0
     concurrency: int = 8
     timeout: float = 30.0
+    secret_source: str = ""
+    """Where the secret comes from, as the config says it (``client_secret_file: …``), for
+    messages about rejected credentials: never the secret itself."""
 
 
 @dataclass(frozen=True, slots=True)

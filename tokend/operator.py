@@ -17,16 +17,17 @@ import httpx
 
 from tokend.clock import Clock
 from tokend.doorbell import ring
-from tokend.errors import OAuthError, TokendError
+from tokend.errors import NotFoundError, OAuthError, OutputError, TokendError
 from tokend.factorial import Factorial
 from tokend.lock import owner_id, owner_is_dead
 from tokend.log import SecretMasker
-from tokend.model import Config, TokenSpec
+from tokend.model import Config, TokenName, TokenSpec, resolve_token
 from tokend.outputs import format_utc, remove_outputs
+from tokend.publish import settle_files
 from tokend.refresher import Refresher, RefreshOutcome, lease_seconds
 from tokend.schedule import due_at
 from tokend.slots import RefreshSlots
-from tokend.state import StateStore, Written, wait_for_claim
+from tokend.state import Lease, PublishedFiles, StateStore, Written, wait_for_claim
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,23 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
 
 
 
+def revoke_target(config: Config, store: StateStore, text: str) -> TokenSpec:
+    """The token ``text`` names: a configured one, or a stored one the config no longer
+    names (``APP/USER/SCOPE`` in full), so it can be revoked or forgotten by name."""
+    try:
+        return resolve_token(config, text)
+    except NotFoundError as unknown:
+        try:
+            name = TokenName.parse(text)
+        except ValueError:
+            raise unknown from None
+        record = store.get(name)
+        if record is None or (record.token is None and not record.outputs):
+            raise unknown from None
+        app = config.applications.get(name.app)
+        return TokenSpec(name=name) if app is None else TokenSpec(name=name, timeout=app.timeout)
+
+
 def revoke(
     config: Config,
     spec: TokenSpec,
@@ -132,10 +150,20 @@ def revoke(
     The server call comes first: if it fails, nothing is deleted and the error
     propagates (``local_only`` skips it, for a server that is gone). The lease
     is held throughout, waiting out a refresh or an authorization in flight, so
-    neither can bring the token back or lose a newer one.
+    neither can bring the token back or lose a newer one. A token the config no
+    longer names is revoked with its application's credentials; without them
+    (the application is gone too) only ``local_only`` can forget it.
     """
-    app = config.applications[spec.name.app]
-    masker.add(app.client_secret.reveal())
+    app = config.applications.get(spec.name.app)
+    if app is None and not local_only:
+        raise TokendError(
+            f"{spec.name}: application {spec.name.app!r} is not in the config, so tokend has "
+            "no client credentials to revoke the token at the server; nothing was done. Run "
+            f"`tokend revoke --local-only {spec.name}` to forget it here (it dies at the server "
+            "when its refresh token expires)")
+    if app is not None:
+        masker.add(app.client_secret.reveal())
+    configured = any(other.name == spec.name for other in config.tokens)
     claim = wait_for_claim(store, spec.name, owner=owner_id(), lease=lease_seconds(spec),
                            holder_is_dead=owner_is_dead, timeout=lease_seconds(spec))
     try:
@@ -150,14 +178,34 @@ def revoke(
             if store.delete_token(claim.lease, generation=claim.generation) is Written.STALE:
                 raise TokendError(f"{spec.name} was changed by another process meanwhile; "
                                   "nothing was deleted here. Run revoke again")
-        remove_outputs(spec.outputs)
+        problem = _remove_files(config, spec, claim.lease, store)
     finally:
         store.release(claim.lease)
     ring(config.state_dir, [str(spec.name)])
+    if problem is not None:
+        raise OutputError(f"{spec.name}: the token is forgotten, but {problem}")
     if token is None:
         return f"{spec.name}: was not authorized; outputs removed"
     where = "at the server and locally" if revoked_remotely else "locally only (--local-only)"
-    return f"{spec.name}: revoked {where}; outputs removed; state is now not_authorized"
+    after = "state is now not_authorized" if configured else "no longer stored"
+    return f"{spec.name}: revoked {where}; outputs removed; {after}"
+
+
+def _remove_files(config: Config, spec: TokenSpec, lease: Lease, store: StateStore) -> str | None:
+    """Remove every file ``spec``'s token was written to, as the publish path does; return
+    what could not be removed. Files another configured token writes now are its own."""
+    record = store.get(spec.name)
+    if record is None:
+        remove_outputs(spec.outputs)
+        return None
+    in_use = {output.path for other in config.tokens if other.name != spec.name
+              for output in other.outputs}
+    files = settle_files(spec.outputs, record, in_use=in_use, name=str(spec.name))
+    if files.error != record.output_error:
+        store.set_output_problem(lease, error=files.error)
+    if files.held != record.outputs:
+        store.record_published([PublishedFiles(lease, files.held, record.unconfigured_at)])
+    return files.error
 
 
 def _revoke_at_server(spec: TokenSpec, config: Config, refresh_token: str) -> None:

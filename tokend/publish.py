@@ -4,7 +4,11 @@ Start-up, reload, rescan, output retries, refreshes and ``tokend authorize`` all
 publish through :meth:`Publisher.publish`, and only while holding the token's
 lease, so what it writes is the record as it stands under that lease: no actor
 can write a snapshot that another has already replaced. A revoked token's
-outputs are removed, so nothing keeps using a dead token.
+outputs are removed, so nothing keeps using a dead token; so are the files of a
+token the config no longer names (:meth:`Publisher.retire_many`) and a file an
+output was moved away from. The store remembers which files each token was
+written to, so this works after a restart too; a file another configured token
+now writes is left to it.
 
 Output health is recorded apart from token health (``output_error``): a
 broken output never hides or overwrites what the server said about the
@@ -14,7 +18,7 @@ refresh token.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +30,9 @@ from tokend.errors import OutputError
 from tokend.hooks import hook_environment, run_hook
 from tokend.log import SecretMasker
 from tokend.metrics import Metrics
-from tokend.model import TokenSpec
+from tokend.model import OutputSpec, TokenSpec
 from tokend.outputs import remove_outputs, write_outputs
-from tokend.state import Lease, StateStore, TokenRecord
+from tokend.state import Lease, PublishedFiles, StateStore, TokenRecord
 from tokend.workers import Workers
 
 log = structlog.get_logger(__name__)
@@ -46,9 +50,13 @@ class Published:
 
 
 @dataclass(frozen=True, slots=True)
-class _Written:
-    paths: tuple[Path, ...]
+class Files:
+    """What :func:`settle_files` did to one token's files."""
+
+    rewritten: tuple[Path, ...]
     error: str | None
+    held: tuple[str, ...]
+    """The files that may hold the token now: what the store must remember."""
 
 
 class Publisher:
@@ -68,6 +76,12 @@ class Publisher:
         self._masker = masker
         self._hook_base_env = dict(hook_base_env)
         self._metrics = metrics
+        self._in_use: frozenset[Path] | None = None
+
+    def use_paths(self, in_use: Collection[Path]) -> None:
+        """The output paths of every configured token: files a token was written to earlier
+        are removed only when not among these. Until told, such files are left alone."""
+        self._in_use = frozenset(in_use)
 
     async def publish(
         self, spec: TokenSpec, lease: Lease, *, record: TokenRecord | None = None,
@@ -91,37 +105,90 @@ class Publisher:
             if record is not None and record.token is not None:
                 self._masker.add(record.token.access_token, record.token.refresh_token)
         results = await self._workers.files(
-            lambda: [_write(spec, record) for spec, _lease, record in items]
+            lambda: [settle_files(spec.outputs, record, in_use=self._in_use, name=str(spec.name))
+                     for spec, _lease, record in items]
         )
-        changed = [
-            (lease, written.error) for (_spec, lease, record), written in zip(items, results,
-                                                                              strict=True)
-            if record is not None and written.error != record.output_error
-        ]
-        if changed:
-            await self._workers.store(self._mark_output_health, changed)
+        records = await self._record([(spec.name, lease, record) for spec, lease, record in items],
+                                     results, unconfigured_at=lambda _record: None)
         published = []
-        for (spec, _lease, stored), written in zip(items, results, strict=True):
-            record = stored
-            if stored is not None and written.error != stored.output_error:
-                self._log_health(spec, written.error)
-                record = dataclasses.replace(stored, output_error=written.error)
-            ok = written.error is None
+        for record, files in zip(records, results, strict=True):
+            ok = files.error is None
             has_token = record is not None and record.token is not None
-            announce = ok and has_token and (new_token or bool(written.paths))
+            announce = ok and has_token and (new_token or bool(files.rewritten))
             published.append(Published(record, ok, announce))
         return published
 
-    def _mark_output_health(self, changed: list[tuple[Lease, str | None]]) -> None:
-        for lease, error in changed:
+    async def retire_many(
+        self, items: Sequence[tuple[Lease, TokenRecord | None]], *, now: float
+    ) -> list[tuple[TokenRecord | None, bool]]:
+        """Take tokens the config no longer names out of circulation, under their leases.
+
+        Every file they were written to is removed (unless another configured token
+        writes it now) and a stored token is marked unconfigured: kept, so putting it
+        back in the config needs no new authorization, but no longer handed out.
+        Returns each record afterwards and whether it was marked just now.
+        """
+        in_use = self._in_use or frozenset()
+        results = await self._workers.files(
+            lambda: [settle_files((), record, in_use=in_use,
+                                  name="" if record is None else str(record.name))
+                     for _lease, record in items]
+        )
+
+        def since(record: TokenRecord) -> float | None:
+            if record.unconfigured_at is None and record.token is not None:
+                return now
+            return record.unconfigured_at
+
+        records = await self._record(
+            [(lease.name, lease, record) for lease, record in items], results,
+            unconfigured_at=since,
+        )
+        return [
+            (after, before is not None and after is not None
+             and before.unconfigured_at is None and after.unconfigured_at is not None)
+            for (_lease, before), after in zip(items, records, strict=True)
+        ]
+
+    async def _record(
+        self,
+        items: Sequence[tuple[object, Lease, TokenRecord | None]],
+        results: Sequence[Files],
+        *,
+        unconfigured_at: Callable[[TokenRecord], float | None],
+    ) -> list[TokenRecord | None]:
+        """Store what changed (output health, files held, configured or not) in one hop;
+        return the records as they now stand."""
+        health: list[tuple[Lease, str | None]] = []
+        placed: list[PublishedFiles] = []
+        records: list[TokenRecord | None] = []
+        for (_name, lease, stored), files in zip(items, results, strict=True):
+            if stored is None:
+                records.append(None)
+                continue
+            since = unconfigured_at(stored)
+            if files.error != stored.output_error:
+                health.append((lease, files.error))
+                self._log_health(str(stored.name), files.error)
+            if files.held != stored.outputs or since != stored.unconfigured_at:
+                placed.append(PublishedFiles(lease, files.held, since))
+            records.append(dataclasses.replace(stored, output_error=files.error,
+                                               outputs=files.held, unconfigured_at=since))
+        if health or placed:
+            await self._workers.store(self._mark, health, placed)
+        return records
+
+    def _mark(self, health: list[tuple[Lease, str | None]], placed: list[PublishedFiles]) -> None:
+        for lease, error in health:
             self._store.set_output_problem(lease, error=error)
+        self._store.record_published(placed)
 
     @staticmethod
-    def _log_health(spec: TokenSpec, error: str | None) -> None:
+    def _log_health(name: str, error: str | None) -> None:
         if error is None:
-            log.info("outputs_recovered", token=str(spec.name))
+            log.info("outputs_recovered", token=name)
         else:
-            log.error("outputs_failed", token=str(spec.name), error=error)
+            log.error("outputs_failed", token=name, error=error)
 
     async def announce(self, spec: TokenSpec, published: Published) -> None:
         """Run ``on_refresh`` if ``published`` says consumers must hear of it.
@@ -148,16 +215,45 @@ class Publisher:
         self._metrics.hook_finished(spec.name, hook, result)
 
 
-def _write(spec: TokenSpec, record: TokenRecord | None) -> _Written:
-    """Make ``spec``'s files match ``record`` (in the calling thread): its token, or none."""
+def settle_files(
+    outputs: Sequence[OutputSpec],
+    record: TokenRecord | None,
+    *,
+    in_use: Collection[Path] | None,
+    name: str,
+) -> Files:
+    """Make a token's files match ``record`` (in the calling thread).
+
+    ``outputs`` get its token, or are removed when it has none (revoked). Files
+    it was written to before that ``outputs`` no longer name are removed, except
+    those another configured token writes now (``in_use``); with ``in_use``
+    ``None`` (a caller that does not know the whole config) they are kept, and
+    stay remembered for the daemon. A record never stored has no files.
+    """
+    if record is None:
+        return Files((), None, ())
+    wanted = tuple(str(output.path) for output in outputs)
+    errors: list[str] = []
+    rewritten: list[Path] = []
+    has_token = record.token is not None and record.expires_at is not None
     try:
-        if record is not None and record.token is not None and record.expires_at is not None:
-            paths = write_outputs(spec.outputs, record.token, expires_at=record.expires_at)
-            if paths:
-                log.debug("outputs_written", token=str(spec.name), paths=[str(p) for p in paths])
-            return _Written(tuple(paths), None)
-        if record is not None:  # revoked: no file may keep a dead token
-            remove_outputs(spec.outputs)
+        if record.token is not None and record.expires_at is not None:
+            rewritten = write_outputs(outputs, record.token, expires_at=record.expires_at)
+            if rewritten:
+                log.debug("outputs_written", token=name, paths=[str(p) for p in rewritten])
+        else:  # revoked: no file may keep a dead token
+            remove_outputs(outputs)
     except OutputError as error:
-        return _Written((), str(error))
-    return _Written((), None)
+        errors.append(str(error))
+    held = set(wanted) if has_token or errors else set()
+    stale = [path for path in record.outputs if path not in wanted]
+    if in_use is None:
+        held.update(stale)
+    elif removable := [path for path in stale if Path(path) not in in_use]:
+        try:
+            remove_outputs(OutputSpec(Path(path)) for path in removable)
+            log.info("old_outputs_removed", token=name, paths=removable)
+        except OutputError as error:
+            errors.append(str(error))
+            held.update(removable)
+    return Files(tuple(rewritten), "; ".join(errors) or None, tuple(sorted(held)))

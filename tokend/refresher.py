@@ -25,13 +25,14 @@ from typing import Literal
 import httpx
 import structlog
 
+from tokend.attention import CLIENT_RETRY_INITIAL, CLIENT_RETRY_MAX
 from tokend.clock import Clock
 from tokend.errors import NetworkError, OAuthError
 from tokend.factorial import AsyncFactorial
 from tokend.lock import owner_is_dead
 from tokend.log import SecretMasker
 from tokend.metrics import Metrics
-from tokend.model import ApplicationSpec, TokenName, TokenSpec
+from tokend.model import ApplicationSpec, RetryPolicy, TokenName, TokenSpec
 from tokend.oauth import Token
 from tokend.outputs import format_utc
 from tokend.publish import Published, Publisher
@@ -53,6 +54,10 @@ COMMIT_ALLOWANCE = BUSY_TIMEOUT + 5.0
 ``BUSY_TIMEOUT`` for another writer."""
 CLAIM_ALLOWANCE = 5.0
 """Slack for the claim itself, so a lease granted a moment late still covers the request."""
+CLIENT_REJECTED_ERRORS = frozenset({"invalid_client"})
+"""OAuth errors about the application's credentials, not the refresh token: the server
+never looked at the refresh token, so it stays usable once the credentials are right."""
+CLIENT_RETRY = RetryPolicy(initial=CLIENT_RETRY_INITIAL, max=CLIENT_RETRY_MAX)
 
 
 def lease_seconds(spec: TokenSpec) -> float:
@@ -211,9 +216,10 @@ class Refresher:
             async with asyncio.timeout(spec.timeout):
                 token = await self._request(app, spec, current)
         except OAuthError as error:
-            return await self._fail(spec, claim, error, started)
+            return await self._fail(spec, app, claim, error, started)
         except TimeoutError:
-            return await self._fail(spec, claim, NetworkError.deadline(spec.timeout), started)
+            return await self._fail(spec, app, claim, NetworkError.deadline(spec.timeout),
+                                    started)
         self._masker.add(token.access_token, token.refresh_token)
         written, fresh = await self.workers.store(self._commit, name, token, claim, sent_at)
         seconds = self._monotonic() - started
@@ -251,7 +257,8 @@ class Refresher:
         )
 
     async def _fail(
-        self, spec: TokenSpec, claim: Claim, error: OAuthError, started: float
+        self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, error: OAuthError,
+        started: float,
     ) -> RefreshOutcome:
         name, record = spec.name, claim.record
         assert record is not None  # noqa: S101 -- only tokens that exist are sent
@@ -265,6 +272,9 @@ class Refresher:
                 failures, spec.retry, retry_after=error.retry_after, random=self._rand
             )
             state, next_attempt_at = TokenState.FAILING, now + delay
+        elif error.error in CLIENT_REJECTED_ERRORS:
+            delay = backoff_delay(failures, CLIENT_RETRY, retry_after=None, random=self._rand)
+            state, next_attempt_at = TokenState.CLIENT_REJECTED, now + delay
         else:
             state, next_attempt_at = TokenState.NEEDS_AUTHORIZATION, None
         written = await self.workers.store(
@@ -280,8 +290,13 @@ class Refresher:
             log.warning("refresh_failed", token=str(name), error=message, attempt=failures,
                         retry_in=round(delay, 1))
             return RefreshOutcome(name, "transient_error", fresh)
-        log.error("needs_authorization", token=str(name), error=message)
-        if spec.on_failure and record.state is not TokenState.NEEDS_AUTHORIZATION:
+        if state is TokenState.CLIENT_REJECTED:
+            log.error("client_rejected", token=str(name), application=app.name,
+                      client_id=app.client_id, secret_from=app.secret_source, error=message,
+                      retry_in=round(delay))
+        else:
+            log.error("needs_authorization", token=str(name), error=message)
+        if spec.on_failure and record.state is not state:
             await self.publisher.run_hook(spec, "on_failure", None)
         return RefreshOutcome(name, "permanent_error", fresh)
 

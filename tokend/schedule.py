@@ -55,8 +55,8 @@ def due_at(record: TokenRecord | None, spec: TokenSpec) -> float | None:
     """When ``record`` should next be refreshed, or ``None`` when nothing can be done.
 
     ``None`` means a person must act first: no token yet, or the state is
-    needs_authorization / not_authorized. A failing token is due at its persisted
-    ``next_attempt_at`` (so a restart does not hammer the server). Otherwise the
+    needs_authorization / not_authorized. A failing or client_rejected token is due at
+    its persisted ``next_attempt_at`` (so a restart does not hammer the server). Otherwise the
     token is due at ``issued_at + f * expires_in`` where ``f`` is ``refresh_at`` plus
     the token's jitter, clamped to ``[0, MAX_REFRESH_FRACTION]``, and never later
     than :func:`refresh_token_deadline`. ``issued_at`` is this host's clock when the
@@ -69,6 +69,8 @@ def due_at(record: TokenRecord | None, spec: TokenSpec) -> float | None:
         return None
     if record.state in (TokenState.NEEDS_AUTHORIZATION, TokenState.NOT_AUTHORIZED):
         return None
+    if record.state is TokenState.CLIENT_REJECTED:
+        return record.next_attempt_at
     if record.state is TokenState.FAILING and record.next_attempt_at is not None:
         return record.next_attempt_at
     token = record.token

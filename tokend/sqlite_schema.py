@@ -7,6 +7,7 @@ only constants are formatted in.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tokend.model import TokenName
@@ -42,13 +43,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             owner TEXT NOT NULL, epoch INTEGER NOT NULL, expires_at REAL NOT NULL,
             clock TEXT NOT NULL, PRIMARY KEY (app, user, scope)) WITHOUT ROWID""",
     ),
+    # 3: the files each token was written to (a JSON list of paths), so a token removed from
+    # the config, or an output moved, leaves no copy behind; when a token left the config.
+    (
+        "ALTER TABLE tokens ADD COLUMN outputs TEXT",
+        "ALTER TABLE tokens ADD COLUMN unconfigured_at REAL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 KEY = "app = ? AND user = ? AND scope = ?"
 COLUMNS = """app, user, scope, access_token, token_type, expires_in, refresh_token,
     granted_scope, created_at, issued_at, state, last_attempt_at, last_refresh_at,
-    last_error, consecutive_failures, next_attempt_at, generation, output_error"""
+    last_error, consecutive_failures, next_attempt_at, generation, output_error, outputs,
+    unconfigured_at"""
 SELECT = f"SELECT {COLUMNS} FROM tokens"  # noqa: S608 -- constants only, values are bound
 GET = f"{SELECT} WHERE {KEY}"
 ALL = f"{SELECT} ORDER BY app, user, scope"
@@ -83,6 +91,7 @@ DELETE = f"""UPDATE tokens SET access_token = NULL, token_type = NULL, expires_i
     next_attempt_at = NULL, output_error = NULL, generation = generation + 1
     WHERE {KEY} AND generation = ?"""  # noqa: S608 -- constants
 OUTPUT_PROBLEM = f"UPDATE tokens SET output_error = ? WHERE {KEY}"  # noqa: S608 -- constants
+PUBLISHED = f"UPDATE tokens SET outputs = ?, unconfigured_at = ? WHERE {KEY}"  # noqa: S608
 LEASE_HOLDER = f"SELECT owner, epoch, expires_at, clock FROM leases WHERE {KEY}"  # noqa: S608
 LEASE_TAKE = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)"
 # A lease is live when its epoch is current and its end has not passed on this boot's clock.
@@ -109,7 +118,12 @@ def record(row: tuple[Any, ...]) -> TokenRecord:
         state=TokenState(row[10]), last_attempt_at=row[11], last_refresh_at=row[12],
         last_error=row[13], consecutive_failures=row[14], next_attempt_at=row[15],
         generation=row[16], output_error=row[17],
+        outputs=tuple(json.loads(row[18])) if row[18] else (), unconfigured_at=row[19],
     )
+
+
+def outputs_value(paths: tuple[str, ...]) -> str | None:
+    return json.dumps(list(paths)) if paths else None
 
 
 def token_values(token: Token) -> tuple[Any, ...]:

@@ -25,6 +25,7 @@ from tokend.oauth import Token
 from tokend.state import (
     Claim,
     Lease,
+    PublishedFiles,
     StateStore,
     TokenRecord,
     TokenState,
@@ -82,7 +83,7 @@ class SqliteStateStore(StateStore):
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from exc
         try:
-            self._setup()
+            self._setup_waiting(busy_timeout)
         except BaseException:
             self._conn.close()
             raise
@@ -91,18 +92,34 @@ class SqliteStateStore(StateStore):
     def _error(self, what: str, exc: BaseException) -> StateError:
         return StateError(f"state store {self.path}: {what}: {exc}")
 
+    def _setup_waiting(self, busy_timeout: float) -> None:
+        """:meth:`_setup`, retried while another process is creating the same store.
+
+        Switching a new file to WAL, or reading it meanwhile, can answer "locked" at
+        once instead of waiting out ``busy_timeout`` (several ``tokend authorize`` on a
+        fresh state directory), so that wait is done here.
+        """
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                self._setup()
+            except sqlite3.Error as exc:
+                locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+                if not locked or time.monotonic() >= deadline:
+                    raise self._error("cannot open", exc) from exc
+            else:
+                return
+            time.sleep(0.05)
+
     def _setup(self) -> None:
-        try:
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StateError(f"state store {self.path}: cannot use WAL journal mode ({mode})")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            # Read first without a lock: a CLI opening an up-to-date store next to a running
-            # daemon must not wait for the write lock.
-            if self._version() != sql.SCHEMA_VERSION:
-                self._migrate()
-        except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from exc
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StateError(f"state store {self.path}: cannot use WAL journal mode ({mode})")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        # Read first without a lock: a CLI opening an up-to-date store next to a running
+        # daemon must not wait for the write lock.
+        if self._version() != sql.SCHEMA_VERSION:
+            self._migrate()
 
     def _version(self) -> int:
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -233,6 +250,22 @@ class SqliteStateStore(StateStore):
                 return Written.STALE
             conn.execute(sql.OUTPUT_PROBLEM, (error, *sql.key(lease.name)))
             return Written.DONE
+
+    def record_published(self, marks: Sequence[PublishedFiles]) -> list[Written]:
+        if not marks:
+            return []
+        # Like output health, no fsync: a start-up after an upgrade records every token's files,
+        # and what a power loss loses is recorded again by the next publish (or retirement).
+        with self._write("record published files", durable=False) as conn:
+            written = []
+            for mark in marks:
+                if not self._live(conn, mark.lease):
+                    written.append(Written.STALE)
+                    continue
+                conn.execute(sql.PUBLISHED, (sql.outputs_value(mark.outputs),
+                                             mark.unconfigured_at, *sql.key(mark.lease.name)))
+                written.append(Written.DONE)
+            return written
 
     def delete_token(self, lease: Lease, *, generation: int) -> Written:
         with self._write("delete token") as conn:

@@ -36,6 +36,9 @@ from tokend.oauth import Token
 
 EXPIRED = "expired"
 """The state shown for an ok or failing token whose access or refresh token has lapsed."""
+UNCONFIGURED = "unconfigured"
+"""The state shown for a stored token that is no longer in the config: not refreshed, not
+published, kept so that putting it back needs no new authorization."""
 
 
 def nobody_is_dead(owner: str) -> bool:
@@ -50,6 +53,14 @@ class TokenState(StrEnum):
     FAILING = "failing"
     NEEDS_AUTHORIZATION = "needs_authorization"
     NOT_AUTHORIZED = "not_authorized"
+    CLIENT_REJECTED = "client_rejected"
+    """The server refused the application's own credentials (``invalid_client``): the
+    refresh token was never looked at and stays usable once the credentials are right."""
+
+
+NEEDS_A_PERSON = frozenset({TokenState.NOT_AUTHORIZED, TokenState.NEEDS_AUTHORIZATION,
+                            TokenState.CLIENT_REJECTED})
+"""The states no retry can fix: the daemon says so, with what to do."""
 
 
 class Written(StrEnum):
@@ -68,7 +79,10 @@ class TokenRecord:
     from there, never from the server's ``created_at``, whose clock may be off.
     ``output_error`` is the health of the files written from the token, kept
     apart from ``state`` so a broken output can never hide or overwrite what
-    the server said about the refresh token.
+    the server said about the refresh token. ``outputs`` are the files tokend
+    wrote that may hold the token, so the ones a config no longer names can be
+    removed even after a restart; ``unconfigured_at`` is when the daemon found
+    the token gone from the config (``None`` while it is configured).
     """
 
     name: TokenName
@@ -82,6 +96,8 @@ class TokenRecord:
     next_attempt_at: float | None
     generation: int = 0
     output_error: str | None = None
+    outputs: tuple[str, ...] = ()
+    unconfigured_at: float | None = None
 
     @property
     def expires_at(self) -> float | None:
@@ -103,7 +119,9 @@ class TokenRecord:
         ``not_authorized`` (or ``needs_authorization``); an ``ok`` or ``failing``
         token whose access or refresh token has lapsed is ``expired`` (consumers
         read a dead token); an ``ok`` token whose outputs cannot be written is
-        ``failing``.
+        ``failing``. A state that needs a person wins over ``expired``: it is what
+        must be done. (``unconfigured`` depends on the config, so callers that
+        have one decide it.)
         """
         return shown_state(
             self.state, self.expires_at, self.refresh_token_expires_at(refresh_token_lifetime),
@@ -121,7 +139,7 @@ def shown_state(
 ) -> str:
     """:meth:`TokenRecord.shown_state` from the few facts it needs (metrics keep no token)."""
     if expires_at is None:
-        if stored is TokenState.NEEDS_AUTHORIZATION:
+        if stored in (TokenState.NEEDS_AUTHORIZATION, TokenState.CLIENT_REJECTED):
             return stored.value
         return TokenState.NOT_AUTHORIZED.value
     lapsed = expires_at <= now or (refresh_expires_at is not None and refresh_expires_at <= now)
@@ -145,6 +163,17 @@ class Lease:
     owner: str
     epoch: int
     valid_for: float
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedFiles:
+    """What the publish path leaves behind for one token, written under its lease."""
+
+    lease: Lease
+    outputs: tuple[str, ...]
+    """The files tokend wrote that may hold the token (sorted)."""
+    unconfigured_at: float | None
+    """When the token left the config; ``None`` while it is configured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +235,10 @@ class StateStore(Protocol):
 
         Only ``output_error`` changes: the token's state, failures and schedule stay.
         """
+
+    def record_published(self, marks: Sequence[PublishedFiles]) -> list[Written]:
+        """Record, in one transaction, which files hold each token and whether it is still
+        configured; each mark is fenced on its lease. Token, state and schedule stay."""
 
     def delete_token(self, lease: Lease, *, generation: int) -> Written:
         """Forget the token (explicit revoke): not_authorized, generation bumped."""

@@ -5,6 +5,10 @@ even when no daemon is running:
 
 * ``not_authorized``: no token stored (never authorized, or revoked);
 * ``needs_authorization``: the server refused the refresh token; a person must act;
+* ``client_rejected``: the server refused the application's client credentials; the
+  fix is the credentials, not a new authorization;
+* ``unconfigured``: stored, but no longer in the config: not refreshed, its files
+  removed, kept so that putting it back needs no new authorization;
 * ``expired``: the stored access token or refresh token is past its lifetime, so
   consumers are reading a dead token (typically: the daemon is not running);
 * ``failing``: refreshes fail transiently and are being retried, the access
@@ -17,18 +21,19 @@ Nothing here ever shows a token or a secret.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from tokend.attention import action
 from tokend.daemon_status import read_daemon_status
 from tokend.durations import format_duration
 from tokend.lock import running_daemon_pid
-from tokend.model import Config, TokenSpec
+from tokend.model import Config, TokenName, TokenSpec
 from tokend.outputs import format_utc
 from tokend.schedule import due_at
 from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenRecord, TokenState, shown_state
+from tokend.state import UNCONFIGURED, TokenRecord, TokenState, shown_state
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class TokenRow:
     next_refresh_at: float | None
     last_refresh_at: float | None
     last_error: str | None
+    action: str | None = None
+    """What a person must do, for the states no retry can fix (:mod:`tokend.attention`)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,9 @@ class StatusReport:
 
     @property
     def healthy(self) -> bool:
-        """Every listed token ``ok``, a valid config and no failed reload: exit status 0."""
-        return all(row.state == TokenState.OK for row in self.tokens) and (
+        """Every listed token ``ok`` (or removed from the config on purpose), a valid config
+        and no failed reload: exit status 0."""
+        return all(row.state in (TokenState.OK, UNCONFIGURED) for row in self.tokens) and (
             self.config_error is None and self.daemon is not None
             and self.daemon.last_reload_ok is not False
         )
@@ -116,6 +124,18 @@ def _error(record: TokenRecord) -> str | None:
     return output_problem if record.last_error is None else f"{record.last_error}; {output_problem}"
 
 
+def unconfigured_row(record: TokenRecord) -> TokenRow:
+    """The row of a stored token the config does not name (its lifetimes are unknown)."""
+    return TokenRow(str(record.name), UNCONFIGURED, record.expires_at, None, None,
+                    record.last_refresh_at, _error(record))
+
+
+def _unconfigured(record: TokenRecord, configured: set[TokenName]) -> bool:
+    """Stored, not configured, and still holding something: a token, or a file."""
+    return record.name not in configured and (
+        record.token is not None or bool(record.outputs) or record.output_error is not None)
+
+
 def daemon_row(state_dir: Path) -> DaemonRow:
     """The daemon's pid from the state-dir lock; its start and reload from ``daemon.json``."""
     pid = running_daemon_pid(state_dir)
@@ -129,11 +149,23 @@ def daemon_row(state_dir: Path) -> DaemonRow:
 def build_report(
     config: Config, specs: list[TokenSpec], records: list[TokenRecord], *, now: float
 ) -> StatusReport:
-    """Rows for ``specs`` (in config order) from the store's ``records``."""
+    """Rows for ``specs`` (in config order) from the store's ``records``, each with what to do;
+    when ``specs`` are all the configured tokens, then the stored tokens the config no longer
+    names."""
     by_name = {record.name: record for record in records}
-    rows = tuple(token_row(spec, by_name.get(spec.name), now=now) for spec in specs)
-    return StatusReport(config.source.absolute(), len(config.tokens), rows,
+    rows = [token_row(spec, by_name.get(spec.name), now=now) for spec in specs]
+    configured = {spec.name for spec in config.tokens}
+    if configured <= {spec.name for spec in specs}:
+        rows += [unconfigured_row(record) for record in records
+                 if _unconfigured(record, configured)]
+    return StatusReport(config.source.absolute(), len(config.tokens),
+                        tuple(_with_action(row, config) for row in rows),
                         daemon_row(config.state_dir))
+
+
+def _with_action(row: TokenRow, config: Config) -> TokenRow:
+    todo = action(row.state, TokenName.parse(row.name), config)
+    return row if todo is None else replace(row, action=todo.text)
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -153,6 +185,7 @@ def render_json(report: StatusReport) -> str:
                 "next_refresh_at": _iso(row.next_refresh_at),
                 "last_refresh_at": _iso(row.last_refresh_at),
                 "last_error": row.last_error,
+                "action": row.action,
             }
             for row in report.tokens
         ],
@@ -197,9 +230,11 @@ def render_text(report: StatusReport, *, now: float) -> str:
     for index, line in enumerate(table):
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
                      .rstrip())
-        error = report.tokens[index - 1].last_error if index else None
-        if error:
-            lines.append(f"  last error: {error}")
+        row = report.tokens[index - 1] if index else None
+        if row is not None and row.last_error:
+            lines.append(f"  last error: {row.last_error}")
+        if row is not None and row.action:
+            lines.append(f"  what to do: {row.action}")
     lines.append("")
     lines.append(_daemon_line(report.daemon, now))
     if report.config_error is not None:

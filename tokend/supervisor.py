@@ -8,17 +8,22 @@ here ever writes a record that another actor has since replaced. Work that
 arrives for a token while it is in flight (a reload changed its outputs, the
 CLI changed its token) is done when the flight ends, from the record as it
 then stands.
+
+A token that leaves the config is retired: its files are removed and its stored
+token is kept, marked unconfigured, until it is put back or revoked. Whenever a
+token enters a state only a person can fix, the supervisor logs
+``action_required`` with what to do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 
 import structlog
 
+from tokend import attention
 from tokend.clock import Clock
 from tokend.log import SecretMasker
 from tokend.metrics import Metrics
@@ -26,7 +31,8 @@ from tokend.model import Config, TokenName, TokenSpec
 from tokend.refresher import Refresher
 from tokend.schedule import Scheduler, backoff_delay, due_at
 from tokend.slots import RefreshSlots
-from tokend.state import StateStore, TokenRecord, TokenState
+from tokend.state import NEEDS_A_PERSON, StateStore, TokenRecord, TokenState
+from tokend.token_states import TokenStates
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +78,9 @@ class Supervisor:
         self._publish_attempts: dict[TokenName, int] = {}
         self._inflight: dict[TokenName, asyncio.Task[None]] = {}
         self._republish: set[TokenName] = set()
-        self._states: dict[TokenName, TokenState] = {}
-        self._counts: Counter[TokenState] = Counter()
+        # Tokens removed from the config while in flight: retired when the flight ends.
+        self._retire_after: set[TokenName] = set()
+        self._states = TokenStates()
         # Tokens to try once although they need authorization (their config changed).
         self._forced: set[TokenName] = set()
         self._slots: RefreshSlots | None = None
@@ -85,7 +92,8 @@ class Supervisor:
         return min((at for at in times if at is not None), default=None)
 
     def start_due(self) -> None:
-        """Start every refresh that is due now, earliest expiry first, and every publish retry."""
+        """Start every refresh that is due now, earliest expiry first, and every retry of
+        a publish (or of a retirement, for a token no longer configured)."""
         now = self._clock.now()
         due = [name for name in self._scheduler.due(now)
                if name in self._specs and name not in self._inflight]
@@ -93,7 +101,18 @@ class Supervisor:
         for name in due:
             self._inflight[name] = asyncio.create_task(self._refresh(self._specs[name]),
                                                        name=str(name))
-        self._publish(name for name in self._publish_retries.due(now) if name in self._specs)
+        files = self._publish_retries.due(now)
+        self._publish(name for name in files if name in self._specs)
+        self._retire([name for name in files if name not in self._specs])
+
+    @property
+    def config(self) -> Config | None:
+        """The config applied last."""
+        return self._config
+
+    def rejected_applications(self) -> set[str]:
+        """The applications with a configured token whose credentials the server rejected."""
+        return self._states.rejected_applications()
 
     def _expiry(self, name: TokenName) -> float:
         record = self._records.get(name)
@@ -101,25 +120,8 @@ class Supervisor:
         return 0.0 if expires_at is None else expires_at
 
     def status_line(self) -> str:
-        """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows.
-
-        The counts are kept up to date as states change, so this costs nothing
-        per refresh, however many tokens there are.
-        """
-        if not self._specs:
-            return "no tokens configured"
-        parts = [f"{count} {state.value}" for state, count in sorted(self._counts.items())
-                 if count]
-        return f"{len(self._specs)} tokens: " + ", ".join(parts)
-
-    def _set_state(self, name: TokenName, state: TokenState | None) -> None:
-        """Record ``name``'s state (``None``: no longer configured) and keep the counts."""
-        old = self._states.pop(name, None)
-        if old is not None:
-            self._counts[old] -= 1
-        if state is not None:
-            self._states[name] = state
-            self._counts[state] += 1
+        """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows."""
+        return self._states.line(len(self._specs))
 
     async def apply(self, new: Config) -> tuple[int, int, int]:
         """Move to ``new``; return (added, removed, changed).
@@ -140,6 +142,7 @@ class Supervisor:
             self._masker.add(application.client_secret.reveal())
         self._config = new
         self._specs = new_specs
+        self._publisher.use_paths({output.path for spec in new.tokens for output in spec.outputs})
         limits = {name: app.concurrency for name, app in new.applications.items()}
         if self._slots is None:
             self._slots = RefreshSlots(new.concurrency, limits)
@@ -148,6 +151,7 @@ class Supervisor:
         removed = [name for name in old_specs if name not in new_specs]
         for name in removed:
             self._forget(name)
+        retiring = self._retire(removed)
         added = {name for name in new_specs if name not in old_specs}
         changed = {
             name for name, spec in new_specs.items()
@@ -159,8 +163,63 @@ class Supervisor:
         }
         tasks = self._publish(new_specs, retry_if_stuck=changed)
         if old_config is None:
-            await asyncio.gather(*tasks)
+            # Tokens removed from the config while no daemon ran: their files go too.
+            orphans = await self._workers.store(self._orphans)
+            await asyncio.gather(*tasks, *retiring, *self._retire(orphans))
         return len(added), len(removed), len(changed)
+
+    def _orphans(self) -> list[TokenName]:
+        """Stored tokens the config does not name that still need retiring."""
+        return [record.name for record in self._store.all()
+                if record.name not in self._specs and (
+                    record.outputs or (record.token is not None
+                                       and record.unconfigured_at is None))]
+
+    def _retire(self, names: Iterable[TokenName]) -> list[asyncio.Task[None]]:
+        """Retire ``names`` in background batches; those in flight when their flight ends."""
+        batch = []
+        for name in names:
+            if name in self._inflight:
+                self._retire_after.add(name)
+            else:
+                batch.append(name)
+        tasks = []
+        for start in range(0, len(batch), PUBLISH_BATCH):
+            chunk = batch[start:start + PUBLISH_BATCH]
+            task = asyncio.create_task(self._retire_batch(chunk))
+            for name in chunk:
+                self._inflight[name] = task
+            tasks.append(task)
+        return tasks
+
+    async def _retire_batch(self, names: list[TokenName]) -> None:
+        try:
+            claims = await self._workers.store(
+                self._store.claim_many, names, owner=self._refresher.owner,
+                lease=PUBLISH_LEASE, holder_is_dead=self._refresher.holder_is_dead,
+            )
+            claimed = {claim.lease.name for claim in claims}
+            for name in names:
+                if name not in claimed:  # another process works on it: look again later
+                    self._publish_retries.schedule(name, self._clock.now() + BUSY_RETRY)
+            items = [(claim.lease, claim.record) for claim in claims
+                     if claim.lease.name not in self._specs]
+            try:
+                retired = await self._publisher.retire_many(items, now=self._clock.now())
+            finally:
+                await self._workers.store(self._store.release_many,
+                                          [claim.lease for claim in claims])
+            for (lease, _record), (record, marked) in zip(items, retired, strict=True):
+                if record is not None and record.outputs:
+                    self._publish_retries.schedule(lease.name, self._clock.now() + CRASH_RETRY)
+                if marked and self._config is not None:
+                    log.info("token_unconfigured", token=str(lease.name),
+                             action=attention.unconfigured(lease.name, self._config))
+        except Exception as error:  # noqa: BLE001 -- one batch's failure must never kill the daemon
+            for name in names:
+                self._crashed(name, error, self._publish_retries)
+        finally:
+            self._settle(names)
 
     def _forget(self, name: TokenName) -> None:
         self._scheduler.cancel(name)
@@ -168,7 +227,7 @@ class Supervisor:
         self._publish_attempts.pop(name, None)
         self._records.pop(name, None)
         self._republish.discard(name)
-        self._set_state(name, None)
+        self._states.change(name, None)
         self._metrics.forget_token(name)
 
     async def rescan(self, names: Collection[TokenName] | None = None) -> None:
@@ -246,14 +305,19 @@ class Supervisor:
 
     def _settle(self, names: Iterable[TokenName]) -> None:
         """End the in-flight work of ``names``; publish those that changed meanwhile."""
-        again = []
+        again, retire = [], []
         for name in names:
             self._inflight.pop(name, None)
             if name in self._republish:
                 self._republish.discard(name)
                 again.append(name)
-        if again and not self.stopping:
+            if name in self._retire_after:
+                self._retire_after.discard(name)
+                if name not in self._specs:
+                    retire.append(name)
+        if not self.stopping:
             self._publish(again)
+            self._retire(retire)
         self._on_settled()
 
     async def drain(self, grace: float) -> int:
@@ -278,19 +342,35 @@ class Supervisor:
         self, spec: TokenSpec, record: TokenRecord | None, *, retry_if_stuck: bool = False
     ) -> None:
         self._records[spec.name] = record
-        self._set_state(spec.name, record.state if record else TokenState.NOT_AUTHORIZED)
+        state = record.state if record else TokenState.NOT_AUTHORIZED
+        first = self._states.get(spec.name) is None
+        if state is not self._states.get(spec.name) and state in NEEDS_A_PERSON:
+            self._action_required(spec.name, state, record)
+        self._states.change(spec.name, state)
         self._metrics.observe_token(spec, record)
         due = due_at(record, spec)
         stuck = record is not None and record.token is not None and (
-            record.state is TokenState.NEEDS_AUTHORIZATION
+            state in (TokenState.NEEDS_AUTHORIZATION, TokenState.CLIENT_REJECTED)
         )
-        if due is None and stuck and retry_if_stuck:
+        # Rejected credentials may have been fixed while this daemon did not hold the token.
+        if stuck and (retry_if_stuck or (first and state is TokenState.CLIENT_REJECTED)):
             self._forced.add(spec.name)
             due = self._clock.now()
         if due is None:
             self._scheduler.cancel(spec.name)
         else:
             self._scheduler.schedule(spec.name, due)
+
+    def _action_required(
+        self, name: TokenName, state: TokenState, record: TokenRecord | None
+    ) -> None:
+        """Tell the operator that only a person can move ``name`` on, and how."""
+        assert self._config is not None  # noqa: S101 -- tokens are tracked only once applied
+        action = attention.action(state, name, self._config)
+        assert action is not None  # noqa: S101 -- every state that needs a person has one
+        log.warning("action_required", token=str(name), state=str(state), action=action.text,
+                    command=action.command,
+                    error=None if record is None else record.last_error)
 
     def _retry_publish(self, spec: TokenSpec, *, ok: bool) -> None:
         """Forget the publish retries of ``spec``, or schedule the next with backoff."""
