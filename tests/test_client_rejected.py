@@ -147,3 +147,17 @@ def test_invalid_client_keeps_the_token_and_retries_slowly_by_itself(tmp_path: P
     assert record.next_attempt_at is not None
     assert record.next_attempt_at - (OLD.created_at + 3000.0) >= 7 * 60, "retried too soon"
     assert marker.exists(), "on_failure did not run"
+
+
+def test_a_forced_refresh_with_a_wrong_secret_names_the_credentials_not_authorize(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """``tokend refresh --force`` answered ``invalid_client`` points at the application's
+    client credentials, not at ``tokend authorize``, and exits 1."""
+    setup = _with_wrong_secret(tmp_path, sandbox)
+    result = tokend("refresh", "--force", ALICE, config=setup.config)
+    assert result.returncode == 1, result.stdout
+    (line,) = result.stdout.splitlines()
+    assert line.startswith(f"{ALICE}: client credentials rejected"), line
+    assert "authoriz" not in line, line
+    assert "not-the-secret" not in result.stdout + result.stderr

@@ -27,7 +27,7 @@ from tokend.publish import settle_files
 from tokend.refresher import Refresher, RefreshOutcome, lease_seconds
 from tokend.schedule import due_at
 from tokend.slots import RefreshSlots
-from tokend.state import Lease, PublishedFiles, StateStore, Written, wait_for_claim
+from tokend.state import Lease, PublishedFiles, StateStore, TokenState, Written, wait_for_claim
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,10 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
         text, failed = "skipped; another process stored a newer token meanwhile", False
     elif outcome.result == "transient_error":
         text, failed = f"failed, will be retried: {error}", True
+    elif outcome.result == "permanent_error" and record is not None \
+            and record.state == TokenState.CLIENT_REJECTED:
+        text, failed = (f"client credentials rejected: {error}; correct application "
+                        f"{name.app}'s client_id or secret"), True
     elif outcome.result == "permanent_error":
         text, failed = f"needs authorization: {error}", True
     elif token is None:
@@ -116,7 +120,6 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
     else:
         text, failed = f"skipped; not due until {format_utc(due) if due > now else 'now'}", False
     return RefreshLine(f"{name}: {text}", failed=failed)
-
 
 
 def revoke_target(config: Config, store: StateStore, text: str) -> TokenSpec:
