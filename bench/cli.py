@@ -29,7 +29,7 @@ def _tokend() -> list[str]:
     Not the script itself: an editable install made before ``tokend/__init__.py``
     existed resolves ``tokend`` as a namespace package from anywhere but the root.
     """
-    return [sys.executable, "-c", "import sys; from tokend.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from tokend.cli.main import main; sys.exit(main())"]
 
 
 def available(config: Path, verb: str) -> bool:

@@ -29,11 +29,10 @@ from pathlib import Path
 import httpx
 
 from tokend.factorial import AsyncFactorial
-from tokend.model import TokenName
-from tokend.oauth import Token
+from tokend.model import Token, TokenName
 from tokend.sandbox import Sandbox
-from tokend.sandbox_model import OOB
-from tokend.sqlite_store import SqliteStateStore
+from tokend.sandbox.model import OOB
+from tokend.store.sqlite import SqliteStateStore
 
 APP = "bench"
 CLIENT_ID = "bench-client"

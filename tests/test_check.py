@@ -14,12 +14,12 @@ import pytest
 import structlog
 
 from tests.e2e import CLIENT_SECRET, Setup, StartDaemon, free_port, tokend, wait_for
-from tokend.check import CheckReport, check_config
-from tokend.check_online import check_online
-from tokend.config import load_config
-from tokend.lock import make_private_dir
+from tokend.cli.check import CheckReport, check_config
+from tokend.cli.check_online import check_online
+from tokend.config.load import load_config
 from tokend.model import Config, TokenName
 from tokend.sandbox import Sandbox
+from tokend.store.lock import make_private_dir
 
 
 def config(tmp_path: Path, *, outputs: tuple[str, ...] = (), state_dir: str = "state",

@@ -20,7 +20,7 @@ from tests.e2e import (
     wait_for,
     with_app_settings,
 )
-from tokend.cli import build_parser
+from tokend.cli.main import build_parser
 from tokend.sandbox import Sandbox
 
 USERS = ("alice", "bob", "carol", "dave", "erin")

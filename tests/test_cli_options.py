@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import Setup, sandbox_with_lifetime, tokend
-from tokend.cli import build_parser, main
+from tokend.cli.main import build_parser, main
 from tokend.sandbox import Sandbox
 
 

@@ -29,12 +29,12 @@ from tests.e2e import (
 )
 from tests.test_metrics_e2e import METRICS_YAML, _get, _port, _state
 from tests.test_refresher import NAME, OLD, _refresh
-from tokend.daemon import Daemon
+from tokend.daemon.lifecycle import Daemon
 from tokend.log import SecretMasker
 from tokend.model import TokenSpec
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenState
+from tokend.store.interface import TokenState
+from tokend.store.sqlite import SqliteStateStore
 
 ALICE = "app/alice/read"
 

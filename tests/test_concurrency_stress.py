@@ -28,7 +28,7 @@ import pytest
 from tests.e2e import CLIENT_ID, CLIENT_SECRET, Daemon, StartDaemon, tokend, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
+from tokend.store.sqlite import SqliteStateStore
 
 OOB = "urn:ietf:wg:oauth:2.0:oob"
 # Distinctive secrets, one client per application.

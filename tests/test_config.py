@@ -13,9 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokend.config import default_config_path, load_config
-from tokend.config_events import read_plain
-from tokend.config_yaml import _Walker  # the reference reader the fast one must agree with
+from tokend.config.events import read_plain
+from tokend.config.load import default_config_path, load_config
+from tokend.config.positions import _Walker  # the reference reader the fast one must agree with
 from tokend.errors import ConfigError
 from tokend.model import Config, MetricsSpec, OutputSpec, RetryPolicy, Secret, TokenName
 

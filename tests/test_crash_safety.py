@@ -14,8 +14,8 @@ import pytest
 from tests.e2e import Setup, StartDaemon, refreshed, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenState
+from tokend.store.interface import TokenState
+from tokend.store.sqlite import SqliteStateStore
 
 TOKENS = [("alice", "read"), ("alice", "write"), ("bob", "read"), ("carol", "read+write")]
 

@@ -18,8 +18,8 @@ import pytest
 from tests.e2e import Setup, StartDaemon, authorize, refreshed, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenRecord
+from tokend.store.interface import TokenRecord
+from tokend.store.sqlite import SqliteStateStore
 
 NAME = TokenName("app", "alice", "read")
 Mount = Callable[..., None]

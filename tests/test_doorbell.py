@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tokend.doorbell import MAX_PAYLOAD, SOCKET_NAME, Doorbell, ring
+from tokend.daemon.doorbell import MAX_PAYLOAD, SOCKET_NAME, Doorbell, ring
 from tokend.errors import StateError
-from tokend.lock import StateDirLock, running_daemon_pid
+from tokend.store.lock import StateDirLock, running_daemon_pid
 
 Names = frozenset[str] | None
 

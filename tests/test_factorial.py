@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokend import oauth
 from tokend.errors import (
     NetworkError,
     OAuthError,
@@ -24,8 +23,9 @@ from tokend.errors import (
     TransientOAuthError,
 )
 from tokend.factorial import AsyncFactorial, Factorial
-from tokend.model import SCOPES
-from tokend.oauth import DEFAULT_BASE_URL, Token
+from tokend.model import SCOPES, Token
+from tokend.oauth import protocol as oauth
+from tokend.oauth.protocol import DEFAULT_BASE_URL
 
 BASE = "http://factorial.test"
 OOB = "urn:ietf:wg:oauth:2.0:oob"

@@ -12,7 +12,7 @@ import pytest
 
 from tokend.errors import NetworkError, PermanentOAuthError, TransientOAuthError
 from tokend.factorial import AsyncFactorial, Factorial
-from tokend.oauth import Token
+from tokend.model import Token
 from tokend.sandbox import Sandbox
 
 CLIENT_ID = "demo-client"

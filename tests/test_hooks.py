@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tokend.hooks import HookResult, hook_environment, run_hook
-from tokend.model import OutputSpec, TokenName, TokenSpec
-from tokend.oauth import Token
+from tokend.engine.hooks import HookResult, hook_environment, run_hook
+from tokend.model import OutputSpec, Token, TokenName, TokenSpec
 
 NAME = TokenName("payroll", "alice", "read")
 ACCESS = "access-secret-value"

@@ -14,7 +14,7 @@ import pytest
 from tests.e2e import Setup, StartDaemon, refreshed, tokend, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
+from tokend.store.sqlite import SqliteStateStore
 
 
 @pytest.fixture

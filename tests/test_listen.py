@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tokend.cli.listen import ListenAddress, Listener, listen_address
 from tokend.errors import TokendError
-from tokend.listen import ListenAddress, Listener, listen_address
 
 STATE = "expected-state-value"
 

@@ -12,18 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tokend.lock import owner_id, owner_is_dead
+from tokend.store.lock import owner_id, owner_is_dead
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
 
 # Prints its owner_id(), then lives until its stdin closes.
 HOLDER = (
-    "import sys; from tokend.lock import owner_id; print(owner_id(), flush=True); sys.stdin.read()"
+    "import sys; from tokend.store.lock import owner_id; "
+    "print(owner_id(), flush=True); sys.stdin.read()"
 )
 # Judges the owner given as argv[1] from wherever it is started; argv[2] is that owner's pid.
 JUDGE = (
-    "import os, sys; from tokend.lock import owner_is_dead; "
+    "import os, sys; from tokend.store.lock import owner_is_dead; "
     "print(os.path.exists(f'/proc/{sys.argv[2]}'), owner_is_dead(sys.argv[1]))"
 )
 
@@ -177,7 +178,7 @@ def test_proc_of_another_pid_namespace_judges_nobody() -> None:
     """
     _needs_root()
     script = (
-        "import os, re; from tokend.lock import owner_is_dead; "
+        "import os, re; from tokend.store.lock import owner_is_dead; "
         "host = os.uname().nodename; "
         "start = open('/proc/self/stat').read().rpartition(')')[2].split()[19]; "
         "boot = open('/proc/sys/kernel/random/boot_id').read().strip(); "

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import CLIENT_ID, CLIENT_SECRET, StartDaemon, wait_for
-from tokend.model import TokenName
-from tokend.oauth import Token
+from tokend.model import Token, TokenName
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenState
+from tokend.store.interface import TokenState
+from tokend.store.sqlite import SqliteStateStore
 
 LIFETIME = 600
 # Seeded access tokens have this long left: the burst must be done before.

@@ -13,16 +13,15 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from tokend.hooks import HookResult
+from tokend.cli.status import token_row
+from tokend.daemon.metrics_http import MetricsServer
+from tokend.engine.hooks import HookResult
+from tokend.engine.metrics import TOKEN_STATES, Metrics, token_state
+from tokend.engine.refresher import Refresher
 from tokend.log import SecretMasker
-from tokend.metrics import TOKEN_STATES, Metrics, token_state
-from tokend.metrics_http import MetricsServer
-from tokend.model import ApplicationSpec, MetricsSpec, Secret, TokenName, TokenSpec
-from tokend.oauth import Token
-from tokend.refresher import Refresher
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenRecord, TokenState
-from tokend.status import token_row
+from tokend.model import ApplicationSpec, MetricsSpec, Secret, Token, TokenName, TokenSpec
+from tokend.store.interface import TokenRecord, TokenState
+from tokend.store.sqlite import SqliteStateStore
 
 NAME = TokenName("app", "alice", "read")
 SPEC = TokenSpec(name=NAME, refresh_token_lifetime=7 * 86400.0)

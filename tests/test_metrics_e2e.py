@@ -21,9 +21,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e import Daemon, Setup, StartDaemon, authorize, refreshed, wait_for
-from tokend.hooks import HookResult
-from tokend.metrics import Metrics
-from tokend.metrics_http import MAX_CONNECTIONS
+from tokend.daemon.metrics_http import MAX_CONNECTIONS
+from tokend.engine.hooks import HookResult
+from tokend.engine.metrics import Metrics
 from tokend.model import TokenName, TokenSpec
 from tokend.sandbox import Sandbox
 

@@ -35,7 +35,9 @@ from tests.e2e import (
     tokend,
     wait_for,
 )
-from tokend.authorize import exchange_and_store
+from tokend.cli.authorize import exchange_and_store
+from tokend.engine.refresher import Refresher
+from tokend.engine.supervisor import Supervisor
 from tokend.log import SecretMasker
 from tokend.model import (
     ApplicationSpec,
@@ -43,15 +45,13 @@ from tokend.model import (
     OutputSpec,
     RetryPolicy,
     Secret,
+    Token,
     TokenName,
     TokenSpec,
 )
-from tokend.oauth import Token
-from tokend.refresher import Refresher
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenRecord
-from tokend.supervisor import Supervisor
+from tokend.store.interface import TokenRecord
+from tokend.store.sqlite import SqliteStateStore
 
 NAME = TokenName("app", "alice", "read")
 OOB = "urn:ietf:wg:oauth:2.0:oob"

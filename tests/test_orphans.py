@@ -25,7 +25,7 @@ from tests.e2e import (
 )
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
+from tokend.store.sqlite import SqliteStateStore
 
 TOKENS = [("alice", "read"), ("bob", "read")]
 BOB = "app/bob/read"

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tokend.engine.outputs import remove_outputs, render, write_atomic, write_outputs
 from tokend.errors import OutputError
-from tokend.model import OutputSpec
-from tokend.oauth import Token
-from tokend.outputs import remove_outputs, render, write_atomic, write_outputs
+from tokend.model import OutputSpec, Token
 
 ACCESS = "acc.ess-TOKEN_~+/=9"
 REFRESH = "refresh-secret-value"

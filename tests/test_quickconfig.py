@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import default_config_path, load_config
+from tokend.config.load import default_config_path, load_config
+from tokend.config.quick import quick_config_path, quick_state_dir
 from tokend.errors import ConfigError, NotFoundError
-from tokend.model import TokenName
-from tokend.oauth import Token
-from tokend.quickconfig import quick_config_path, quick_state_dir
-from tokend.quicktoken import NoValidTokenError, current_access_token
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import Written
+from tokend.model import Token, TokenName
+from tokend.store.interface import Written
+from tokend.store.quick import NoValidTokenError, current_access_token
+from tokend.store.sqlite import SqliteStateStore
 
 APP = """\
 applications:
@@ -146,7 +145,7 @@ def test_tokend_token_does_not_import_httpx_pydantic_or_structlog(tmp_path: Path
     config.write_text("state_dir: state\n" + APP)
     script = textwrap.dedent(f"""
         import json, sys
-        from tokend.cli import main
+        from tokend.cli.main import main
         status = main(["--config", {str(config)!r}, "token", "payroll/bob/read"])
         heavy = sorted(m for m in ("httpx", "pydantic", "structlog") if m in sys.modules)
         print(json.dumps({{"status": status, "heavy": heavy}}), file=sys.stderr)

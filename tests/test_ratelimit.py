@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokend.ratelimit import RateLimiter
+from tokend.engine.schedule import RateLimiter
 
 
 class FakeMonotonic:

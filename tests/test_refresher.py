@@ -10,12 +10,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tokend.engine.refresher import Refresher, RefreshOutcome
 from tokend.log import SecretMasker
-from tokend.model import ApplicationSpec, OutputSpec, RetryPolicy, Secret, TokenName, TokenSpec
-from tokend.oauth import Token
-from tokend.refresher import Refresher, RefreshOutcome
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import TokenState, Written
+from tokend.model import (
+    ApplicationSpec,
+    OutputSpec,
+    RetryPolicy,
+    Secret,
+    Token,
+    TokenName,
+    TokenSpec,
+)
+from tokend.store.interface import TokenState, Written
+from tokend.store.sqlite import SqliteStateStore
 
 NAME = TokenName("app", "alice", "read")
 APP = ApplicationSpec(

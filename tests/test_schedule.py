@@ -15,9 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokend.model import RetryPolicy, TokenName, TokenSpec
-from tokend.oauth import Token
-from tokend.schedule import (
+from tokend.engine.schedule import (
     MAX_REFRESH_FRACTION,
     REFRESH_TOKEN_MARGIN_MAX,
     Scheduler,
@@ -26,7 +24,8 @@ from tokend.schedule import (
     jitter_fraction,
     refresh_token_deadline,
 )
-from tokend.state import TokenRecord, TokenState
+from tokend.model import RetryPolicy, Token, TokenName, TokenSpec
+from tokend.store.interface import TokenRecord, TokenState
 
 NAME = TokenName("payroll", "alice", "read")
 T0 = 1_700_000_000
@@ -65,7 +64,8 @@ def test_jitter_stays_within_five_percent_and_spreads() -> None:
 
 def test_jitter_is_the_same_in_every_process() -> None:
     """A restarted daemon refreshes each token at the same point as before the restart."""
-    code = ("from tokend.model import TokenName; from tokend.schedule import jitter_fraction; "
+    code = ("from tokend.model import TokenName; "
+            "from tokend.engine.schedule import jitter_fraction; "
             "print(repr(jitter_fraction(TokenName('payroll', 'alice', 'read'))))")
     outputs = {
         subprocess.run(

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e import Setup, StartDaemon, authorize, refreshed, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.sqlite_store import SqliteStateStore
+from tokend.store.sqlite import SqliteStateStore
 
 INITIAL, MAXIMUM, TIMEOUT = 0.2, 0.8, 0.5
 POLICY = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tokend.slots import PrioritySlots, RefreshSlots
+from tokend.engine.slots import PrioritySlots, RefreshSlots
 
 
 async def _settle() -> None:

@@ -17,12 +17,8 @@ from pathlib import Path
 import pytest
 
 from tokend.errors import StateError
-from tokend.model import TokenName
-from tokend.oauth import Token
-from tokend.quicktoken import NoValidTokenError, current_access_token
-from tokend.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
-from tokend.sqlite_store import SqliteStateStore
-from tokend.state import (
+from tokend.model import Token, TokenName
+from tokend.store.interface import (
     Claim,
     Lease,
     PublishedFiles,
@@ -31,6 +27,9 @@ from tokend.state import (
     TokenState,
     Written,
 )
+from tokend.store.quick import NoValidTokenError, current_access_token
+from tokend.store.sqlite import SqliteStateStore
+from tokend.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 NAME = TokenName("payroll", "alice", "read")
 OTHER = TokenName("payroll", "bob", "write")
@@ -122,7 +121,7 @@ CLAIM_CHILD = """
 import sys
 from pathlib import Path
 from tokend.model import TokenName
-from tokend.sqlite_store import SqliteStateStore
+from tokend.store.sqlite import SqliteStateStore
 store = SqliteStateStore(Path(sys.argv[1]))
 print(store.claim(TokenName.parse(sys.argv[2]), owner=sys.argv[3], lease=60.0) is not None)
 """
@@ -194,8 +193,8 @@ def test_committed_token_survives_a_process_that_dies(state_dir: Path) -> None:
         "import os, sys\n"
         "from pathlib import Path\n"
         "from tokend.model import TokenName\n"
-        "from tokend.oauth import Token\n"
-        "from tokend.sqlite_store import SqliteStateStore\n"
+        "from tokend.oauth.protocol import Token\n"
+        "from tokend.store.sqlite import SqliteStateStore\n"
         "store = SqliteStateStore(Path(sys.argv[1]))\n"
         "store.save_token(TokenName.parse(sys.argv[2]), Token('a', 'Bearer', 60, 'r', 'read', 5),"
         " now=1.0)\n"
@@ -1050,7 +1049,7 @@ def test_tokend_token_refuses_a_token_removed_from_the_config(store: StateStore,
 OPEN_CHILD = """
 import sys
 from pathlib import Path
-from tokend.sqlite_store import SqliteStateStore
+from tokend.store.sqlite import SqliteStateStore
 SqliteStateStore(Path(sys.argv[1])).close()
 """
 

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tokend.daemon_status import (
+from tokend.cli.status import build_report, daemon_row, render_json, render_text, token_row
+from tokend.daemon.status_file import (
     DaemonStatus,
     daemon_tokens,
     read_daemon_status,
     write_daemon_status,
 )
-from tokend.lock import StateDirLock
-from tokend.model import ApplicationSpec, Config, Secret, TokenName, TokenSpec
-from tokend.oauth import Token
-from tokend.state import TokenRecord, TokenState
-from tokend.status import build_report, daemon_row, render_json, render_text, token_row
+from tokend.model import ApplicationSpec, Config, Secret, Token, TokenName, TokenSpec
+from tokend.store.interface import TokenRecord, TokenState
+from tokend.store.lock import StateDirLock
 
 NAME = TokenName("payroll", "alice", "read")
 SPEC = TokenSpec(name=NAME, refresh_token_lifetime=7 * 86400.0)

@@ -16,8 +16,8 @@ import pytest
 
 from tests.e2e import Setup, tokend, wait_for
 from tests.systemd_units import UNIT, analyze, needs_analyze, unit_values, verify_complaints
+from tokend.daemon.systemd import Notifier
 from tokend.sandbox import Sandbox
-from tokend.systemd import Notifier
 
 STRACE = shutil.which("strace")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from tokend.workers import Workers
+from tokend.engine.workers import Workers
 
 
 def test_hung_file_work_does_not_hold_up_store_calls() -> None:

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from tokend.cli import main
+from tokend.cli.main import main
 
 sys.exit(main())

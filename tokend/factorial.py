@@ -1,7 +1,7 @@
 """The seed library's client API, sync (:class:`Factorial`) and async (:class:`AsyncFactorial`).
 
 Both classes only move bytes: every URL, form field and answer is built or
-parsed in :mod:`tokend.oauth`, so the two can never disagree about the protocol.
+parsed in :mod:`tokend.oauth.protocol`, so the two can never disagree about the protocol.
 After a successful exchange or refresh the instance's ``access_token`` is the
 new token, as in the seed library.
 """
@@ -12,8 +12,9 @@ from types import TracebackType
 
 import httpx
 
-from tokend import oauth
-from tokend.oauth import DEFAULT_BASE_URL, OAuthRequest, Token
+from tokend.model import Token
+from tokend.oauth import protocol as oauth
+from tokend.oauth.protocol import DEFAULT_BASE_URL, OAuthRequest
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncFactorial", "Factorial"]
 

@@ -1,0 +1,258 @@
+"""``tokend check``: is this configuration going to work, before the daemon finds out?
+
+:func:`tokend.config.load.load_config` has already validated the file and read
+every secret; this adds what only the running machine can tell: can this user
+create the state store and write every output, can every hook's executable be
+found and run, are the state and the config safe from other users, are the
+redirect and base URLs sane, and can each application's rate limit keep up
+with its tokens. Paths are checked with ``os.access`` on the nearest existing
+folder, as the user running the check, which should be the daemon's user.
+``tokend check --online`` also asks the server (:mod:`tokend.cli.check_online`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tokend.config.events import KeyPath
+from tokend.config.positions import Document, format_key_path, read_document
+from tokend.engine.metrics import HOOKS
+from tokend.engine.schedule import MAX_REFRESH_FRACTION
+from tokend.errors import ConfigError
+from tokend.model import ApplicationSpec, Config, OutputSpec, TokenName, TokenSpec
+from tokend.store.lock import PRIVATE_DIR_MODE
+from tokend.timing import format_duration
+
+OOB = "urn:ietf:wg:oauth:2.0:oob"
+ASSUMED_LIFETIME = 3600.0
+"""Access-token lifetime assumed for a token never authorized (the server decides it)."""
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_MIN_INTERVAL = 1.0
+
+
+@dataclass
+class CheckReport:
+    """Problems stop the daemon from doing its job; warnings are worth a look."""
+
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [*self.notes]
+        lines += [f"problem: {text}" for text in self.problems]
+        lines += [f"warning: {text}" for text in self.warnings]
+        verdict = "OK" if not self.problems else f"{len(self.problems)} problem(s)"
+        lines.append(f"check: {verdict}, {len(self.warnings)} warning(s)")
+        return "\n".join(lines)
+
+
+def check_config(
+    config: Config, *, lifetimes: Callable[[], Mapping[TokenName, int]]
+) -> CheckReport:
+    """Check everything ``config`` points at; ``lifetimes`` gives stored tokens' ``expires_in``.
+
+    ``lifetimes`` is called once the state directory has been looked at:
+    reading the store tightens the directory to 0700, which would hide its mode.
+    """
+    report = CheckReport()
+    report.notes.append(f"config {config.source}: {len(config.applications)} application(s), "
+                        f"{len(config.tokens)} token(s), state in {config.state_dir}")
+    report.warnings += config.warnings
+    report.warnings += _config_exposure(config.source)
+    if (problem := _creatable_dir(config.state_dir)) is not None:
+        report.problems.append(f"state_dir {config.state_dir}: {problem}")
+    elif (warning := _state_dir_exposure(config.state_dir)) is not None:
+        report.warnings.append(warning)
+    database = config.state_dir / "tokend.db"
+    if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        report.problems.append(f"state store {database}: not readable and writable by this user")
+    for spec in config.tokens:
+        for output in spec.outputs:
+            if (problem := _output_problem(output)) is not None:
+                report.problems.append(f"{spec.name}: output {output.path}: {problem}")
+    report.problems += _hook_problems(config)
+    stored = lifetimes()
+    for app in config.applications.values():
+        _check_urls(app, report)
+        tokens = [spec for spec in config.tokens if spec.name.app == app.name]
+        if not tokens:
+            report.warnings.append(f"application {app.name}: has no tokens, so nothing is "
+                                   "refreshed for it; add some under tokens: or remove it")
+        _check_rate(app, tokens, stored, report)
+    return report
+
+
+def _config_exposure(source: Path) -> list[str]:
+    """Who besides root and this user could rewrite the config, whose hooks run as the daemon.
+
+    The file and every folder above it must be owned by root or this user and
+    not writable by others; a sticky folder (``/tmp``) is fine, since others
+    cannot replace there what they do not own.
+    """
+    warnings = []
+    real = source.resolve()
+    for path in (real, *real.parents):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        what = "config file" if path == real else "config folder"
+        mode = stat.S_IMODE(info.st_mode)
+        consequence = "could rewrite the config, and its hooks run as the daemon's user"
+        if info.st_uid not in (0, os.geteuid()):
+            warnings.append(f"{what} {path} is owned by uid {info.st_uid}, not root or this "
+                            f"user (uid {os.geteuid()}): that user {consequence}")
+        elif mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX):
+            who = {0o020: "its group", 0o002: "others"}.get(mode & 0o022, "its group and others")
+            warnings.append(f"{what} {path} is writable by {who} (mode {mode:04o}), who "
+                            f"{consequence}; chmod go-w {path}")
+    return warnings
+
+
+def _state_dir_exposure(path: Path) -> str | None:
+    """The state holds every refresh token: only the daemon's user may enter it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # created 0700 when first used
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode) or not mode & 0o077:
+        return None
+    return (f"state_dir {path} is open to other users (mode {mode:04o}); it holds every "
+            f"refresh token and must be {PRIVATE_DIR_MODE:04o}: tokend tightens it whenever it "
+            f"opens the store, or chmod {PRIVATE_DIR_MODE:o} {path}")
+
+
+def _hook_problems(config: Config) -> list[str]:
+    """Each hook whose executable cannot be started, located in the file like a config error."""
+    problems = []
+    document: Document | None = None
+    index = dict.fromkeys(config.applications, -1)
+    for spec in config.tokens:
+        index[spec.name.app] += 1
+        for hook in HOOKS:
+            argv: tuple[str, ...] = getattr(spec, hook)
+            if not argv or (problem := _executable_problem(argv[0])) is None:
+                continue
+            message = f"{spec.name} {hook}: {problem}"
+            where: KeyPath = ("applications", spec.name.app, "tokens", index[spec.name.app],
+                              hook, 0)
+            try:
+                document = document or read_document(config.source)
+            except ConfigError:
+                problems.append(message)  # the file changed since it was loaded
+                continue
+            problems.append(str(ConfigError(message, location=document.location(where),
+                                            key_path=format_key_path(where))))
+    return problems
+
+
+def _executable_problem(command: str) -> str | None:
+    """Why the daemon could not start ``command`` (found as ``execvp`` would), or ``None``."""
+    if "/" not in command:
+        if shutil.which(command) is None:
+            return f"{command} was not found on PATH ({os.environ.get('PATH', os.defpath)})"
+        return None
+    if not os.path.exists(command):
+        return f"{command} was not found at that path (no such file)"
+    if os.path.isdir(command) or not os.access(command, os.X_OK):
+        return f"{command} is not executable by this user (uid {os.geteuid()})"
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path("/")
+
+
+def _creatable_dir(path: Path) -> str | None:
+    """Why this user cannot use ``path`` as a folder (creating it if needed), or ``None``."""
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        return f"{existing} exists and is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        verb = "write in" if existing == path else f"create {path} in"
+        return f"this user (uid {os.geteuid()}) cannot {verb} {existing}"
+    return None
+
+
+def _output_problem(output: OutputSpec) -> str | None:
+    path = output.path
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        info = None  # a parent that is a file is reported below, by name
+    except OSError as exc:
+        return f"cannot inspect: {exc.strerror}"
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        return "is a symlink; tokend refuses to replace it"
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        return "exists and is not a regular file"
+    if (problem := _creatable_dir(path.parent)) is not None:
+        return problem
+    return _ownership_problem(output)
+
+
+def _ownership_problem(output: OutputSpec) -> str | None:
+    """Only root can give a file away; others may only pick one of their own groups."""
+    if os.geteuid() == 0:
+        return None
+    if output.owner is not None and output.owner != os.geteuid():
+        return f"owner uid {output.owner} needs root (this user is uid {os.geteuid()})"
+    if output.group is not None and output.group not in {os.getegid(), *os.getgroups()}:
+        return f"group gid {output.group} is not one of this user's groups"
+    return None
+
+
+def _check_urls(app: ApplicationSpec, report: CheckReport) -> None:
+    where = f"application {app.name}"
+    for key, url in (("base_url", app.base_url), ("redirect_uri", app.redirect_uri)):
+        if key == "redirect_uri" and url == OOB:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            report.problems.append(f"{where}: {key} {url!r} is not an http(s) URL"
+                                   + (f" nor {OOB}" if key == "redirect_uri" else ""))
+            continue
+        loopback = parts.hostname in _LOOPBACK
+        if parts.scheme == "http" and not loopback:
+            report.warnings.append(f"{where}: {key} uses plain http to {parts.hostname}: "
+                                   "codes and tokens would cross the network unencrypted")
+        if key == "redirect_uri" and loopback and parts.port is None:
+            report.warnings.append(f"{where}: redirect_uri has no port; "
+                                   "`tokend authorize --listen` needs one")
+
+
+def _check_rate(
+    app: ApplicationSpec,
+    tokens: Iterable[TokenSpec],
+    lifetimes: Mapping[TokenName, int],
+    report: CheckReport,
+) -> None:
+    """Each token refreshes every ``refresh_at * lifetime`` seconds; their sum must fit."""
+    per_minute = 0.0
+    assumed = 0
+    for spec in tokens:
+        lifetime = lifetimes.get(spec.name)
+        if lifetime is None:
+            lifetime, assumed = int(ASSUMED_LIFETIME), assumed + 1
+        fraction = min(max(spec.refresh_at, 0.0), MAX_REFRESH_FRACTION)
+        per_minute += 60.0 / max(fraction * lifetime, _MIN_INTERVAL)
+    allowed = app.rate_limit * 60.0
+    if per_minute > allowed:
+        note = (f" ({assumed} not yet authorized: a {format_duration(ASSUMED_LIFETIME)} "
+                "lifetime assumed)" if assumed else "")
+        report.warnings.append(
+            f"application {app.name}: its tokens need about {per_minute:.0f} refreshes per "
+            f"minute{note}, more than its rate_limit of {allowed:g}/min allows; "
+            "tokens would refresh late"
+        )

@@ -1,0 +1,376 @@
+"""The daemon's lifecycle: load, lock, heal outputs, loop, reload, stop.
+
+Signal handlers only set flags and wake the main loop (as uvicorn does); all
+work happens in the loop. Idle, the loop sleeps until the next token is due,
+but at most a minute, and compares wall-clock times on waking, so a suspend
+or a clock jump cannot make a token lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import structlog
+
+from tokend.config.load import load_config
+from tokend.daemon.doorbell import Doorbell
+from tokend.daemon.metrics_http import MetricsServer, serve_metrics
+from tokend.daemon.status_file import DaemonStatus, daemon_tokens, write_daemon_status
+from tokend.daemon.systemd import Notifier
+from tokend.daemon.watch import watch_config
+from tokend.engine.attention import CREDENTIALS_RECHECK
+from tokend.engine.metrics import Metrics
+from tokend.engine.refresher import RefreshedCallback, Refresher
+from tokend.engine.supervisor import Supervisor
+from tokend.engine.workers import Workers
+from tokend.errors import AlreadyRunningError, ConfigError, StateError, TokendError
+from tokend.log import SecretMasker
+from tokend.model import Config, MetricsSpec, TokenName
+from tokend.store.interface import StateStore
+from tokend.store.lock import StateDirLock, owner_id
+from tokend.store.sqlite import SqliteStateStore
+from tokend.timing import Clock, SystemClock
+
+log = structlog.get_logger(__name__)
+
+MAX_SLEEP = 60.0
+SHUTDOWN_GRACE = 10.0
+STATE_RETRY_INITIAL, STATE_RETRY_MAX = 1.0, 30.0
+
+
+class Daemon:
+    """Keeps every configured token fresh until told to stop."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        masker: SecretMasker,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        on_refreshed: RefreshedCallback | None = None,
+        watch: bool = True,
+        credentials_recheck: float = CREDENTIALS_RECHECK,
+    ) -> None:
+        self._config_path = config_path
+        self._masker = masker
+        self._clock = clock or SystemClock()
+        self._environ = dict(os.environ if environ is None else environ)
+        self._on_refreshed = on_refreshed
+        self._watch = watch
+        self._notifier = Notifier(self._environ)
+        self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._reload_requested = False
+        # Names another process changed; ``None`` in it means "look at every token".
+        self._rescan: set[TokenName] | None = set()
+        self._workers = Workers()
+        self._signals = 0
+        self._metrics = Metrics(clock=self._clock)
+        self._metrics_server: MetricsServer | None = None
+        self._credentials_recheck = credentials_recheck
+        # When to re-read rejected credentials next (monotonic); None while none are rejected.
+        self._recheck_at: float | None = None
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the process exit status."""
+        config = load_config(self._config_path, environ=self._environ)
+        self._metrics.config_loaded()
+        self._warn(config)
+        self._state_dir = config.state_dir
+        self._install_signal_handlers()
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._workers.close)
+            store = await self._open_state(stack)
+            if store is None:
+                return 0
+            async with httpx.AsyncClient() as http:
+                return await self._serve(config, store, http)
+
+    async def _open_state(self, stack: contextlib.ExitStack) -> StateStore | None:
+        """Lock the state directory and open the store, waiting while they are unusable.
+
+        A full or read-only disk at start is logged and retried with backoff
+        instead of exiting, so the daemon comes up by itself once it clears;
+        another daemon on the same state is an error at once. ``None`` when
+        told to stop while waiting.
+        """
+        delay = STATE_RETRY_INITIAL
+        while not self._stop_event.is_set():
+            try:
+                with contextlib.ExitStack() as attempt:
+                    lock = attempt.enter_context(StateDirLock(self._state_dir))
+                    store = SqliteStateStore(self._state_dir)
+                    attempt.callback(store.close)
+                    doorbell = Doorbell(lock)
+                    attempt.callback(doorbell.close)
+                    doorbell.attach(asyncio.get_running_loop(), self._on_ring)
+                    stack.push(attempt.pop_all())
+                    return store
+            except AlreadyRunningError:
+                raise
+            except StateError as error:
+                log.error("state_unavailable", error=str(error), retry_in=delay)
+                self._notifier.status(f"waiting for the state directory: {error}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                delay = min(delay * 2, STATE_RETRY_MAX)
+        return None
+
+    def request_stop(self) -> None:
+        """Stop scheduling, let in-flight refreshes commit, then return from ``run``."""
+        self._stop_event.set()
+        self._wake.set()
+
+    async def _serve(self, config: Config, store: StateStore, http: httpx.AsyncClient) -> int:
+        refresher = Refresher(
+            store=store,
+            http=http,
+            clock=self._clock,
+            masker=self._masker,
+            owner=owner_id(),
+            hook_base_env=self._environ,
+            on_refreshed=self._on_refreshed,
+            metrics=self._metrics,
+            workers=self._workers,
+        )
+        self._store = store
+        self._supervisor = Supervisor(
+            store=store, refresher=refresher, clock=self._clock, masker=self._masker,
+            on_settled=self._settled, metrics=self._metrics,
+        )
+        await self._apply_metrics(config.metrics)
+        try:
+            return await self._run_supervisor(config)
+        finally:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
+
+    async def _run_supervisor(self, config: Config) -> int:
+        await self._supervisor.apply(config)
+        background = [asyncio.create_task(self._watchdog())]
+        if self._watch:
+            background.append(
+                asyncio.create_task(watch_config(self._config_path, self._on_file_change,
+                                                 self._stop_event))
+            )
+        self._status = DaemonStatus(
+            pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path),
+            tokens=daemon_tokens(config.tokens),
+        )
+        await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
+        self._metrics.mark_ready()
+        self._notifier.ready(self._supervisor.status_line())
+        log.info("daemon_started", tokens=len(config.tokens), config=str(self._config_path))
+        try:
+            await self._loop()
+        finally:
+            self._notifier.stopping()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        log.info("daemon_stopping", in_flight=self._supervisor.in_flight)
+        cancelled = await self._supervisor.drain(SHUTDOWN_GRACE)
+        log.info("daemon_stopped", cancelled=cancelled)
+        return 0
+
+    async def _loop(self) -> None:
+        status = ""
+        while not self._stop_event.is_set():
+            self._wake.clear()
+            if self._reload_requested:
+                self._reload_requested = False
+                await self._reload()
+            await self._recheck_credentials()
+            if self._rescan is None or self._rescan:
+                names, self._rescan = self._rescan, set()
+                await self._supervisor.rescan(names)
+            self._supervisor.start_due()
+            if (line := self._supervisor.status_line()) != status:
+                status = line
+                self._notifier.status(status)
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        next_at = self._supervisor.next_at()
+        timeout = MAX_SLEEP
+        if next_at is not None:
+            timeout = min(MAX_SLEEP, max(0.0, next_at - self._clock.now()))
+        if self._recheck_at is not None:
+            timeout = min(timeout, max(0.0, self._recheck_at - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog while the loop runs and the store makes progress.
+
+        A stalled event loop stops the pings by itself. A store call stuck
+        for longer than one interval (a hung disk: commits cannot land) stops
+        them too, so systemd restarts the daemon instead of watching it hold
+        new refresh tokens it cannot commit. Each interval sends a trivial
+        probe, so a store stuck while idle is noticed as well.
+        """
+        interval = self._notifier.watchdog_interval
+        if interval is None:
+            return
+        probe: asyncio.Task[None] | None = None
+        withheld = False
+        while True:
+            stalled = self._workers.store_stalled_for()
+            if stalled < interval:
+                self._notifier.watchdog()
+                withheld = False
+            elif not withheld:
+                withheld = True
+                log.error("watchdog_withheld", store_stalled_for=round(stalled, 1))
+            if probe is None or probe.done():
+                probe = asyncio.create_task(self._probe_store())
+            await asyncio.sleep(interval)
+
+    async def _probe_store(self) -> None:
+        # An error is an answer: only a call that never returns counts as a stall.
+        with contextlib.suppress(TokendError):
+            await self._workers.store(self._store.ping)
+
+    async def _on_file_change(self) -> None:
+        self._request_reload()
+
+    def _settled(self) -> None:
+        self._wake.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_ring, None)
+
+    def _on_stop_signal(self) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # A second Ctrl-C means "now": the store is consistent at every commit.
+            os._exit(1)
+        self.request_stop()
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def _on_ring(self, names: frozenset[str] | None) -> None:
+        """The store changed (the doorbell, or SIGUSR1 for every token): look again."""
+        if names is None or self._rescan is None:
+            self._rescan = None
+        else:
+            for text in names:
+                with contextlib.suppress(ValueError):  # a hint only: ignore what is no name
+                    self._rescan.add(TokenName.parse(text))
+        self._wake.set()
+
+    async def _recheck_credentials(self) -> None:
+        """While an application's credentials are rejected, re-read the config now and then
+        and reload when they changed: a fixed secret file then needs no reload by hand.
+
+        Quiet otherwise: a config that does not load is reported by the reload its edit
+        causes, not once a minute from here.
+        """
+        rejected = self._supervisor.rejected_applications()
+        now = time.monotonic()
+        if not rejected:
+            self._recheck_at = None
+            return
+        if self._recheck_at is None:
+            self._recheck_at = now + self._credentials_recheck
+        if now < self._recheck_at:
+            return
+        self._recheck_at = now + self._credentials_recheck
+        try:
+            config = await asyncio.to_thread(load_config, self._config_path, environ=self._environ)
+        except ConfigError:
+            return
+        current = self._supervisor.config
+        assert current is not None  # noqa: S101 -- applied before the loop starts
+        changed = sorted(app for app in rejected
+                         if config.applications.get(app) != current.applications.get(app))
+        if changed:
+            log.info("credentials_changed", applications=changed)
+            await self._reload(config)
+
+    async def _reload(self, config: Config | None = None) -> None:
+        """Load the config (unless given, freshly loaded) and move to it."""
+        self._notifier.reloading()
+        if config is None:
+            try:
+                config = await asyncio.to_thread(
+                    load_config, self._config_path, environ=self._environ
+                )
+            except ConfigError as error:
+                await self._reload_failed(str(error))
+                return
+        if config.state_dir != self._state_dir:
+            await self._reload_failed(
+                f"state_dir changed to {config.state_dir}; restart tokend to move the state"
+            )
+            return
+        self._warn(config)
+        added, removed, changed = await self._supervisor.apply(config)
+        log.info("config_reloaded", added=added, removed=removed, changed=changed)
+        self._metrics.reload_finished(ok=True)
+        await self._apply_metrics(config.metrics)
+        await self._record_reload(None, config)
+        self._notifier.ready(self._supervisor.status_line())
+
+    async def _reload_failed(self, error: str) -> None:
+        """Keep running on the last good config, and say so everywhere an operator looks."""
+        log.error("config_reload_failed", error=error)
+        self._metrics.reload_finished(ok=False)
+        await self._record_reload(error)
+        first_line = error.splitlines()[0] if error else error
+        self._notifier.ready(f"reload failed, running the last good config: {first_line}")
+
+    async def _record_reload(self, error: str | None, config: Config | None = None) -> None:
+        self._status = replace(
+            self._status,
+            last_reload_at=self._clock.now(),
+            last_reload_ok=error is None,
+            last_reload_error=error,
+            tokens=self._status.tokens if config is None else daemon_tokens(config.tokens),
+        )
+        try:
+            await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
+        except TokendError as failure:
+            log.error("daemon_status_write_failed", error=str(failure))
+
+    async def _apply_metrics(self, spec: MetricsSpec | None) -> None:
+        """Start, move or stop the metrics listener as the config says, without a restart.
+
+        A new address is bound before the old one closes, so a busy port keeps
+        the old listener serving (and logs ``metrics_listen_failed``).
+        """
+        current = self._metrics_server
+        if current is not None and spec is not None and (
+            (current.spec.host, current.spec.port) == (spec.host, spec.port)
+        ):
+            current.spec = spec
+            return
+        if spec is not None:
+            started = await serve_metrics(self._metrics, spec)
+            if started is None and current is not None:
+                return
+            self._metrics_server = started
+        else:
+            self._metrics_server = None
+        if current is not None:
+            await current.close()
+
+    @staticmethod
+    def _warn(config: Config) -> None:
+        for warning in config.warnings:
+            log.warning("config_warning", message=warning)

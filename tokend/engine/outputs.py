@@ -1,0 +1,315 @@
+"""Write the access token to the files other programs read: atomically, durably, safely.
+
+Other programs only ever read these files, often at any moment (a service
+restarting, a cron job), so a reader must see the old file or the new file,
+never an empty or half-written one. Every write therefore goes to a fresh
+temporary file in the target's directory, is fsynced with its final mode and
+owner, renamed over the target, and the directory is fsynced so the rename
+survives a crash.
+
+Safety rules, decided once here:
+
+* A symlink at the target is refused. ``rename`` would replace the link itself
+  rather than follow it, so a planted link could not redirect the write anyway,
+  but silently replacing a link the operator may have made on purpose hides a
+  misconfiguration; an explicit error does not.
+* A directory (or any other non-regular file) at the target is refused.
+* The temporary file is created with ``O_EXCL | O_NOFOLLOW``, so a link planted
+  at a guessed temporary name cannot redirect it either.
+
+Errors carry the path and the OS reason, never the file's content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokend.errors import OutputError
+from tokend.model import OutputSpec, Token
+from tokend.timing import format_utc
+
+# One unquoted line must mean the same to systemd's EnvironmentFile=, docker's
+# --env-file (which keeps quotes literally) and a POSIX shell's ``. file``, so
+# only characters that none of them treat specially are allowed.
+_ENV_SAFE_VALUE = re.compile(r"[A-Za-z0-9._~+/=-]+")
+_ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DIR_MODE = 0o755
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def render(spec: OutputSpec, token: Token, *, expires_at: float) -> bytes:
+    """The bytes of one output file; the refresh token never appears in any format.
+
+    ``expires_at`` is the expiry on this host's clock (the record's, not the
+    server's ``created_at``): consumers compare it with the same clock.
+    """
+    if spec.format == "token":
+        return token.access_token.encode()
+    if spec.format == "env":
+        return _render_env(spec, token)
+    if spec.format == "json":
+        document = {
+            "access_token": token.access_token,
+            "token_type": token.token_type,
+            "scope": token.scope,
+            "expires_at": format_utc(expires_at),
+        }
+        return (json.dumps(document, sort_keys=True) + "\n").encode()
+    raise OutputError(f"{spec.path}: unknown output format {spec.format!r}")
+
+
+def _render_env(spec: OutputSpec, token: Token) -> bytes:
+    if not _ENV_VARIABLE.fullmatch(spec.variable):
+        raise OutputError(f"{spec.path}: {spec.variable!r} is not a valid variable name")
+    value = token.access_token
+    # A leading "~" would be tilde-expanded by a shell in an assignment.
+    if not _ENV_SAFE_VALUE.fullmatch(value) or value.startswith("~"):
+        raise OutputError(
+            f"{spec.path}: the access token contains characters that cannot be written "
+            "unquoted to an env file"
+        )
+    return f"{spec.variable}={value}\n".encode()
+
+
+def write_atomic(
+    path: Path,
+    content: bytes,
+    *,
+    mode: int = 0o600,
+    owner: int | None = None,
+    group: int | None = None,
+) -> bool:
+    """Replace ``path`` with ``content`` atomically; ``False`` when it already is exactly that.
+
+    "Exactly" includes mode, and owner/group when given: a file whose content is
+    right but whose permissions are wrong is rewritten, which fixes them atomically.
+    Skipping identical writes keeps inotify watchers of the file quiet.
+    """
+    path = Path(path)
+    temp = _prepare(path, content, mode, owner, group)
+    if temp is None:
+        return False
+    _rename(temp, path)
+    _fsync_directory(path.parent, path)
+    return True
+
+
+def write_outputs(
+    outputs: Iterable[OutputSpec], token: Token, *, expires_at: float
+) -> list[Path]:
+    """Write every output; return the paths (re)written.
+
+    All new files are prepared and fsynced first, then renamed one right after
+    the other, so the outputs of one token change together: a consumer that uses
+    the new token from one file (which kills the old one at the server) will
+    not find the old token in a sibling file a moment later.
+
+    One broken output must not keep the others stale, so every output is tried
+    and the failures are reported together in one :class:`OutputError`.
+    """
+    prepared: list[tuple[Path, Path]] = []
+    failures: list[str] = []
+    for spec in outputs:
+        try:
+            content = render(spec, token, expires_at=expires_at)
+            temp = _prepare(Path(spec.path), content, spec.mode, spec.owner, spec.group)
+        except OutputError as exc:
+            failures.append(str(exc))
+            continue
+        if temp is not None:
+            prepared.append((temp, Path(spec.path)))
+    written: list[Path] = []
+    for temp, path in prepared:
+        try:
+            _rename(temp, path)
+            written.append(path)
+        except OutputError as exc:
+            failures.append(str(exc))
+    for directory, path in {path.parent: path for path in written}.items():
+        try:
+            _fsync_directory(directory, path)
+        except OutputError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise OutputError(f"{len(failures)} output(s) failed: " + "; ".join(failures))
+    return written
+
+
+def _prepare(
+    path: Path, content: bytes, mode: int, owner: int | None, group: int | None
+) -> Path | None:
+    """A fsynced temporary file beside ``path`` holding ``content`` with its final mode and
+    owner, or ``None`` when ``path`` already is exactly that."""
+    if _is_unchanged(path, content, mode, owner, group):
+        return None
+    _ensure_directory(path)
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(temp, _TEMP_FLAGS, 0o600)
+    except OSError as exc:
+        reason = exc.strerror
+        raise OutputError(f"{path}: cannot create a file in {path.parent}: {reason}") from None
+    try:
+        try:
+            _write_all(fd, content)
+            if owner is not None or group is not None:
+                # chown clears set-id bits, so it must come before chmod.
+                os.fchown(fd, -1 if owner is None else owner, -1 if group is None else group)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+    return temp
+
+
+def _rename(temp: Path, path: Path) -> None:
+    try:
+        os.rename(temp, path)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def remove_outputs(outputs: Iterable[OutputSpec]) -> None:
+    """Delete the output files of a revoked token, so nothing keeps using a dead token.
+
+    Only regular files are removed: a directory or symlink at an output path is
+    not ours and is left alone. Missing files are fine. Failures are reported
+    together after every output was tried.
+    """
+    failures: list[str] = []
+    for spec in outputs:
+        path = Path(spec.path)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failures.append(f"{path}: cannot remove: {exc.strerror}")
+            continue
+        try:
+            _fsync_directory(path.parent, path)
+        except OutputError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise OutputError(f"{len(failures)} output(s) not removed: " + "; ".join(failures))
+
+
+def _is_unchanged(
+    path: Path, content: bytes, mode: int, owner: int | None, group: int | None
+) -> bool:
+    """Whether ``path`` already holds ``content`` with this metadata; refuses unsafe targets."""
+    info = _inspect_target(path)
+    if info is None or info.st_size != len(content) or stat.S_IMODE(info.st_mode) != mode:
+        return False
+    if (owner is not None and info.st_uid != owner) or (group is not None and info.st_gid != group):
+        return False
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False  # vanished or became a link meanwhile: rewriting is the safe answer
+    try:
+        existing = os.read(fd, len(content) + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return existing == content
+
+
+def _inspect_target(path: Path) -> os.stat_result | None:
+    """The target's own status (links not followed), ``None`` when missing."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise OutputError(f"{path}: parent {_first_file(path.parent)} is not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot inspect: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputError(f"{path} is a symlink; refusing to follow or replace it")
+    if stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"{path} is a directory; refusing to replace it")
+    if not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"{path} is not a regular file; refusing to replace it")
+    return info
+
+
+def _ensure_directory(path: Path) -> None:
+    """Create the missing parents of ``path`` as 0755 (set explicitly: umask would change it)."""
+    missing: list[Path] = []
+    current = path.parent
+    while True:
+        try:
+            info = os.stat(current)
+        except FileNotFoundError:
+            missing.append(current)
+            current = current.parent
+            continue
+        except NotADirectoryError:
+            info = None
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot inspect {current}: {exc.strerror}") from None
+        if info is None or not stat.S_ISDIR(info.st_mode):
+            raise OutputError(f"{path}: parent {_first_file(current)} is not a directory")
+        break
+    for created in reversed(missing):
+        try:
+            os.mkdir(created, _DIR_MODE)
+            os.chmod(created, _DIR_MODE)
+        except FileExistsError:
+            if not created.is_dir():
+                raise OutputError(f"{path}: parent {created} is not a directory") from None
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create {created}: {exc.strerror}") from None
+
+
+def _first_file(directory: Path) -> Path:
+    """The ancestor of ``directory`` that exists but is not a directory."""
+    for candidate in reversed((directory, *directory.parents)):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return directory
+
+
+def _write_all(fd: int, content: bytes) -> None:
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_directory(directory: Path, path: Path) -> None:
+    """Make a rename or unlink in ``directory`` survive a crash."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot sync directory {directory}: {exc.strerror}") from None
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot sync directory {directory}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        return

@@ -1,0 +1,7 @@
+"""The OAuth layer: requests and answers of Factorial's (Doorkeeper's) token endpoint.
+
+``protocol`` builds the authorize link and the token/revoke requests and parses the
+answers into :class:`tokend.model.Token` or the error tree; the seed client
+(:mod:`tokend.factorial`) and the engine send them. May import only ``tokend.model``
+and ``tokend.errors`` (and httpx).
+"""
