@@ -29,9 +29,8 @@ from pathlib import Path
 import httpx
 
 from tokend.factorial import AsyncFactorial
-from tokend.model import Token, TokenName
+from tokend.model import OOB, Token, TokenName
 from tokend.sandbox import Sandbox
-from tokend.sandbox.model import OOB
 from tokend.store.sqlite import SqliteStateStore
 
 APP = "bench"

@@ -6,12 +6,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from tokend.cli.check import check_config
 from tokend.cli.listen import ListenAddress, Listener, listen_address
-from tokend.errors import TokendError
+from tokend.config.load import load_config
+from tokend.errors import ConfigError, TokendError
 
 STATE = "expected-state-value"
 
@@ -39,6 +42,57 @@ def test_only_loopback_http_with_a_port_can_be_listened_on(
 ) -> None:
     """--listen works for http://127.0.0.1:PORT/… and http://localhost:PORT/… only."""
     assert listen_address(uri) == expected
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
+    ("LOCALHOST", True), ("10.0.0.1", False), ("0.0.0.0", False), ("::", False),
+    ("example.com", False), ("localhost.example.com", False),
+])
+def test_check_listen_and_the_metrics_listener_agree_on_loopback(
+    tmp_path: Path, host: str, loopback: bool
+) -> None:
+    """One rule (127.0.0.0/8, ::1, localhost in any case) for the three places that ask:
+    ``tokend check`` warns about plain http to any other host, ``authorize --listen``
+    listens on a loopback redirect, the metrics listener needs ``allow_remote`` elsewhere.
+    They used to disagree on 127.0.0.2, ::1 and LOCALHOST."""
+    in_url = f"[{host}]" if ":" in host else host
+    path = tmp_path / "config.yaml"
+    app = ("applications:\n  app:\n    client_id: abc\n    client_secret: s3cr3t-value\n"
+           f"    redirect_uri: http://{in_url}:8765/callback\n"
+           "    tokens:\n      - user: alice\n        scope: read\n")
+    path.write_text(f"state_dir: {tmp_path}/state\n" + app)
+    report = check_config(load_config(path, environ={}), lifetimes=dict)
+    warned = any("redirect_uri uses plain http" in warning for warning in report.warnings)
+    listened = listen_address(f"http://{in_url}:8765/callback") is not None
+    path.write_text(f"state_dir: {tmp_path}/state\nmetrics: {{listen: '{in_url}:9464'}}\n" + app)
+    try:
+        load_config(path, environ={})
+    except ConfigError as error:
+        refusal = str(error)
+    else:
+        refusal = ""
+    assert refusal == "" or "is not a loopback address" in refusal, refusal
+    metrics_allowed = refusal == ""
+    assert (not warned, listened, metrics_allowed) == (loopback, loopback, loopback)
+
+
+def test_a_redirect_to_ipv6_loopback_is_caught_on_ipv6() -> None:
+    """``http://[::1]:PORT/`` is listened on at ::1, where the browser will knock."""
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        port = sock.getsockname()[1]
+    address = listen_address(f"http://[::1]:{port}/callback")
+    assert address == ListenAddress("::1", port, "/callback")
+    listener = Listener(address, STATE)
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(listener.wait(5.0, _exchanged)))
+    thread.start()
+    page = httpx.get(f"http://[::1]:{port}/callback", params={"code": "c6", "state": STATE},
+                     timeout=5)
+    thread.join(10)
+    assert page.status_code == 200
+    assert result == ["token-for-c6"]
 
 
 def _exchanged(code: str) -> str:

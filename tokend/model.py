@@ -6,6 +6,7 @@ them. They compare by value, which is what makes a reload a simple diff.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,23 @@ from tokend.errors import NotFoundError
 SCOPES = ("read", "write", "read+write")
 OutputFormat = Literal["token", "env", "json"]
 DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
+OOB = "urn:ietf:wg:oauth:2.0:oob"
+"""The out-of-band redirect URI: the server shows the authorization key in the browser."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only ever reaches this machine: ``localhost``, 127.0.0.0/8 or ::1.
+
+    The one rule for ``tokend check``'s plain-http warning, ``authorize --listen`` and the
+    metrics listener's ``allow_remote``. Other names are not trusted: they may resolve
+    anywhere.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Secret:
@@ -91,7 +109,7 @@ class ApplicationSpec:
     client_id: str
     client_secret: Secret
     base_url: str = "https://api.factorialhr.com"
-    redirect_uri: str = "urn:ietf:wg:oauth:2.0:oob"
+    redirect_uri: str = OOB
     rate_limit: float = 3.0
     concurrency: int = 8
     timeout: float = 30.0

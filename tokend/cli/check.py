@@ -25,14 +25,20 @@ from tokend.config.positions import Document, format_key_path, read_document
 from tokend.engine.metrics import HOOKS
 from tokend.engine.schedule import MAX_REFRESH_FRACTION
 from tokend.errors import ConfigError
-from tokend.model import ApplicationSpec, Config, OutputSpec, TokenName, TokenSpec
+from tokend.model import (
+    OOB,
+    ApplicationSpec,
+    Config,
+    OutputSpec,
+    TokenName,
+    TokenSpec,
+    is_loopback,
+)
 from tokend.store.lock import PRIVATE_DIR_MODE
 from tokend.timing import format_duration
 
-OOB = "urn:ietf:wg:oauth:2.0:oob"
 ASSUMED_LIFETIME = 3600.0
 """Access-token lifetime assumed for a token never authorized (the server decides it)."""
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _MIN_INTERVAL = 1.0
 
 
@@ -223,7 +229,7 @@ def _check_urls(app: ApplicationSpec, report: CheckReport) -> None:
             report.problems.append(f"{where}: {key} {url!r} is not an http(s) URL"
                                    + (f" nor {OOB}" if key == "redirect_uri" else ""))
             continue
-        loopback = parts.hostname in _LOOPBACK
+        loopback = is_loopback(parts.hostname)
         if parts.scheme == "http" and not loopback:
             report.warnings.append(f"{where}: {key} uses plain http to {parts.hostname}: "
                                    "codes and tokens would cross the network unencrypted")

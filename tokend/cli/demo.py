@@ -33,7 +33,7 @@ from tokend.cli.authorize import authorization_link, exchange_and_store
 from tokend.config.load import load_config
 from tokend.daemon.lifecycle import Daemon
 from tokend.log import SecretMasker
-from tokend.model import Token, TokenSpec
+from tokend.model import OOB, Token, TokenSpec
 from tokend.sandbox import Sandbox
 from tokend.store.sqlite import SqliteStateStore
 from tokend.timing import SystemClock, format_duration
@@ -54,7 +54,7 @@ applications:
     base_url: {base_url}
     client_id: {client_id}
     client_secret_file: {folder}/demo.secret
-    redirect_uri: urn:ietf:wg:oauth:2.0:oob
+    redirect_uri: {oob}
     tokens:
 {tokens}"""
 
@@ -88,7 +88,7 @@ def write_demo_config(
     path = folder / "config.yaml"
     path.write_text(
         _CONFIG.format(folder=folder, base_url=base_url, client_id=DEMO_CLIENT_ID, tokens=tokens,
-                       refresh_lifetime=refresh_lifetime)
+                       refresh_lifetime=refresh_lifetime, oob=OOB)
     )
     path.chmod(0o600)
     return path

@@ -1,6 +1,6 @@
 """``tokend authorize --listen``: catch the redirect in a one-shot local HTTP listener.
 
-With a ``http://127.0.0.1:PORT/…`` or ``http://localhost:PORT/…`` redirect URI
+With a loopback ``http://HOST:PORT/…`` redirect URI (:func:`tokend.model.is_loopback`)
 the browser brings the authorization code to us, so nobody copies a key by
 hand. The link carries a random ``state``; a request without that exact state
 did not come from our link (another local program, a forged page) and is
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from tokend.errors import OutputError, TokendError
+from tokend.model import is_loopback
 
 T = TypeVar("T")
 
-LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1"}
 _PAGE = ("<!doctype html><html><head><meta charset=utf-8><title>tokend</title></head>"
          "<body><h1>{title}</h1><p>{text}</p></body></html>")
 
@@ -43,14 +44,15 @@ class ListenAddress:
 def listen_address(redirect_uri: str) -> ListenAddress | None:
     """The address of a loopback ``http`` redirect URI with an explicit port, else ``None``."""
     parts = urlsplit(redirect_uri)
-    host = LOOPBACK_HOSTS.get(parts.hostname or "")
     try:
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme != "http" or host is None or port is None:
+    host = parts.hostname or ""
+    if parts.scheme != "http" or not is_loopback(host) or port is None:
         return None
-    return ListenAddress(host, port, parts.path or "/")
+    # A browser tries each address localhost resolves to, so 127.0.0.1 is enough.
+    return ListenAddress("127.0.0.1" if host == "localhost" else host, port, parts.path or "/")
 
 
 def _not_set(code: str) -> None:
@@ -68,6 +70,8 @@ class _Server(HTTPServer):
         self.done = False
         self.failure: Exception | None = None
         self.denied: str | None = None
+        if ":" in address.host:
+            self.address_family = socket.AF_INET6
         super().__init__((address.host, address.port), _Handler)
 
 

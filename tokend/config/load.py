@@ -41,7 +41,6 @@ from tokend.config.schema import (
     SettingsSource,
     Token,
     Tuning,
-    is_loopback,
     split_listen,
 )
 from tokend.errors import ConfigError
@@ -54,6 +53,7 @@ from tokend.model import (
     Secret,
     TokenName,
     TokenSpec,
+    is_loopback,
 )
 from tokend.timing import format_duration
 

@@ -8,7 +8,6 @@ the value, which may be a secret.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -29,10 +28,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tokend.model import SCOPES, OutputFormat
+from tokend.model import OOB, SCOPES, OutputFormat
 from tokend.timing import parse_duration, parse_rate
 
-OOB = "urn:ietf:wg:oauth:2.0:oob"
 MODE_HINT = ('must be an octal mode in quotes such as "0640" (YAML reads an unquoted 640 '
              "as a decimal number)")
 _APP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -131,16 +129,6 @@ def split_listen(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535 or "\0" in host:
         raise ValueError(LISTEN_HINT)
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only ever reaches this machine; other names may resolve anywhere."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _listen(value: str) -> str:

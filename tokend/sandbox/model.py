@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from tokend.model import OOB
 from tokend.timing import Clock
 
-OOB = "urn:ietf:wg:oauth:2.0:oob"
 CODE_LIFETIME = 600.0
 GRANTS = ("authorization_code", "refresh_token")
 _SCOPES = {frozenset({"read"}): "read", frozenset({"write"}): "write"}
