@@ -34,6 +34,7 @@ from tokend.model import (
     TokenSpec,
     is_loopback,
 )
+from tokend.store import DATABASE_NAME
 from tokend.store.lock import PRIVATE_DIR_MODE
 from tokend.timing import format_duration
 
@@ -76,7 +77,7 @@ def check_config(
         report.problems.append(f"state_dir {config.state_dir}: {problem}")
     elif (warning := _state_dir_exposure(config.state_dir)) is not None:
         report.warnings.append(warning)
-    database = config.state_dir / "tokend.db"
+    database = config.state_dir / DATABASE_NAME
     if database.exists() and not os.access(database, os.R_OK | os.W_OK):
         report.problems.append(f"state store {database}: not readable and writable by this user")
     for spec in config.tokens:

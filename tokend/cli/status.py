@@ -29,6 +29,7 @@ from tokend.daemon.status_file import read_daemon_status
 from tokend.engine.attention import action
 from tokend.engine.schedule import due_at
 from tokend.model import Config, TokenName, TokenSpec
+from tokend.store import DATABASE_NAME
 from tokend.store.interface import UNCONFIGURED, TokenRecord, TokenState, shown_state
 from tokend.store.lock import running_daemon_pid
 from tokend.store.sqlite import SqliteStateStore
@@ -267,7 +268,7 @@ def _daemon_line(daemon: DaemonRow | None, now: float) -> str:
 def stored_records(state_dir: Path) -> list[TokenRecord]:
     """Every record in the store, or none when no store exists yet (without creating one:
     ``status`` and ``check`` only look)."""
-    if not (state_dir / "tokend.db").exists():
+    if not (state_dir / DATABASE_NAME).exists():
         return []
     store = SqliteStateStore(state_dir)
     try:

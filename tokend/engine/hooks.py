@@ -18,12 +18,13 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from tokend.model import TokenSpec
+from tokend.timing import format_utc
 
 logger = structlog.get_logger(__name__)
 
@@ -66,9 +67,7 @@ def hook_environment(
         TOKEND_APP=spec.name.app,
         TOKEND_USER=spec.name.user,
         TOKEND_SCOPE=spec.name.scope,
-        TOKEND_EXPIRES_AT=(
-            "" if expires_at is None else expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ),
+        TOKEND_EXPIRES_AT="" if expires_at is None else format_utc(expires_at.timestamp()),
         TOKEND_OUTPUTS=":".join(str(output.path) for output in spec.outputs),
     )
     return env

@@ -5,3 +5,6 @@
 token``; ``lock`` the state directory's host lock and who holds a lease. May import
 ``tokend.model``, ``tokend.errors`` and ``tokend.timing``; never the engine or above.
 """
+
+DATABASE_NAME = "tokend.db"
+"""The SQLite store's file in the state directory (here, so ``quick`` finds it for free)."""

@@ -10,12 +10,12 @@ consumer calling it in a loop cannot disturb the daemon.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 from tokend.errors import NotFoundError, StateError, TokendError
+from tokend.store import DATABASE_NAME
+from tokend.timing import format_utc
 
-DATABASE_NAME = "tokend.db"
 # Expiry counts from this host's clock when the request was sent (``issued_at``); version 3
 # knows when a token left the config.
 _COLUMNS = "app, user, scope, access_token, issued_at, expires_in, state"
@@ -66,18 +66,14 @@ def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
         raise NoValidTokenError(f"{row.name} is not authorized; run `tokend authorize {row.name}`")
     if row.unconfigured_at is not None:
         raise NoValidTokenError(
-            f"{row.name} is no longer in the config (since {_utc(row.unconfigured_at)}), so tokend "
-            "does not refresh it or hand it out; add it back to the config, or see "
+            f"{row.name} is no longer in the config (since {format_utc(row.unconfigured_at)}), "
+            "so tokend does not refresh it or hand it out; add it back to the config, or see "
             "`tokend status` to revoke it")
     if row.expires_at <= now:
-        when = _utc(row.expires_at)
+        when = format_utc(row.expires_at)
         hint = _HINTS.get(row.state, "is the daemon running? see `tokend status`")
         raise NoValidTokenError(f"the access token of {row.name} expired at {when}; {hint}")
     return row.access_token
-
-
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _find(path: Path, text: str) -> _Row:

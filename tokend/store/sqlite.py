@@ -19,6 +19,7 @@ from typing import Any
 
 from tokend.errors import StateError
 from tokend.model import Token, TokenName
+from tokend.store import DATABASE_NAME
 from tokend.store import sqlite_schema as sql
 from tokend.store.interface import (
     Claim,
@@ -32,7 +33,6 @@ from tokend.store.interface import (
 )
 from tokend.store.lock import make_private_dir
 
-DATABASE_NAME = "tokend.db"
 BUSY_TIMEOUT = 10.0
 """The longest a store call waits for another process's write: part of every commit's budget."""
 
