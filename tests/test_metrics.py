@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from tokend.cli.status import token_row
 from tokend.daemon.metrics_http import MetricsServer
 from tokend.engine.hooks import HookResult
-from tokend.engine.metrics import TOKEN_STATES, Metrics, token_state
+from tokend.engine.metrics import TOKEN_STATES, Metrics
 from tokend.engine.refresher import Refresher
 from tokend.log import SecretMasker
 from tokend.model import ApplicationSpec, MetricsSpec, Secret, Token, TokenName, TokenSpec
@@ -55,6 +55,14 @@ def metrics_at(now: float = 1_000_100.0) -> tuple[Metrics, FakeClock]:
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
+
+
+def token_state(spec: TokenSpec, stored: TokenRecord | None, now: float) -> str:
+    """What ``/healthz`` says of ``stored`` at ``now``."""
+    metrics, _ = metrics_at(now)
+    metrics.observe_token(spec, stored)
+    (health,) = metrics.tokens()
+    return health.state
 
 
 def states(metrics: Metrics) -> dict[str, float | None]:

@@ -30,7 +30,7 @@ from tokend.engine.attention import action
 from tokend.engine.schedule import due_at
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.store import DATABASE_NAME
-from tokend.store.interface import UNCONFIGURED, TokenRecord, TokenState, shown_state
+from tokend.store.interface import UNCONFIGURED, StateFacts, TokenRecord, TokenState
 from tokend.store.lock import running_daemon_pid
 from tokend.store.sqlite import SqliteStateStore
 from tokend.timing import format_duration, format_utc
@@ -95,10 +95,9 @@ class StatusReport:
 
 def token_row(spec: TokenSpec, record: TokenRecord | None, *, now: float) -> TokenRow:
     """The row of one configured token, from its stored record (``None``: never stored)."""
+    state = StateFacts.of(record, spec.refresh_token_lifetime).shown(now)
     if record is None:
-        return TokenRow(str(spec.name), str(TokenState.NOT_AUTHORIZED), None, None, None,
-                        None, None)
-    state = record.shown_state(spec.refresh_token_lifetime, now)
+        return TokenRow(str(spec.name), state, None, None, None, None, None)
     error = _error(record)
     if record.token is None:
         return TokenRow(str(spec.name), state, None, None, None, record.last_refresh_at, error)
@@ -110,10 +109,8 @@ def token_row(spec: TokenSpec, record: TokenRecord | None, *, now: float) -> Tok
 def stored_row(record: TokenRecord, *, now: float) -> TokenRow:
     """The row of a stored token whose settings no config tells: the refresh token's expiry
     and the next refresh are unknown, and so is whether the refresh token has lapsed."""
-    state = shown_state(record.state, record.expires_at, None,
-                        output_problem=record.output_error is not None, now=now)
-    return TokenRow(str(record.name), state, record.expires_at, None, None,
-                    record.last_refresh_at, _error(record))
+    return TokenRow(str(record.name), record.shown_state(None, now), record.expires_at, None,
+                    None, record.last_refresh_at, _error(record))
 
 
 def _error(record: TokenRecord) -> str | None:

@@ -23,6 +23,7 @@ import structlog
 
 from tokend.engine.metrics import Metrics
 from tokend.model import MetricsSpec
+from tokend.store.interface import TokenState
 
 log = structlog.get_logger(__name__)
 
@@ -185,7 +186,7 @@ class MetricsServer:
 
     def _health(self) -> Response:
         """200 while every configured token is ok; the body lists the ones that are not."""
-        attention = [token for token in self._metrics.tokens() if token.state != "ok"]
+        attention = [token for token in self._metrics.tokens() if token.state != TokenState.OK]
         healthy = self._metrics.ready and not attention
         body = {
             "status": "ok" if healthy else "unhealthy",

@@ -31,11 +31,10 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from tokend.engine.hooks import HookResult
 from tokend.model import TokenName, TokenSpec
-from tokend.store.interface import TokenRecord, TokenState, shown_state
+from tokend.store.interface import EXPIRED, StateFacts, TokenRecord, TokenState
 from tokend.timing import Clock, SystemClock
 
-TOKEN_STATES = ("ok", "failing", "needs_authorization", "not_authorized", "client_rejected",
-                "expired")
+TOKEN_STATES = (*(state.value for state in TokenState), EXPIRED)
 """Every state a token can show, as ``tokend status`` names them."""
 REFRESH_RESULTS = ("ok", "transient_error", "permanent_error", "superseded")
 HOOKS = ("on_refresh", "on_failure")
@@ -43,19 +42,6 @@ HOOK_RESULTS = ("ok", "failed", "timeout", "not_started")
 RELOAD_RESULTS = ("ok", "error")
 # Refreshes are one HTTP round trip plus an fsync; the tail reaches the 30 s default timeout.
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-def token_state(spec: TokenSpec, record: TokenRecord | None, now: float) -> str:
-    """The state an operator sees, by the one rule of :meth:`TokenRecord.shown_state`."""
-    return _seen(spec, record).state(now)
-
-
-def _seen(spec: TokenSpec, record: TokenRecord | None) -> _Seen:
-    if record is None:
-        return _Seen(TokenState.NOT_AUTHORIZED, None, None, output_problem=False)
-    return _Seen(record.state, record.expires_at,
-                 record.refresh_token_expires_at(spec.refresh_token_lifetime),
-                 output_problem=record.output_error is not None)
 
 
 def hook_result(result: HookResult) -> str:
@@ -75,20 +61,6 @@ class TokenHealth:
     state: str
 
 
-@dataclass(frozen=True)
-class _Seen:
-    """What the metrics keep of a record: no token, so no secret, lives here."""
-
-    stored: TokenState
-    expires_at: float | None
-    refresh_expires_at: float | None
-    output_problem: bool
-
-    def state(self, now: float) -> str:
-        return shown_state(self.stored, self.expires_at, self.refresh_expires_at,
-                           output_problem=self.output_problem, now=now)
-
-
 class Metrics:
     """The daemon's metrics, and the token states ``/healthz`` answers from."""
 
@@ -101,7 +73,7 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
         self._clock = clock or SystemClock()
-        self._tokens: dict[TokenName, _Seen] = {}
+        self._tokens: dict[TokenName, StateFacts] = {}
         self._ready = False
         self.version = 0
         """Bumped by every event, so a cached rendering knows when it is out of date."""
@@ -158,7 +130,7 @@ class Metrics:
             # Zero-valued series from the start, so rate() and increase() see the first event.
             for result in REFRESH_RESULTS:
                 self._refreshes.labels(str(spec.name), result)
-        self._tokens[spec.name] = _seen(spec, record)
+        self._tokens[spec.name] = StateFacts.of(record, spec.refresh_token_lifetime)
         self.version += 1
 
     def forget_token(self, name: TokenName) -> None:
@@ -211,7 +183,7 @@ class Metrics:
         """Every configured token and its state now, in name order."""
         now = self._clock.now()
         return [
-            TokenHealth(str(name), seen.state(now))
+            TokenHealth(str(name), seen.shown(now))
             for name, seen in sorted(self._tokens.items())
         ]
 
@@ -224,7 +196,7 @@ class Metrics:
 class _TokenCollector:
     """Computes the token gauges at scrape time (see the module docstring)."""
 
-    def __init__(self, tokens: dict[TokenName, _Seen], clock: Clock) -> None:
+    def __init__(self, tokens: dict[TokenName, StateFacts], clock: Clock) -> None:
         self._tokens = tokens
         self._clock = clock
 
@@ -258,7 +230,7 @@ class _TokenCollector:
                 expiry.add_metric([label], seen.expires_at)
             if seen.refresh_expires_at is not None:
                 refresh_expiry.add_metric([label], seen.refresh_expires_at)
-            current = seen.state(now)
+            current = seen.shown(now)
             for value in TOKEN_STATES:
                 state.add_metric([label, value], 1.0 if value == current else 0.0)
         yield from (expiry, refresh_expiry, state)

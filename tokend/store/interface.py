@@ -111,8 +111,33 @@ class TokenRecord:
             return None
         return self.issued_at + lifetime
 
-    def shown_state(self, refresh_token_lifetime: float, now: float) -> str:
-        """The one rule for what ``status``, metrics and ``/healthz`` call this token.
+    def shown_state(self, refresh_token_lifetime: float | None, now: float) -> str:
+        """What ``status``, metrics and ``/healthz`` call this token: :class:`StateFacts`."""
+        return StateFacts.of(self, refresh_token_lifetime).shown(now)
+
+
+@dataclass(frozen=True, slots=True)
+class StateFacts:
+    """What the state rule reads of a record: no token, so no secret (the metrics keep these)."""
+
+    stored: TokenState
+    expires_at: float | None
+    refresh_expires_at: float | None
+    output_problem: bool
+
+    @classmethod
+    def of(cls, record: TokenRecord | None, refresh_token_lifetime: float | None) -> StateFacts:
+        """``record``'s facts; ``None``: never stored; an unknown lifetime (no config tells
+        it) leaves the refresh token's expiry unknown, so it never counts as lapsed."""
+        if record is None:
+            return cls(TokenState.NOT_AUTHORIZED, None, None, output_problem=False)
+        refresh_expires_at = (None if refresh_token_lifetime is None
+                              else record.refresh_token_expires_at(refresh_token_lifetime))
+        return cls(record.state, record.expires_at, refresh_expires_at,
+                   output_problem=record.output_error is not None)
+
+    def shown(self, now: float) -> str:
+        """The one rule for what ``status``, metrics and ``/healthz`` call a token.
 
         The stored state, except: without a stored token it is
         ``not_authorized`` (or ``needs_authorization``); an ``ok`` or ``failing``
@@ -122,31 +147,18 @@ class TokenRecord:
         must be done. (``unconfigured`` depends on the config, so callers that
         have one decide it.)
         """
-        return shown_state(
-            self.state, self.expires_at, self.refresh_token_expires_at(refresh_token_lifetime),
-            output_problem=self.output_error is not None, now=now,
-        )
-
-
-def shown_state(
-    stored: TokenState,
-    expires_at: float | None,
-    refresh_expires_at: float | None,
-    *,
-    output_problem: bool,
-    now: float,
-) -> str:
-    """:meth:`TokenRecord.shown_state` from the few facts it needs (metrics keep no token)."""
-    if expires_at is None:
-        if stored in (TokenState.NEEDS_AUTHORIZATION, TokenState.CLIENT_REJECTED):
-            return stored.value
-        return TokenState.NOT_AUTHORIZED.value
-    lapsed = expires_at <= now or (refresh_expires_at is not None and refresh_expires_at <= now)
-    if stored in (TokenState.OK, TokenState.FAILING) and lapsed:
-        return EXPIRED
-    if stored is TokenState.OK and output_problem:
-        return TokenState.FAILING.value
-    return stored.value
+        stored, refresh_expires_at = self.stored, self.refresh_expires_at
+        if self.expires_at is None:
+            if stored in (TokenState.NEEDS_AUTHORIZATION, TokenState.CLIENT_REJECTED):
+                return stored.value
+            return TokenState.NOT_AUTHORIZED.value
+        lapsed = self.expires_at <= now or (refresh_expires_at is not None
+                                            and refresh_expires_at <= now)
+        if stored in (TokenState.OK, TokenState.FAILING) and lapsed:
+            return EXPIRED
+        if stored is TokenState.OK and self.output_problem:
+            return TokenState.FAILING.value
+        return stored.value
 
 
 @dataclass(frozen=True, slots=True)
