@@ -22,10 +22,9 @@ from tokend.errors import (
     PermanentOAuthError,
     TransientOAuthError,
 )
-from tokend.factorial import AsyncFactorial, Factorial
+from tokend.factorial import DEFAULT_BASE_URL, AsyncFactorial, Factorial
 from tokend.model import SCOPES, Token
 from tokend.oauth import protocol as oauth
-from tokend.oauth.protocol import DEFAULT_BASE_URL
 
 BASE = "http://factorial.test"
 OOB = "urn:ietf:wg:oauth:2.0:oob"

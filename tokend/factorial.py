@@ -12,9 +12,9 @@ from types import TracebackType
 
 import httpx
 
-from tokend.model import Token
+from tokend.model import DEFAULT_BASE_URL, Token
 from tokend.oauth import protocol as oauth
-from tokend.oauth.protocol import DEFAULT_BASE_URL, OAuthRequest
+from tokend.oauth.protocol import OAuthRequest
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncFactorial", "Factorial"]
 

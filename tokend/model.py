@@ -18,6 +18,8 @@ from tokend.errors import NotFoundError
 SCOPES = ("read", "write", "read+write")
 OutputFormat = Literal["token", "env", "json"]
 DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
+DEFAULT_BASE_URL = "https://api.factorialhr.com"
+"""Factorial's API: where the seed client and every application talk unless told otherwise."""
 OOB = "urn:ietf:wg:oauth:2.0:oob"
 """The out-of-band redirect URI: the server shows the authorization key in the browser."""
 
@@ -108,7 +110,7 @@ class ApplicationSpec:
     name: str
     client_id: str
     client_secret: Secret
-    base_url: str = "https://api.factorialhr.com"
+    base_url: str = DEFAULT_BASE_URL
     redirect_uri: str = OOB
     rate_limit: float = 3.0
     concurrency: int = 8

@@ -19,9 +19,8 @@ from urllib.parse import urlencode
 import httpx
 
 from tokend.errors import NetworkError, PermanentOAuthError, TransientOAuthError
-from tokend.model import SCOPES, Token
+from tokend.model import DEFAULT_BASE_URL, SCOPES, Token
 
-DEFAULT_BASE_URL = "https://api.factorialhr.com"
 # Fields whose values must never reach a message, even when a server echoes them back.
 _SECRET_FIELDS = ("client_secret", "code", "refresh_token", "token")
 _DESCRIPTION_LIMIT = 200
