@@ -201,11 +201,6 @@ class Token:
         """When the access token stops working (aware, UTC)."""
         return datetime.fromtimestamp(self.created_at + self.expires_in, tz=UTC)
 
-    @property
-    def expires_at_epoch(self) -> float:
-        """``expires_at`` as epoch seconds, for arithmetic."""
-        return float(self.created_at + self.expires_in)
-
     def __repr__(self) -> str:
         return (
             f"Token(token_type={self.token_type!r}, scope={self.scope!r}, "
