@@ -14,8 +14,7 @@ import pytest
 import structlog
 
 from tests.e2e import CLIENT_SECRET, Setup, StartDaemon, free_port, tokend, wait_for
-from tokend.cli.check import CheckReport, check_config
-from tokend.cli.check_online import check_online
+from tokend.cli.check import CheckReport, check_config, check_online
 from tokend.config.load import load_config
 from tokend.model import Config, TokenName
 from tokend.sandbox import Sandbox

@@ -1,7 +1,8 @@
-"""The command line: ``main`` parses and dispatches; one module per verb family.
+"""The command line: ``main`` parses and dispatches to ``commands``, one handler per verb.
 
-``authorize`` and ``listen`` (authorization), ``operator`` (refresh, revoke), ``status``
-and ``status_fallback``, ``check`` and ``check_online``, ``demo``. The top layer: it may
-import every other layer, the sandbox included (for ``demo``). Verbs import lazily so
-``tokend token`` starts without httpx, pydantic or structlog.
+The handlers call one module per verb family: ``authorize`` and ``listen``
+(authorization), ``operator`` (refresh, revoke), ``status``, ``check`` (offline and
+``--online``), ``demo``. The top layer: it may import every other layer, the sandbox
+included (for ``demo``). Handlers import lazily so ``tokend token`` starts without httpx,
+pydantic or structlog.
 """

@@ -7,12 +7,23 @@ found and run, are the state and the config safe from other users, are the
 redirect and base URLs sane, and can each application's rate limit keep up
 with its tokens. Paths are checked with ``os.access`` on the nearest existing
 folder, as the user running the check, which should be the daemon's user.
-``tokend check --online`` also asks the server (:mod:`tokend.cli.check_online`).
+
+``tokend check --online`` also asks each token endpoint whether it accepts the
+application's client credentials, and must consume nothing doing so: no
+authorization key, no refresh token, no new token. So it presents a credential that
+cannot exist: ``invalid_grant`` means the client id and secret were accepted and
+only the made-up grant was refused, ``invalid_client`` means they were not. The
+made-up grant is an authorization code, not a refresh token: RFC 6749 asks the server
+to authenticate the client before it looks at either, but Doorkeeper (whose answers
+Factorial's match) looks a refresh token up first (``RefreshTokenRequest``), so an
+unknown refresh token answers ``invalid_grant`` whatever the secret; for a code it
+checks the client first (``AuthorizationCodeRequest``), as the sandbox does for both.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -20,11 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from tokend.config.events import KeyPath
 from tokend.config.positions import Document, format_key_path, read_document
 from tokend.engine.metrics import HOOKS
 from tokend.engine.schedule import MAX_REFRESH_FRACTION
-from tokend.errors import ConfigError
+from tokend.errors import ConfigError, NetworkError, OAuthError
+from tokend.factorial import Factorial
 from tokend.model import (
     OOB,
     ApplicationSpec,
@@ -34,6 +48,7 @@ from tokend.model import (
     TokenSpec,
     is_loopback,
 )
+from tokend.oauth.protocol import authorization_code_request
 from tokend.store import DATABASE_NAME
 from tokend.store.lock import PRIVATE_DIR_MODE
 from tokend.timing import format_duration
@@ -41,6 +56,8 @@ from tokend.timing import format_duration
 ASSUMED_LIFETIME = 3600.0
 """Access-token lifetime assumed for a token never authorized (the server decides it)."""
 _MIN_INTERVAL = 1.0
+PROBE_CODE_PREFIX = "tokend-check-"
+"""Begins every made-up code of ``--online``, so a server's log shows what sent it."""
 
 
 @dataclass
@@ -263,3 +280,42 @@ def _check_rate(
             f"minute{note}, more than its rate_limit of {allowed:g}/min allows; "
             "tokens would refresh late"
         )
+
+
+def check_online(config: Config, report: CheckReport, *, client: httpx.Client | None = None
+                 ) -> None:
+    """Probe each application's client credentials in turn; failures become problems.
+
+    One request per application, one after the other: a check never bursts
+    against the server's rate limit. ``client`` is for tests.
+    """
+    for app in config.applications.values():
+        where = f"online: application {app.name}"
+        url, error = _probe(app, client)
+        if error is None:
+            report.problems.append(f"{where}: unexpected answer from {url}: it issued a token "
+                                   "for an authorization code that cannot exist")
+        elif error.error == "invalid_grant":
+            report.notes.append(f"{where}: ok, client accepted by {url}")
+        elif error.error == "invalid_client":
+            report.problems.append(f"{where}: client rejected by {url} ({error}); check its "
+                                   "client_id and client secret")
+        elif isinstance(error, NetworkError):
+            report.problems.append(f"{where}: unreachable: {url}: {error}")
+        else:
+            report.problems.append(f"{where}: unexpected answer from {url}: {error}")
+
+
+def _probe(app: ApplicationSpec, client: httpx.Client | None) -> tuple[str, OAuthError | None]:
+    """The token endpoint's URL and its refusal of a made-up code (``None``: it gave a token)."""
+    fields = {"client_id": app.client_id, "client_secret": app.client_secret.reveal(),
+              "redirect_uri": app.redirect_uri}
+    code = PROBE_CODE_PREFIX + secrets.token_urlsafe(24)
+    url = authorization_code_request(base_url=app.base_url, code=code, **fields).url
+    try:
+        with Factorial(access_token="", base_url=app.base_url, timeout=app.timeout,
+                       client=client) as factorial:
+            factorial.obtain_access_token(authorization_key=code, **fields)
+    except OAuthError as error:
+        return url, error
+    return url, None

@@ -15,19 +15,28 @@ even when no daemon is running:
   token still works;
 * ``ok``: otherwise.
 
+A reload that fails leaves the daemon running its last good config, and that is
+exactly when an operator or a monitor asks for the status. So with an invalid config
+file ``status`` still answers: the tokens of the last config a daemon ran (it
+publishes them in ``daemon.json``), or every token in the store when no daemon has,
+each with its stored state; the daemon's health; and the config error with its place.
+
 Nothing here ever shows a token or a secret.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from tokend.config.quick import quick_state_dir
 from tokend.daemon.status_file import read_daemon_status
 from tokend.engine.attention import action
 from tokend.engine.schedule import due_at
+from tokend.errors import ConfigError
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.store import DATABASE_NAME
 from tokend.store.interface import UNCONFIGURED, StateFacts, TokenRecord, TokenState
@@ -163,6 +172,46 @@ def build_report(
 def _with_action(row: TokenRow, config: Config) -> TokenRow:
     todo = action(row.state, TokenName.parse(row.name), config)
     return row if todo is None else replace(row, action=todo.text)
+
+
+def invalid_config_report(
+    path: Path,
+    error: ConfigError,
+    select: Callable[[Config], list[TokenSpec]],
+    *,
+    now: float,
+) -> StatusReport:
+    """The report for a config file that was read but is invalid (``error``).
+
+    ``select`` picks the tokens to show from a stand-in config holding the known
+    ones (it resolves the names on the command line). A file that cannot be read
+    at all raises ``error`` again: a wrong path is a usage error, not a broken config.
+    """
+    try:
+        path.open("rb").close()
+    except OSError:
+        raise error from None
+    shown = path.absolute()
+    try:
+        state_dir = quick_state_dir(path)
+    except ConfigError:
+        return StatusReport(shown, None, (), None, str(error), None)
+    records = stored_records(state_dir)
+    status = read_daemon_status(state_dir)
+    view = None if status is None else status.tokens
+    if view is not None:
+        specs = tuple(token.spec() for token in view)
+    else:
+        specs = tuple(TokenSpec(record.name) for record in records)
+    chosen = select(Config(source=shown, state_dir=state_dir, applications={}, tokens=specs))
+    by_name = {record.name: record for record in records}
+    if view is not None:
+        rows = tuple(token_row(spec, by_name.get(spec.name), now=now) for spec in chosen)
+    else:
+        # These specs were made from the records: their settings are defaults, not the config's.
+        rows = tuple(stored_row(by_name[spec.name], now=now) for spec in chosen)
+    return StatusReport(shown, None, rows, daemon_row(state_dir), str(error),
+                        "store" if view is None else "daemon")
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -3,7 +3,7 @@
 ``schedule`` (due times, rate limits), ``slots`` (concurrency, earliest expiry first),
 ``refresher`` (OAuth → store), ``publish`` (outputs → hooks, under the token's lease),
 ``outputs``, ``hooks``, ``supervisor`` (applies a config and runs what is due),
-``workers`` (the store's and the outputs' thread pools), ``metrics``, ``attention`` and
-``token_states`` (what a state means to people and to counters). May import the store,
+``workers`` (the store's and the outputs' thread pools), ``metrics``, ``attention``
+(what a state asks of a person, and how many tokens are in each). May import the store,
 oauth and config layers and the shared modules; never the daemon or the CLI.
 """

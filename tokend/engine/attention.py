@@ -1,14 +1,19 @@
-"""What a person must do about a token: the one rule behind the daemon's warnings and ``status``.
+"""What needs a person: how many tokens are in each state, and what to do about one.
 
 A state that no retry can fix is useless without the next step, so every place
 that shows one (the daemon's ``action_required`` log line, ``tokend status``)
 words it here, with the exact command where there is one, naming the config
 file the daemon or the CLI actually read.
+
+The systemd status line and the daemon's credentials recheck read the counts of
+:class:`TokenStates` after every event; keeping counts as states change makes that
+free, however many tokens there are.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +75,39 @@ def unconfigured(name: TokenName, config: Config) -> str:
                 "configured, so tokend has no credentials to revoke it at the server)")
     revoke = command(config.source, "revoke", str(name))
     return f"{back}, run `{revoke}` to revoke it at the server, or `{forget}` to forget it here"
+
+
+class TokenStates:
+    """Each configured token's stored state, and how many tokens are in each."""
+
+    def __init__(self) -> None:
+        self._states: dict[TokenName, TokenState] = {}
+        self._counts: Counter[TokenState] = Counter()
+
+    def get(self, name: TokenName) -> TokenState | None:
+        """``name``'s state, or ``None`` while this daemon has not tracked it."""
+        return self._states.get(name)
+
+    def change(self, name: TokenName, state: TokenState | None) -> None:
+        """Record ``name``'s state (``None``: no longer configured) and keep the counts."""
+        old = self._states.pop(name, None)
+        if old is not None:
+            self._counts[old] -= 1
+        if state is not None:
+            self._states[name] = state
+            self._counts[state] += 1
+
+    def line(self, configured: int) -> str:
+        """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows."""
+        if not configured:
+            return "no tokens configured"
+        parts = [f"{count} {state.value}" for state, count in sorted(self._counts.items())
+                 if count]
+        return f"{configured} tokens: " + ", ".join(parts)
+
+    def rejected_applications(self) -> set[str]:
+        """The applications with a token whose client credentials the server rejected."""
+        if not self._counts[TokenState.CLIENT_REJECTED]:
+            return set()
+        return {name.app for name, state in self._states.items()
+                if state is TokenState.CLIENT_REJECTED}

@@ -28,7 +28,6 @@ from tokend.engine.metrics import Metrics
 from tokend.engine.refresher import Refresher
 from tokend.engine.schedule import Scheduler, backoff_delay, due_at
 from tokend.engine.slots import RefreshSlots
-from tokend.engine.token_states import TokenStates
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.store.interface import NEEDS_A_PERSON, StateStore, TokenRecord, TokenState
@@ -80,7 +79,7 @@ class Supervisor:
         self._republish: set[TokenName] = set()
         # Tokens removed from the config while in flight: retired when the flight ends.
         self._retire_after: set[TokenName] = set()
-        self._states = TokenStates()
+        self._states = attention.TokenStates()
         # Tokens to try once although they need authorization (their config changed).
         self._forced: set[TokenName] = set()
         self._slots: RefreshSlots | None = None
