@@ -40,7 +40,7 @@ def free_port() -> int:
 def test_only_loopback_http_with_a_port_can_be_listened_on(
     uri: str, expected: ListenAddress | None
 ) -> None:
-    """--listen works for http://127.0.0.1:PORT/… and http://localhost:PORT/… only."""
+    """--listen works for a loopback http redirect with a port only; localhost binds 127.0.0.1."""
     assert listen_address(uri) == expected
 
 
