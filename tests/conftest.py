@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import CLIENT_ID, CLIENT_SECRET, Daemon, StartDaemon
+from tests.e2e import CLIENT_ID, CLIENT_SECRET, Daemon, StartDaemon, sandbox_with_lifetime
 from tokend.sandbox import Sandbox
 
 
@@ -15,6 +15,14 @@ from tokend.sandbox import Sandbox
 def sandbox() -> Iterator[Sandbox]:
     """A sandbox whose access tokens live 3 s, so tokens rotate every ~1.5 s."""
     with Sandbox(access_token_lifetime=3, clients={CLIENT_ID: CLIENT_SECRET}) as server:
+        yield server
+
+
+@pytest.fixture
+def hour_sandbox() -> Iterator[Sandbox]:
+    """A sandbox whose access tokens live an hour: nothing comes due, expires or turns
+    anything but ``ok`` on its own while a test runs, however slowly."""
+    with sandbox_with_lifetime(3600) as server:
         yield server
 
 

@@ -18,7 +18,9 @@ from urllib.parse import quote
 
 import httpx
 
+from tokend.model import TokenName
 from tokend.sandbox import Sandbox
+from tokend.store.sqlite import SqliteStateStore
 
 CLIENT_ID = "e2e-client"
 CLIENT_SECRET = "e2e-client-secret-Zq7x9Kw2"  # distinctive, so a leak is easy to find
@@ -198,3 +200,13 @@ def with_app_settings(setup: Setup, yaml: str) -> Path:
 def sandbox_with_lifetime(seconds: float) -> Sandbox:
     """A sandbox for the e2e client whose access tokens live ``seconds`` (use with ``with``)."""
     return Sandbox(access_token_lifetime=seconds, clients={CLIENT_ID: CLIENT_SECRET})
+
+
+def stored_refresh_token(setup: Setup, user: str, scope: str = "read") -> str | None:
+    """The refresh token the store holds for ``app/USER/SCOPE``, or ``None`` without one."""
+    store = SqliteStateStore(setup.state_dir)
+    try:
+        record = store.get(TokenName("app", user, scope))
+    finally:
+        store.close()
+    return None if record is None or record.token is None else record.token.refresh_token

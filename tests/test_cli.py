@@ -32,12 +32,6 @@ def _wait_until_expired(setup: Setup, user: str) -> None:
     time.sleep(max(0.0, expires - time.time()) + 0.1)
 
 
-@pytest.fixture
-def hour_sandbox() -> Iterator[Sandbox]:
-    """Hour-long access tokens: nothing expires by accident while a test runs slowly."""
-    with sandbox_with_lifetime(3600) as server:
-        yield server
-
 
 @pytest.fixture
 def short_sandbox() -> Iterator[Sandbox]:

@@ -7,10 +7,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.e2e import (
     CLIENT_ID,
@@ -18,31 +15,15 @@ from tests.e2e import (
     StartDaemon,
     authorize,
     refreshed,
-    sandbox_with_lifetime,
+    stored_refresh_token,
     tokend,
     wait_for,
 )
-from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.store.sqlite import SqliteStateStore
 
 TOKENS = [("alice", "read"), ("bob", "read"), ("carol", "read")]
 
 
-@pytest.fixture
-def hour_sandbox() -> Iterator[Sandbox]:
-    """Hour-long access tokens: nothing comes due or expires while a test runs slowly."""
-    with sandbox_with_lifetime(3600) as server:
-        yield server
-
-
-def _stored_refresh_token(setup: Setup, user: str) -> str | None:
-    store = SqliteStateStore(setup.state_dir)
-    try:
-        record = store.get(TokenName("app", user, "read"))
-    finally:
-        store.close()
-    return None if record is None or record.token is None else record.token.refresh_token
 
 
 def test_refresh_skips_tokens_that_are_not_due(tmp_path: Path, hour_sandbox: Sandbox) -> None:
@@ -115,7 +96,7 @@ def test_concurrent_refreshes_and_a_daemon_never_refresh_a_token_twice(
     assert sandbox.stats()["refresh_token"] == cli + by_daemon
     assert sandbox.reused_refresh_tokens() == 0, "a refresh token was used twice"
     for user, _ in TOKENS:
-        token = _stored_refresh_token(setup, user)
+        token = stored_refresh_token(setup, user)
         assert token is not None and sandbox.refresh_token_state(token) == "live", user
 
 
@@ -128,7 +109,7 @@ def test_revoke_kills_the_token_at_the_server_and_removes_the_outputs(
     setup.write()
     authorize(setup, "alice", "read")
     authorize(setup, "bob", "read")
-    refresh_token = _stored_refresh_token(setup, "alice")
+    refresh_token = stored_refresh_token(setup, "alice")
     assert refresh_token is not None
     result = tokend("revoke", "app/alice", config=setup.config)
     assert result.returncode == 0, result.stderr
@@ -175,12 +156,12 @@ def test_revoke_keeps_everything_when_the_server_cannot_be_reached(
     assert "nothing was deleted" in failed.stderr and "--local-only" in failed.stderr
     assert len(failed.stderr.splitlines()) == 1, failed.stderr
     assert setup.output("alice", "read", "token").exists()
-    assert _stored_refresh_token(setup, "alice") is not None
+    assert stored_refresh_token(setup, "alice") is not None
     local = tokend("revoke", "--local-only", "app/alice/read", config=setup.config)
     assert local.returncode == 0
     assert "locally only" in local.stdout
     assert not setup.output("alice", "read", "token").exists()
-    assert _stored_refresh_token(setup, "alice") is None
+    assert stored_refresh_token(setup, "alice") is None
 
 
 def test_forced_refresh_with_an_output_it_cannot_write_names_it_and_exits_1(

@@ -7,20 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e import Setup, StartDaemon, sandbox_with_lifetime, tokend, wait_for
+from tests.e2e import Setup, StartDaemon, tokend, wait_for
 from tokend.sandbox import Sandbox
-
-
-@pytest.fixture
-def hour_sandbox() -> Iterator[Sandbox]:
-    """Hour-long access tokens: every stored token stays ``ok`` while a test runs."""
-    with sandbox_with_lifetime(3600) as server:
-        yield server
 
 
 def _break_scope(setup: Setup) -> str:

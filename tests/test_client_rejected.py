@@ -24,6 +24,7 @@ from tests.e2e import (
     Setup,
     StartDaemon,
     refreshed,
+    stored_refresh_token,
     tokend,
     wait_for,
 )
@@ -34,19 +35,9 @@ from tokend.log import SecretMasker
 from tokend.model import TokenSpec
 from tokend.sandbox import Sandbox
 from tokend.store.interface import TokenState
-from tokend.store.sqlite import SqliteStateStore
 
 ALICE = "app/alice/read"
 
-
-def _stored_refresh_token(setup: Setup) -> str:
-    store = SqliteStateStore(setup.state_dir)
-    try:
-        record = store.get(NAME)
-    finally:
-        store.close()
-    assert record is not None and record.token is not None
-    return record.token.refresh_token
 
 
 def _with_wrong_secret(tmp_path: Path, sandbox: Sandbox) -> Setup:
@@ -69,7 +60,8 @@ def test_a_wrong_client_secret_is_client_rejected_and_a_fixed_one_recovers_on_re
     """Wrong secret: client_rejected everywhere, one request, the token kept. Fixed secret and a
     reload: ok again, without anyone authorizing."""
     setup = _with_wrong_secret(tmp_path, sandbox)
-    refresh_token = _stored_refresh_token(setup)
+    refresh_token = stored_refresh_token(setup, "alice")
+    assert refresh_token is not None
     daemon = start_daemon(setup.config)
     port = _port(daemon)
     wait_for(lambda: _status(setup)["state"] == "client_rejected", 15, "client_rejected")

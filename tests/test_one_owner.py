@@ -31,7 +31,6 @@ from tests.e2e import (
     Setup,
     StartDaemon,
     refreshed,
-    sandbox_with_lifetime,
     tokend,
     wait_for,
 )
@@ -71,12 +70,6 @@ class WallClock:
     def now(self) -> float:
         return time.time() + self.offset
 
-
-@pytest.fixture
-def hour_sandbox() -> Iterator[Sandbox]:
-    """Hour-long access tokens: nothing comes due on its own while a test runs."""
-    with sandbox_with_lifetime(3600) as server:
-        yield server
 
 
 def _app(base_url: str, name: str = "app", *, rate_limit: float = 1000.0,

@@ -9,43 +9,24 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e import (
     Setup,
     StartDaemon,
     refreshed,
-    sandbox_with_lifetime,
+    stored_refresh_token,
     tokend,
     wait_for,
 )
-from tokend.model import TokenName
 from tokend.sandbox import Sandbox
-from tokend.store.sqlite import SqliteStateStore
 
 TOKENS = [("alice", "read"), ("bob", "read")]
 BOB = "app/bob/read"
 SUFFIXES = ("token", "env", "json")
 
 
-@pytest.fixture
-def hour_sandbox() -> Iterator[Sandbox]:
-    """Hour-long access tokens: nothing comes due while a test runs."""
-    with sandbox_with_lifetime(3600) as server:
-        yield server
-
-
-def _stored_refresh_token(setup: Setup, user: str) -> str | None:
-    store = SqliteStateStore(setup.state_dir)
-    try:
-        record = store.get(TokenName("app", user, "read"))
-    finally:
-        store.close()
-    return None if record is None or record.token is None else record.token.refresh_token
 
 
 def _rows(setup: Setup) -> dict[str, dict[str, Any]]:
@@ -67,12 +48,14 @@ def test_a_token_removed_by_a_reload_loses_its_files_but_stays_listed(
 ) -> None:
     """No file keeps a token nobody refreshes; status, token and the log say what happened."""
     setup = Setup(tmp_path, hour_sandbox, TOKENS).authorized()
-    refresh_token = _stored_refresh_token(setup, "bob")
+    refresh_token = stored_refresh_token(setup, "bob")
     daemon = start_daemon(setup.config)
     wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
     _without_bob(setup)
     wait_for(lambda: not any(_bob_files(setup)), 10, "bob's outputs to be removed")
     assert setup.output("alice", "read", "token").exists()
+    # The line follows the removal, so it may still be on its way.
+    wait_for(lambda: daemon.named("token_unconfigured"), 5, "the token_unconfigured line")
     assert daemon.named("token_unconfigured")[0]["token"] == BOB
 
     rows = _rows(setup)
@@ -144,7 +127,7 @@ def test_revoke_accepts_an_unconfigured_token_and_revokes_it_at_the_server(
 ) -> None:
     """While its application is configured, revoke uses its credentials at the server."""
     setup = Setup(tmp_path, hour_sandbox, TOKENS).authorized()
-    refresh_token = _stored_refresh_token(setup, "bob")
+    refresh_token = stored_refresh_token(setup, "bob")
     _without_bob(setup)
     assert _rows(setup)[BOB]["state"] == "unconfigured"
     result = tokend("revoke", BOB, config=setup.config)
@@ -153,7 +136,7 @@ def test_revoke_accepts_an_unconfigured_token_and_revokes_it_at_the_server(
     assert hour_sandbox.refresh_token_state(refresh_token) == "revoked"
     assert not any(_bob_files(setup))
     assert BOB not in _rows(setup)
-    assert _stored_refresh_token(setup, "bob") is None
+    assert stored_refresh_token(setup, "bob") is None
 
 
 def test_a_token_of_a_removed_application_can_only_be_forgotten_locally(
@@ -161,7 +144,7 @@ def test_a_token_of_a_removed_application_can_only_be_forgotten_locally(
 ) -> None:
     """Without the application's credentials the server cannot be asked: revoke says so."""
     setup = Setup(tmp_path, hour_sandbox, TOKENS).authorized()
-    refresh_token = _stored_refresh_token(setup, "bob")
+    refresh_token = stored_refresh_token(setup, "bob")
     setup.tokens = TOKENS[:1]
     setup.config.write_text(setup.render().replace("  app:\n", "  other:\n"))
     assert _rows(setup)[BOB]["state"] == "unconfigured"
