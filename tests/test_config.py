@@ -635,6 +635,14 @@ def test_tab_inside_a_line_is_named_without_libyaml(monkeypatch: pytest.MonkeyPa
         "config.yaml:3:14: a tab cannot stand here; use spaces")
 
 
+def test_an_error_in_an_anchor_names_where_the_anchor_is_written() -> None:
+    """A mapping that merges an anchor written in one of its own keys: a mistake inside the
+    anchor is named by the key path written in the file, not by a path through the merge."""
+    message = error_of("x-outputs:\n  shared: &shared {format: env, mode: !octal 640}\n"
+                       "  <<: *shared\n" + T)
+    assert message == "config.yaml:2:39: x-outputs.shared.mode: is not a valid !octal value"
+
+
 def test_all_errors_are_listed_first_one_first() -> None:
     """Several mistakes come back together, one per line, in file order."""
     message = error_of(T + "        scope: admin\n        timeout: soon\n")

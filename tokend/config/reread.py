@@ -176,15 +176,18 @@ class _Reload:
         first = bisect.bisect_right(span.starts, start) - 1
         if start == span.starts[first] and first > 0:
             first -= 1  # the edit may end the item before as well as start this one
-        last = bisect.bisect_left(bounds, old_end, first + 1)
+        # Text inserted where an item starts is part of that item.
+        last = min(bisect.bisect_right(bounds, old_end), len(span.starts))
         delta = new_end - old_end
         if bisect.bisect_left(memo.anchors, bounds[first]) != bisect.bisect_left(
                 memo.anchors, bounds[last]):
             raise _Stale  # an anchor there may be what values elsewhere repeat
         offset = memo.offsets[app]
         replaced = previous.tokens[offset + first:offset + last]
-        kept = {memo.text[bounds[index]:bounds[index + 1]]: spec
-                for index, spec in enumerate(replaced, first)}
+        kept: dict[str | TokenName, TokenSpec] = {
+            memo.text[bounds[index]:bounds[index + 1]]: spec
+            for index, spec in enumerate(replaced, first)}
+        kept.update((spec.name, spec) for spec in replaced)
         segment = self._text[bounds[first]:bounds[last] + delta]
         chunks = _chunks(segment, span.column)
         fresh = self._read(app, segment, chunks, kept, inherited[app], first=first)
@@ -210,10 +213,12 @@ class _Reload:
             names.union(new_names), paths.union(new_paths),
             [at if at < start else at + delta for at in memo.anchors])
 
-    def _read(self, app: str, segment: str, chunks: list[int], kept: Mapping[str, TokenSpec],
-              inherited: Inherited, *, first: int) -> list[TokenSpec]:
+    def _read(self, app: str, segment: str, chunks: list[int],
+              kept: Mapping[str | TokenName, TokenSpec], inherited: Inherited, *,
+              first: int) -> list[TokenSpec]:
         """The specs of the items in ``segment``: the previous ones for items whose text is
-        unchanged, the others read and validated, a run of changed items at a time."""
+        unchanged (``kept`` by their text), the others read and validated, a run of changed
+        items at a time (the previous spec still, when equal: ``kept`` by name)."""
         settings = self._memo.settings
         where: KeyPath = ("applications", app, "tokens")
         bounds = [*chunks, len(segment)]
@@ -231,9 +236,9 @@ class _Reload:
             builder = self._builder({(*where, first + index + int(path[0]), *path[1:]): raw
                                      for path, raw in plain.items()})
             for at, item in enumerate(items, index):
-                found[at] = builder.token(app, Token.model_validate(item), (*where, first + at),
-                                          inherited, settings.applications[app],
-                                          settings.defaults)
+                spec = builder.token(app, Token.model_validate(item), (*where, first + at),
+                                     inherited, settings.applications[app], settings.defaults)
+                found[at] = same if (same := kept.get(spec.name)) == spec else spec
             self._ids.update(builder.ids)
             index = end
         return [spec for spec in found if spec is not None]
@@ -275,7 +280,9 @@ def _edit(old: str, new: str) -> tuple[int, int, int] | None:
     start = old.rfind("\n", 0, start) + 1
     cap = min(len(old), len(new)) - start
     old_end = len(old) - _common_suffix(old, new, cap)
-    if old_end > start and old[old_end - 1] != "\n":
+    new_end = old_end + len(new) - len(old)
+    if (old_end > start and old[old_end - 1] != "\n") or (
+            new_end > start and new[new_end - 1] != "\n"):  # a line both texts end alike
         after = old.find("\n", old_end)
         old_end = len(old) if after < 0 else after + 1
     return start, old_end, old_end + len(new) - len(old)
