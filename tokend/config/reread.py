@@ -39,7 +39,7 @@ from tokend.config.schema import Settings, Token
 from tokend.errors import ConfigError
 from tokend.model import ApplicationSpec, Config, TokenName, TokenSpec
 
-_BREAKS = ("\r", "\x85", "\u2028", "\u2029")  # line breaks to YAML that str.split("\n") misses
+_BREAKS = ("\x85", "\u2028", "\u2029")  # line breaks to YAML, not to a regex's ^ and $
 
 
 @dataclass(frozen=True)
@@ -184,17 +184,16 @@ class _Reload:
             raise _Stale  # an anchor there may be what values elsewhere repeat
         offset = memo.offsets[app]
         replaced = previous.tokens[offset + first:offset + last]
-        kept: dict[str | TokenName, TokenSpec] = {
-            memo.text[bounds[index]:bounds[index + 1]]: spec
-            for index, spec in enumerate(replaced, first)}
-        kept.update((spec.name, spec) for spec in replaced)
         segment = self._text[bounds[first]:bounds[last] + delta]
         chunks = _chunks(segment, span.column)
-        fresh = self._read(app, segment, chunks, kept, inherited[app], first=first)
-        names = memo.names.difference(spec.name for spec in replaced)
-        paths = memo.paths.difference(out.path for spec in replaced for out in spec.outputs)
-        new_names = [spec.name for spec in fresh]
-        new_paths = [out.path for spec in fresh for out in spec.outputs]
+        fresh, dropped, added = self._read(
+            app, segment, chunks, inherited[app], first=first, replaced={
+                memo.text[bounds[index]:bounds[index + 1]]: spec
+                for index, spec in enumerate(replaced, first)})
+        names = memo.names.difference(spec.name for spec in dropped)
+        paths = memo.paths.difference(out.path for spec in dropped for out in spec.outputs)
+        new_names = [spec.name for spec in added]
+        new_paths = [out.path for spec in added for out in spec.outputs]
         if len(set(new_names)) != len(new_names) or not names.isdisjoint(new_names) or (
                 len(set(new_paths)) != len(new_paths) or not paths.isdisjoint(new_paths)):
             raise _Stale  # a name or path written twice: a full load words it
@@ -213,16 +212,20 @@ class _Reload:
             names.union(new_names), paths.union(new_paths),
             [at if at < start else at + delta for at in memo.anchors])
 
-    def _read(self, app: str, segment: str, chunks: list[int],
-              kept: Mapping[str | TokenName, TokenSpec], inherited: Inherited, *,
-              first: int) -> list[TokenSpec]:
-        """The specs of the items in ``segment``: the previous ones for items whose text is
-        unchanged (``kept`` by their text), the others read and validated, a run of changed
-        items at a time (the previous spec still, when equal: ``kept`` by name)."""
-        settings = self._memo.settings
-        where: KeyPath = ("applications", app, "tokens")
+    def _read(self, app: str, segment: str, chunks: list[int], inherited: Inherited, *,
+              first: int, replaced: Mapping[str, TokenSpec]) -> tuple[
+            list[TokenSpec], list[TokenSpec], list[TokenSpec]]:
+        """The specs of the items in ``segment``, and the previous ones it dropped and the ones
+        it added: an item whose text is one of the ``replaced`` items' keeps that spec, the
+        others are read and validated, a run of changed items at a time (the previous spec
+        still, when one comes out equal)."""
         bounds = [*chunks, len(segment)]
-        found = [kept.get(segment[at:bounds[index + 1]]) for index, at in enumerate(chunks)]
+        found = [replaced.get(segment[at:bounds[index + 1]]) for index, at in enumerate(chunks)]
+        kept = {id(spec) for spec in found if spec is not None}
+        if len(kept) != len(found) - found.count(None):
+            raise _Stale  # one item written twice
+        unmatched = {spec.name: spec for spec in replaced.values() if id(spec) not in kept}
+        added: list[TokenSpec] = []
         index = 0
         while index < len(found):
             if found[index] is not None:
@@ -230,18 +233,32 @@ class _Reload:
                 continue
             end = next((at for at in range(index, len(found)) if found[at] is not None),
                        len(found))
-            items, plain = _items(segment[bounds[index]:bounds[end]],
-                                  [at - bounds[index] for at in chunks[index:end]],
-                                  str(self._path))
-            builder = self._builder({(*where, first + index + int(path[0]), *path[1:]): raw
-                                     for path, raw in plain.items()})
-            for at, item in enumerate(items, index):
-                spec = builder.token(app, Token.model_validate(item), (*where, first + at),
-                                     inherited, settings.applications[app], settings.defaults)
-                found[at] = same if (same := kept.get(spec.name)) == spec else spec
-            self._ids.update(builder.ids)
+            run = self._run(app, segment[bounds[index]:bounds[end]],
+                            [at - bounds[index] for at in chunks[index:end]], inherited,
+                            first=first + index)
+            for at, spec in enumerate(run, index):
+                same = unmatched.get(spec.name)
+                if same == spec:
+                    found[at] = unmatched.pop(spec.name)
+                else:
+                    found[at] = spec
+                    added.append(spec)
             index = end
-        return [spec for spec in found if spec is not None]
+        return [spec for spec in found if spec is not None], list(unmatched.values()), added
+
+    def _run(self, app: str, run: str, starts: list[int], inherited: Inherited, *,
+             first: int) -> list[TokenSpec]:
+        """The specs of the consecutive changed items in ``run``, the first at index ``first``."""
+        settings = self._memo.settings
+        where: KeyPath = ("applications", app, "tokens")
+        items, plain = _items(run, starts, str(self._path))
+        builder = self._builder({(*where, first + int(path[0]), *path[1:]): raw
+                                 for path, raw in plain.items()})
+        specs = [builder.token(app, Token.model_validate(item), (*where, first + at), inherited,
+                               settings.applications[app], settings.defaults)
+                 for at, item in enumerate(items)]
+        self._ids.update(builder.ids)
+        return specs
 
 
 def _shifted(span: Span, delta: int) -> Span:
@@ -249,12 +266,7 @@ def _shifted(span: Span, delta: int) -> Span:
 
 
 def _chunks(segment: str, column: int) -> list[int]:
-    """Where the items of ``segment`` start, if each of its lines is blank, a comment, an item's
-    ``-`` at ``column`` or indented deeper: then nothing in an item reaches into another."""
-    if any(mark in segment.replace("\r\n", "\n") for mark in _BREAKS) or re.search(
-            rf"^(?! {{{column + 1}}}| {{{column}}}-(?: |\r?$)| *(?:#|\r?$))", segment,
-            re.MULTILINE):
-        raise _Stale
+    """Where the items of ``segment`` start: at a line whose ``-`` is in ``column``."""
     starts = [match.start() for match in re.finditer(rf"^ {{{column}}}-(?: |\r?$)", segment,
                                                          re.MULTILINE)]
     if segment.strip() and starts[:1] != [0]:
@@ -263,8 +275,19 @@ def _chunks(segment: str, column: int) -> list[int]:
 
 
 def _items(run: str, starts: list[int], source: str) -> tuple[list[Any], dict[KeyPath, str]]:
-    """The items of ``run``, read on their own: no anchor, alias or merge key, and every item
-    where its ``-`` line says."""
+    """The items of ``run``, read on their own, if that reads them as they read in place.
+
+    It does when every line is blank, a comment, an item's ``-`` at the list's
+    column or indented deeper (nothing in an item then reaches outside it), the
+    items start where their ``-`` lines say, and no anchor, alias or merge key
+    ties them to the rest of the file.
+    """
+    column = len(run) - len(run.lstrip(" "))
+    text = run.replace("\r\n", "\n")
+    if "\r" in text or (not text.isascii() and any(mark in text for mark in _BREAKS)) or (
+            re.search(rf"^(?! {{{column + 1}}}| {{{column}}}-(?: |$)| *(?:#|$))", text,
+                      re.MULTILINE)):
+        raise _Stale
     found = read_yaml(run, source, expect=list, spans_at=())
     span = found.spans.get(())
     if found.data is None or found.shared or span is None or span.starts != starts:
