@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,12 @@ TOKEN_LISTS = ("applications", None, "tokens")
 
 @dataclass(frozen=True)
 class Document:
-    """The parsed file: plain data, and where every key and value was written (1-based)."""
+    """The parsed file (its data aside): where every key and value was written (1-based)."""
 
     source: str
     read: Read
     mode: int
     text: str = field(repr=False)
-
-    @property
-    def data(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.read.data
-        return data
 
     @property
     def plain(self) -> Mapping[KeyPath, str]:
@@ -139,8 +134,12 @@ def read_text(path: Path) -> tuple[str, int]:
         raise ConfigError("is not UTF-8 text", location=f"{source}:{line}:{column}") from None
 
 
-def parse_document(source: str, text: str, mode: int) -> Document:
-    """Parse ``text``; raise ConfigError for anything that is not a YAML mapping."""
+def parse_document(source: str, text: str, mode: int) -> tuple[Document, dict[str, Any]]:
+    """Parse ``text``; raise ConfigError for anything that is not a YAML mapping.
+
+    The data comes apart from the document, so that it is freed once validated: a large
+    file's load then never holds its plain data, its models and its specs all at once.
+    """
     found = read_yaml(text, source, spans_at=TOKEN_LISTS)
     if found.root == "empty":
         raise ConfigError("is empty; it needs at least an applications: mapping",
@@ -150,12 +149,12 @@ def parse_document(source: str, text: str, mode: int) -> Document:
         line, column = found.root_mark
         raise ConfigError("must be a mapping of settings (state_dir, defaults, applications), "
                           f"not {found.root}", location=f"{source}:{line}:{column}")
-    return Document(source, found, mode, text)
+    return Document(source, replace(found, data=None), mode, text), found.data
 
 
 def read_document(path: Path) -> Document:
     """Read and parse ``path``; raise ConfigError for anything that is not a YAML mapping."""
-    return parse_document(str(path), *read_text(path))
+    return parse_document(str(path), *read_text(path))[0]
 
 
 __all__ = ["Document", "KeyPath", "Problems", "format_key_path", "read_document"]

@@ -35,12 +35,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from tokend.config.build import DEFAULT_STATE_DIR, Builder, environment_overrides
-from tokend.config.document import Document, Problems, parse_document, read_text
+from tokend.config.document import Problems, parse_document, read_text
 from tokend.config.hints import APPLICATION_SETTING, settings_as_applications, unknown_key
 from tokend.config.reader import KeyPath
 from tokend.config.reread import Reread, reread, reuse
@@ -101,10 +102,11 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _load(path: Path, text: str, mode: int, env: Mapping[str, str]) -> Config:
-    document = parse_document(str(path), text, mode)
+    document, data = parse_document(str(path), text, mode)
     problems = Problems(document)
     overrides = environment_overrides(env)
-    settings = _validate(document, problems, overrides)
+    settings = _validate(data, problems, overrides)
+    del data  # freed before the specs are built
     builder = Builder(path, problems, env)
     defaults = settings.defaults
     builder.retry(("defaults",), defaults)
@@ -127,9 +129,10 @@ def _load(path: Path, text: str, mode: int, env: Mapping[str, str]) -> Config:
                                             offsets=offsets, builder=builder))
 
 
-def _validate(document: Document, problems: Problems, overrides: Mapping[str, str]) -> Settings:
+def _validate(document: dict[str, Any], problems: Problems,
+              overrides: Mapping[str, str]) -> Settings:
     # Top-level x-* keys hold anchors for the rest of the file (as in docker compose).
-    data = {key: value for key, value in document.data.items() if not key.startswith("x-")}
+    data = {key: value for key, value in document.items() if not key.startswith("x-")}
     misplaced = settings_as_applications(data.get("applications"))
     for name in misplaced:
         problems.add(("applications", name), APPLICATION_SETTING, key=True)
