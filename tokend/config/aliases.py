@@ -151,7 +151,6 @@ class Repeats:
         self._count += size
         moved = [((*top.path, *below), kind, payload) for below, kind, payload in entries]
         if top.role == SOURCES:
-            self._note_item(top, anchor.mark)
             self._log += moved
             top.data.append(value)
         else:
@@ -172,28 +171,18 @@ class Repeats:
         self._drain()
         raise error
 
-    def _note_item(self, top: Frame, mark: Any) -> None:
-        """Where a mapping of a ``<<`` list starts, for an anchor on that list."""
-        assert top.item_starts is not None  # noqa: S101 -- set for every list merged by <<
-        assert top.item_marks is not None  # noqa: S101
-        top.item_starts.append(len(self._log))
-        top.item_marks.append(mark_of(mark) if self._positions else (0, 0))
-
     def _below(self, frame: Frame) -> list[Entry]:
-        """What an anchored mapping or list holds, by path relative to it."""
+        """What an anchored mapping or list holds, by path relative to it.
+
+        The mappings of an anchored ``<<`` list were read without their index, as
+        merged: a copy of that list has no positions of its own, and an error in
+        it is located where the alias is (the only loss of a rare construct).
+        """
+        if frame.role == SOURCES:
+            return []
         depth = len(frame.path)
-        entries = self._log[frame.log_start:]
-        if frame.role != SOURCES:
-            return [(path[depth:], kind, payload) for path, kind, payload in entries]
-        # Its mappings were read as merged into the mapping, without their index.
-        below: list[Entry] = []
-        starts = [*(frame.item_starts or ()), len(self._log)]
-        for index, mark in enumerate(frame.item_marks or ()):
-            if self._positions:
-                below.append(((index,), VALUE_MARK, mark))
-            below += [((index, *path[depth:]), kind, payload)
-                      for path, kind, payload in self._log[starts[index]:starts[index + 1]]]
-        return below
+        return [(path[depth:], kind, payload)
+                for path, kind, payload in self._log[frame.log_start:]]
 
     def _fail(self, mark: Any, path: KeyPath, message: str) -> Exception:
         """The error to raise: located once positions are recorded, the rest of the file read."""

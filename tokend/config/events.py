@@ -257,10 +257,6 @@ class EventReader(Repeats):
             frame.owner_mark = mark_of(event.start_mark) if self._positions else None
         else:
             frame.owner_mark = top.owner_mark  # type: ignore[union-attr]
-        if role == SOURCES:
-            frame.item_starts, frame.item_marks = [], []
-        if top is not None and top.role == SOURCES:
-            self._note_item(top, event.start_mark)
         if self._spans_at is not None:
             self._span(top, frame, event, stack)
         return frame

@@ -20,7 +20,8 @@ Entry = tuple[KeyPath, int, Any]
 MAX_ALIASED = 100_000
 """Values aliases may add beyond one per character of the file: anchors shared by every
 token of a large file stay within it, a file of aliases repeating aliases does not."""
-MAX_DEPTH = 400
+MAX_DEPTH = 500
+"""Mappings and lists deeper than this are refused (as Python's recursion limit did before)."""
 STR = "tag:yaml.org,2002:str"
 MERGE = "tag:yaml.org,2002:merge"
 DEFAULT_TAGS: dict[type, tuple[str | None, ...]] = {
@@ -105,9 +106,8 @@ class Anchor:
 class Frame:
     """A mapping or list being read."""
 
-    __slots__ = ("anchor", "count", "data", "flow", "item_marks", "item_starts", "key",
-                 "key_mark", "lines", "log_start", "mark", "merged", "merges", "owner_mark", "path",
-                 "role", "span")
+    __slots__ = ("anchor", "count", "data", "flow", "key", "key_mark", "lines", "log_start",
+                 "mark", "merged", "merges", "owner_mark", "path", "role", "span")
 
     def __init__(self, data: Any, path: KeyPath, *, mark: Any, anchor: str | None, role: int,
                  count: int, log_start: int) -> None:
@@ -125,8 +125,6 @@ class Frame:
         self.merged: list[Entry] | None = None
         self.owner_mark: Mark | None = None
         self.span: list[int] | None = None
-        self.item_starts: list[int] | None = None  # where each mapping of a << list starts
-        self.item_marks: list[Mark] | None = None
         self.flow = False
 
 

@@ -54,18 +54,20 @@ def read_yaml(text: str, source: str, *, expect: type = dict, positions: bool = 
     (``None`` matches any key); block lists of mappings only, each item on its own line.
     """
     options = Options(text, source, expect, positions, spans_at)
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:
-        try:
-            return _read(fast, options)
-        except (yaml.YAMLError, Composer):
-            pass  # PyYAML words what libyaml refused, or reads it
-    _explain_refusal(text, source)
     try:
+        fast = getattr(yaml, "CSafeLoader", None)
+        if fast is not None:
+            try:
+                return _read(fast, options)
+            except (yaml.YAMLError, Composer):
+                pass  # PyYAML words what libyaml refused, or reads it
+        _explain_refusal(text, source)
         return _read(yaml.SafeLoader, options)
     except (yaml.YAMLError, Composer):  # PyYAML's composer accepted it: not expected
         raise ConfigError("YAML syntax error: the file cannot be read",
                           location=source) from None
+    except RecursionError:  # PyYAML's composer, wording a deep file's syntax error
+        raise ConfigError("is nested too deeply", location=source) from None
 
 
 def _read(loader_class: Any, options: Options) -> Read:
@@ -78,8 +80,6 @@ def _read(loader_class: Any, options: Options) -> Read:
         loader.dispose()
         loader = loader_class(options.text)
         return EventReader(loader, options.locating()).read()
-    except RecursionError:
-        raise ConfigError("is nested too deeply", location=options.source) from None
     finally:
         loader.dispose()
 
@@ -107,7 +107,8 @@ def _character_error(text: str, source: str, exc: yaml.YAMLError) -> ConfigError
     where = ""
     if isinstance(offset, int):
         line = text.count("\n", 0, offset) + 1
-        where = f":{line}:{offset - text.rfind(chr(10), 0, offset)}"
+        column = offset - text.rfind("\n", 0, offset)
+        where = f":{line}:{column}"
     return ConfigError("YAML syntax error: the file holds a character YAML does not allow",
                        location=f"{source}{where}")
 
