@@ -13,9 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokend.config.events import read_plain
 from tokend.config.load import default_config_path, load_config
-from tokend.config.positions import _Walker  # the reference reader the fast one must agree with
+from tokend.config.reader import read_yaml
 from tokend.errors import ConfigError
 from tokend.model import Config, MetricsSpec, OutputSpec, RetryPolicy, Secret, TokenName
 
@@ -636,6 +635,14 @@ def test_tab_inside_a_line_is_named_without_libyaml(monkeypatch: pytest.MonkeyPa
         "config.yaml:3:14: a tab cannot stand here; use spaces")
 
 
+def test_an_error_in_an_anchor_names_where_the_anchor_is_written() -> None:
+    """A mapping that merges an anchor written in one of its own keys: a mistake inside the
+    anchor is named by the key path written in the file, not by a path through the merge."""
+    message = error_of("x-outputs:\n  shared: &shared {format: env, mode: !octal 640}\n"
+                       "  <<: *shared\n" + T)
+    assert message == "config.yaml:2:39: x-outputs.shared.mode: is not a valid !octal value"
+
+
 def test_all_errors_are_listed_first_one_first() -> None:
     """Several mistakes come back together, one per line, in file order."""
     message = error_of(T + "        scope: admin\n        timeout: soon\n")
@@ -827,7 +834,7 @@ def test_os_environ_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config(Path("config.yaml")).state_dir == Path("/from/os")
 
 
-# --- large files, alias bombs, and the fast reader agreeing with the walker ---------------
+# --- large files, alias bombs, and the reader agreeing with PyYAML ------------------------
 
 
 def big_config(tokens: int, *, last_scope: str = "read") -> str:
@@ -881,7 +888,7 @@ def test_an_alias_bomb_in_a_block_list_names_the_list_that_holds_the_aliases() -
 SCALARS_TEXT = ["x", "read", "1", "440", "0640", "'440'", '"0640"', "yes", "~", "1.5", "0x1F",
                 "1_0", "1:30", "2001-12-14", "!!str 5", "!!binary aGk="]
 ODD_TEXT = ["!vault x", "<<", "=", "*missing", "[k]: 1", "1: 1"]
-"""What only the walker reads (or refuses): rare, so most documents reach the fast reader."""
+"""What the reader refuses: rare, so most documents are read."""
 
 
 @st.composite
@@ -929,32 +936,87 @@ def flow_documents(draw: st.DrawFn) -> str:
     return mapping(0)
 
 
+class Reference:
+    """What YAML 1.1 means, walked from PyYAML's node tree: slow, plain, and obviously right.
+
+    Merge keys as the spec says (keys written in a mapping win over merged ones,
+    earlier sources over later ones), positions as each node was written: an
+    alias's value where its anchor is, merged keys where their source has them.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.values: dict[tuple[Any, ...], tuple[int, int]] = {}
+        self.keys: dict[tuple[Any, ...], tuple[int, int]] = {}
+        self.plain: dict[tuple[Any, ...], str] = {}
+        self._loader = yaml.SafeLoader(text)
+        root = self._loader.get_single_node()
+        assert root is not None
+        self.data = self._walk(root, ())
+
+    @staticmethod
+    def _mark(node: yaml.Node) -> tuple[int, int]:
+        return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        self.values[path] = self._mark(node)
+        if isinstance(node, yaml.ScalarNode):
+            value = self._loader.construct_object(node)
+            if not node.style and not isinstance(value, str):
+                self.plain[path] = node.value
+            return value
+        if isinstance(node, yaml.SequenceNode):
+            return [self._walk(item, (*path, index)) for index, item in enumerate(node.value)]
+        assert isinstance(node, yaml.MappingNode)
+        return self._mapping(node, path)
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple[Any, ...]) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [
+                    value_node]
+                for source in sources:
+                    assert isinstance(source, yaml.MappingNode)
+                    for key, value in self._mapping(source, path).items():
+                        merged.setdefault(key, value)
+        result = {}
+        for key_node, value_node in node.value:
+            if key_node.tag != "tag:yaml.org,2002:merge":
+                key = self._loader.construct_object(key_node)
+                self.keys[(*path, key)] = self._mark(key_node)
+                result[key] = self._walk(value_node, (*path, key))
+        return {**{key: value for key, value in merged.items() if key not in result}, **result}
+
+
 def reads_alike(text: str) -> None:
-    found = read_plain(text, 10_000)
-    if found is None:
-        return  # the walker reads this file alone
-    walker = _Walker("config.yaml")
-    data = walker.parse(text)
-    assert repr(found[0]) == repr(data)
-    assert found[1] == walker.plain
+    """What the reader makes of ``text``, and where it says each value is, is what YAML means."""
+    try:
+        found = read_yaml(text, "config.yaml", positions=True)
+    except ConfigError:
+        return  # refused: duplicate keys, keys that are not text, recursion, unknown tags
+    expected = Reference(text)
+    assert repr(found.data) == repr(expected.data)  # in the same order, NaN included
+    assert found.plain == expected.plain
+    assert (found.values, found.keys) == (expected.values, expected.keys)
+    assert repr(read_yaml(text, "config.yaml").data) == repr(expected.data)
 
 
 @fuzz(max_examples=500)
 @given(flow_documents())
-def test_fast_reader_agrees_with_the_walker_on_anchors_and_merges(text: str) -> None:
-    """Whichever reader reads a file, the operator gets the same values."""
+def test_reader_reads_anchors_and_merges_as_yaml_means_them(text: str) -> None:
+    """Anchors, aliases and merge keys give the values, and positions, YAML means."""
     reads_alike(text)
 
 
 @fuzz(max_examples=200)
 @given(st.lists(VALUES, min_size=1, max_size=3), st.lists(st.integers(0, 2), max_size=6))
-def test_fast_reader_agrees_with_the_walker_on_block_style(parts: list[Any],
-                                                           shared: list[int]) -> None:
-    """Block-style files, with anchors where values are shared, read the same both ways."""
+def test_reader_reads_block_style_as_yaml_means_it(parts: list[Any], shared: list[int]) -> None:
+    """Block-style files, with anchors where values are shared, read as YAML means them."""
     document = {f"k{index}": parts[index % len(parts)] for index in [*range(len(parts)), *shared]}
     reads_alike(yaml.safe_dump(document))
 
 
-def test_the_fast_reader_reads_the_example() -> None:
-    """The shipped example (anchors, merge keys) loads without falling back to the walker."""
-    assert read_plain(EXAMPLE.read_text(), 10_000) is not None
+def test_the_reader_reads_the_example_as_yaml_means_it() -> None:
+    """The shipped example (anchors, merge keys) reads to the values YAML means."""
+    reads_alike(EXAMPLE.read_text())
+    assert read_yaml(EXAMPLE.read_text(), str(EXAMPLE)).data == yaml.safe_load(EXAMPLE.read_text())

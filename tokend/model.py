@@ -160,6 +160,9 @@ class Config:
     concurrency: int = 8
     warnings: tuple[str, ...] = ()
     metrics: MetricsSpec | None = None
+    reread: object = field(default=None, compare=False, repr=False)
+    """What the loader keeps to re-read this file quickly after an edit (``load_config``'s
+    ``previous``); opaque to everything else."""
 
 
 def resolve_token(config: Config, text: str) -> TokenSpec:

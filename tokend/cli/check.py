@@ -33,8 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tokend.config.events import KeyPath
-from tokend.config.positions import Document, format_key_path, read_document
+from tokend.config.document import Document, KeyPath, format_key_path, read_document
 from tokend.engine.metrics import HOOKS
 from tokend.engine.schedule import MAX_REFRESH_FRACTION
 from tokend.errors import ConfigError, NetworkError, OAuthError

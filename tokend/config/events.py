@@ -1,19 +1,14 @@
-"""The fast way to read config.yaml: plain data straight from the parser's events.
+"""The YAML reader's one pass over the parser's events: mappings, lists, keys, scalars.
 
-Recording where every key and value was written (what the walker in
-:mod:`tokend.config.positions` does) costs most of a large file's load time and
-memory, yet only an error message ever needs a position. So the file is read
-here into plain data alone, from libyaml's event stream without building a
-node tree; the walker runs only when a message needs a position, or when this
-reader gives up.
+:func:`tokend.config.reader.read_yaml` is the way in. :class:`EventReader`
+builds plain data from the events without a node tree (what makes a large
+file fast to read), refusing duplicate keys, keys that are not text and
+unknown tags, and, when asked, records where each key and value was written,
+where the items of some lists start, and where anchors are defined. What
+repeats values (anchors, aliases, merge keys) and how errors are raised is in
+:mod:`tokend.config.aliases`.
 
-It reads what config files hold: mappings, lists, scalars, anchors, aliases
-and merge keys, with the walker's rules. Whatever the walker would refuse or
-word an error about (duplicate keys, keys that are not strings, unknown tags,
-recursive or undefined aliases, syntax errors), and whatever it might read
-differently (deep nesting, a large alias expansion, a file libyaml refuses),
-makes this reader give up with ``None``: the walker then reads the file and
-says exactly what is wrong. tests/test_config.py checks that the two agree.
+Two errors in one file are reported in file order: the first one written.
 """
 
 from __future__ import annotations
@@ -23,200 +18,316 @@ from typing import Any
 import yaml
 from yaml.events import (
     AliasEvent,
+    MappingEndEvent,
     MappingStartEvent,
     ScalarEvent,
+    SequenceEndEvent,
     SequenceStartEvent,
+    StreamEndEvent,
 )
 from yaml.nodes import ScalarNode
 
-KeyPath = tuple[str | int, ...]
-Records = list[tuple[KeyPath, str]]
-"""Raw text of plain scalars YAML read as something other than text, by path below a value."""
-
-_STR = "tag:yaml.org,2002:str"
-_MERGE = "tag:yaml.org,2002:merge"
-_MAP = "tag:yaml.org,2002:map"
-_SEQ = "tag:yaml.org,2002:seq"
-_MAX_DEPTH = 64
-_NO_KEY = object()
-_MERGE_KEY = object()
-_NO_RECORDS: Records = []
-
-
-class _GiveUp(Exception):
-    """The walker must read this file: it may refuse it, or read it differently."""
-
-
-def read_plain(text: str, budget: int) -> tuple[dict[str, Any], dict[KeyPath, str]] | None:
-    """``(data, plain)`` as the walker would return them, or ``None`` to let the walker read.
-
-    ``budget`` is the number of values aliases may add, as for the walker.
-    """
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
-    try:
-        return _Reader(loader, budget).read()
-    except (_GiveUp, yaml.YAMLError, RecursionError):
-        return None
-    finally:
-        loader.dispose()
-
-
-class _Collection:
-    """A mapping or list being read, with the plain-scalar records of what it holds so far."""
-
-    __slots__ = ("anchor", "data", "key", "merges", "records", "start")
-
-    def __init__(self, data: Any, anchor: str | None, start: int) -> None:
-        self.data = data
-        self.anchor = anchor
-        self.start = start
-        self.records: Records = []
-        self.key: Any = _NO_KEY
-        self.merges: list[tuple[Any, Records]] = []
-
-    def add(self, value: Any, records: Records, scalar: bool) -> None:
-        if type(self.data) is list:
-            if value is _MERGE_KEY:
-                raise _GiveUp
-            if records:
-                index = len(self.data)
-                self.records.extend(((index, *path), text) for path, text in records)
-            self.data.append(value)
-        elif self.key is _NO_KEY:
-            if not scalar or not (type(value) is str or value is _MERGE_KEY) or value in self.data:
-                raise _GiveUp
-            self.key = value
-        else:
-            key, self.key = self.key, _NO_KEY
-            if value is _MERGE_KEY:
-                raise _GiveUp
-            if key is _MERGE_KEY:
-                self.merges.append((value, records))
-                return
-            self.data[key] = value
-            if records:
-                self.records.extend(((key, *path), text) for path, text in records)
-
-    def finish(self) -> tuple[Any, Records]:
-        """The walker's merge rules: earlier sources win, explicit keys win over all."""
-        if not self.merges:
-            return self.data, self.records
-        merged: dict[str, Any] = {}
-        records: Records = []
-        for value, found in self.merges:
-            if type(value) is dict:
-                sources = [(value, found)]
-            elif type(value) is list and all(type(item) is dict for item in value):
-                sources = [(item, [(path[1:], text) for path, text in found if path[0] == index])
-                           for index, item in enumerate(value)]
-            else:
-                raise _GiveUp
-            for source, source_records in sources:
-                for key, item in source.items():
-                    merged.setdefault(key, item)
-                records += source_records
-        data = {**{k: v for k, v in merged.items() if k not in self.data}, **self.data}
-        return data, records + self.records
+from tokend.config.aliases import Repeats
+from tokend.config.frames import (
+    DEFAULT_TAGS,
+    KEY_MARK,
+    MAX_ALIASED,
+    MAX_DEPTH,
+    MERGE,
+    MERGE_KEY,
+    NO_KEY,
+    NOT_TEXT,
+    PLAIN,
+    SOURCE,
+    SOURCES,
+    STR,
+    UNSURE,
+    VALUE,
+    VALUE_MARK,
+    Anchor,
+    Composer,
+    Entry,
+    Frame,
+    KeyPath,
+    Options,
+    Read,
+    Retry,
+    Span,
+    mark_of,
+    merge_into,
+)
+from tokend.errors import ConfigError
 
 
-class _Reader:
-    def __init__(self, loader: Any, budget: int) -> None:
+class EventReader(Repeats):
+    """One pass over the events of one document."""
+
+    def __init__(self, loader: Any, options: Options) -> None:
         self._loader = loader
-        self._budget = budget
-        self._anchors: dict[str, tuple[Any, Records, int]] = {}
-        self._open: set[str | None] = set()
+        self._text = text = options.text
+        self._source = options.source
+        self._expect = MappingStartEvent if options.expect is dict else SequenceStartEvent
+        self._positions = options.positions
+        self._spans_at = options.spans_at
+        self._budget = MAX_ALIASED + len(text)
+        self._log: list[Entry] = []
+        self._anchors: dict[str, Anchor] = {}
+        self._open: dict[str, Any] = {}
         self._count = 0
+        self._shared = False
+        self._anchored: list[int] = []
+        self._spans: dict[tuple[str, ...], Span] = {}
+        self._resolvers = loader.yaml_implicit_resolvers
 
-    def read(self) -> tuple[dict[str, Any], dict[KeyPath, str]]:
+    def read(self) -> Read:
+        loader = self._loader
+        loader.get_event()  # StreamStartEvent
+        if loader.check_event(StreamEndEvent):
+            return Read(None, "empty", None)
+        loader.get_event()  # DocumentStartEvent
+        first = loader.peek_event()
+        kind = type(first)
+        if kind is not self._expect:
+            self._drain()
+            root = ("a mapping" if kind is MappingStartEvent else
+                    "a list" if kind is SequenceStartEvent else "a single value")
+            return Read(None, root, mark_of(first.start_mark))
+        data = self._node()
+        loader.get_event()  # DocumentEndEvent
+        if not loader.check_event(StreamEndEvent):
+            raise Composer
+        tables: tuple[dict[KeyPath, Any], ...] = ({}, {}, {})
+        for path, kind_of, payload in self._log:
+            tables[kind_of][path] = payload
+        return Read(data, "a mapping" if type(data) is dict else "a list",
+                    mark_of(first.start_mark), plain=tables[PLAIN], values=tables[VALUE_MARK],
+                    keys=tables[KEY_MARK], spans=self._spans,
+                    aliased=MAX_ALIASED + len(self._text) - self._budget, shared=self._shared,
+                    anchors=self._anchored)
+
+    def scan(self, wanted: str) -> Any:
+        """See :func:`top_level_scalar`: other keys' values are skipped, not built."""
         get = self._loader.get_event
         get()  # StreamStartEvent
-        if not self._loader.check_event(yaml.DocumentStartEvent):
-            raise _GiveUp  # an empty file: the walker says so
-        get()
-        data, records = self._node()
-        get()  # DocumentEndEvent
-        if type(data) is not dict or not self._loader.check_event(yaml.StreamEndEvent):
-            raise _GiveUp
-        return data, dict(records)
+        if self._loader.check_event(StreamEndEvent):
+            return None  # an empty file
+        get()  # DocumentStartEvent
+        root = get()
+        if type(root) is not MappingStartEvent or root.tag not in DEFAULT_TAGS[MappingStartEvent]:
+            return UNSURE
+        while True:
+            key = get()
+            if type(key) is not ScalarEvent:
+                return None if type(key) is MappingEndEvent else UNSURE
+            if key.tag is not None or self._tag(key) == MERGE:  # a merge may bring the key
+                return UNSURE
+            value = get()
+            if key.value == wanted:
+                if type(value) is ScalarEvent:
+                    tag = self._tag(value)
+                    return value.value if tag == STR else self._construct(tag, value, ())
+                return UNSURE if type(value) is AliasEvent else NOT_TEXT
+            depth = int(type(value) in (MappingStartEvent, SequenceStartEvent))
+            while depth:
+                kind = type(get())
+                depth += (kind in (MappingStartEvent, SequenceStartEvent)) - (
+                    kind in (MappingEndEvent, SequenceEndEvent))
 
-    def _node(self) -> tuple[Any, Records]:
-        """One whole node, read without recursion; aliases are expanded into copies."""
+    def _node(self) -> Any:  # noqa: PLR0912 -- the loop over every event, inlined for speed
+        """The root collection, read without recursion."""
         get = self._loader.get_event
-        stack: list[_Collection] = []
+        resolvers = self._resolvers
+        fast = not self._positions  # text without anchor or tag is read here, the rest below
+        stack: list[Frame] = []
+        top: Any = None
         while True:
             event = get()
             kind = type(event)
-            scalar = kind is ScalarEvent
-            if scalar:
-                value, records = self._scalar(event)
+            if kind is ScalarEvent:
+                value = event.value
+                plain_text = fast and event.tag is None and event.anchor is None and (
+                    not event.implicit[0] or (value and value[:1] not in resolvers))
+                if top.key is NO_KEY and type(top.data) is dict:
+                    if not plain_text or value in top.data:
+                        self._key(top, event)
+                    else:
+                        top.key = value
+                elif plain_text and top.role == VALUE and top.key is not MERGE_KEY:
+                    self._count += 1
+                    if type(top.data) is list:
+                        top.data.append(value)
+                        top.span = None
+                    else:
+                        top.data[top.key] = value
+                        top.key = NO_KEY
+                else:
+                    self._scalar(top, event)
             elif kind is AliasEvent:
-                value, records = self._alias(event.anchor)
+                if top.key is NO_KEY and type(top.data) is dict:
+                    self._alias_key(top, event)
+                else:
+                    self._alias(top, event)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
-                mapping = kind is MappingStartEvent
-                if event.tag not in (None, "!", _MAP if mapping else _SEQ) or len(
-                        stack) >= _MAX_DEPTH:
-                    raise _GiveUp
-                self._anchor(event.anchor)
-                stack.append(_Collection({} if mapping else [], event.anchor, self._count))
-                self._count += 1
-                continue
+                top = self._start(top, event, kind, stack)
+                stack.append(top)
             else:  # the end of the innermost mapping or list
-                done = stack.pop()
-                value, records = done.finish()
-                if done.anchor is not None:
-                    self._open.discard(done.anchor)
-                    self._anchors[done.anchor] = (value, records, self._count - done.start)
-            if not stack:
-                return value, records
-            stack[-1].add(value, records, scalar)
+                frame = stack.pop()
+                value = self._finish(frame, event.start_mark)
+                if not stack:
+                    return value
+                top = stack[-1]
+                self._finished(top, frame, value)
 
-    def _scalar(self, event: ScalarEvent) -> tuple[Any, Records]:
-        tag = event.tag
-        if tag is None or tag == "!":
-            tag = self._loader.resolve(ScalarNode, event.value, event.implicit)
-        self._count += 1
-        if tag == _STR:
-            value: Any = event.value
-            records = _NO_RECORDS
-        elif tag == _MERGE:
-            value, records = _MERGE_KEY, _NO_RECORDS
-        else:
-            try:
-                value = self._loader.construct_object(ScalarNode(tag, event.value,
-                                                                 style=event.style))
-            except (yaml.YAMLError, ValueError, TypeError, KeyError, OverflowError):
-                raise _GiveUp from None
-            plain = not event.style and not isinstance(value, str)  # libyaml: "", PyYAML: None
-            records = [((), event.value)] if plain else _NO_RECORDS
+    def _tag(self, event: Any) -> str:
+        tag: str | None = event.tag
+        if tag is not None and tag != "!":
+            return tag
+        value: str = event.value
+        if not event.implicit[0] or (value[:1] not in self._resolvers and value):
+            return STR  # quoted, or no implicit type starts with this character
+        resolved: str = self._loader.resolve(ScalarNode, value, event.implicit)
+        return resolved
+
+    def _construct(self, tag: str, event: Any, path: KeyPath) -> Any:
+        try:
+            return self._loader.construct_object(ScalarNode(tag, event.value, style=event.style))
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, OverflowError):
+            # The library's message would quote the value, which may be a secret.
+            raise self._fail(event.start_mark, path, f"is not a valid {tag} value") from None
+
+    def _key(self, top: Frame, event: Any) -> None:
+        tag = self._tag(event)
         if event.anchor is not None:
-            self._anchor(event.anchor)
-            self._open.discard(event.anchor)
-            self._anchors[event.anchor] = (value, records, 1)
-        return value, records
+            self._define(event.anchor, event.start_mark)
+        if tag == MERGE:
+            key: Any = MERGE_KEY
+            self._shared = True
+        else:
+            key = event.value if tag == STR else self._construct(tag, event, top.path)
+        if event.anchor is not None:
+            self._anchors[event.anchor] = Anchor(key, event.start_mark, 1, [], raw=event.value)
+        if key is MERGE_KEY:
+            top.key = key
+        else:
+            self._set_key(top, key, event.value, event.start_mark)
 
-    def _anchor(self, name: str | None) -> None:
-        """Note an anchor being defined; defining one twice is the walker's error to word."""
-        if name is not None:
-            if name in self._anchors or name in self._open:
-                raise _GiveUp
-            self._open.add(name)
+    def _scalar(self, top: Frame, event: Any) -> None:
+        tag = self._tag(event)
+        if event.anchor is not None:
+            self._define(event.anchor, event.start_mark)
+        if top.key is MERGE_KEY or top.role == SOURCES:
+            raise self._fail(event.start_mark, top.path, "a merge key (<<) can only merge mappings")
+        path = (*top.path, len(top.data)) if type(top.data) is list else (*top.path, top.key)
+        value = event.value if tag == STR else self._construct(tag, event, path)
+        self._count += 1
+        entries: list[Entry] = []
+        if self._positions:
+            self._log.append((path, VALUE_MARK, mark_of(event.start_mark)))
+        if not event.style and not isinstance(value, str):  # plain: "" from libyaml
+            self._log.append((path, PLAIN, event.value))
+            entries = [((), PLAIN, event.value)]
+        if event.anchor is not None:
+            self._anchors[event.anchor] = Anchor(value, event.start_mark, 1, entries,
+                                                  raw=event.value)
+        top.span = None  # a list item that is not a mapping: its list gets no spans
+        self._add(top, value)
 
-    def _alias(self, anchor: str) -> tuple[Any, Records]:
-        """A copy of the anchored value: the walker builds a fresh one at every alias too."""
-        found = self._anchors.get(anchor)
-        if found is None:  # undefined, or an alias inside its own anchor
-            raise _GiveUp
-        value, records, size = found
-        self._budget -= size
-        self._count += size
-        if self._budget < 0:
-            raise _GiveUp
-        return _copy(value), records
+    def _start(self, top: Frame | None, event: Any, kind: type, stack: list[Frame]) -> Frame:
+        mapping = kind is MappingStartEvent
+        if event.anchor is not None:
+            self._define(event.anchor, event.start_mark)
+            self._open[event.anchor] = event.start_mark
+        path, role = self._place(top, event, mapping)
+        if len(stack) >= MAX_DEPTH:
+            if not self._positions:
+                raise Retry
+            self._drain()
+            raise ConfigError("is nested too deeply", location=self._source)
+        if role == VALUE and event.tag not in DEFAULT_TAGS[kind]:
+            raise self._fail(event.start_mark, path,
+                             f"uses the YAML tag {event.tag}, which tokend cannot read")
+        counted = role != SOURCES
+        self._count += counted
+        if role == VALUE and self._positions:
+            self._log.append((path, VALUE_MARK, mark_of(event.start_mark)))
+        frame = Frame({} if mapping else [], path, mark=event.start_mark, anchor=event.anchor,
+                      role=role, count=self._count - counted, log_start=len(self._log))
+        frame.flow = bool(event.flow_style)
+        if role == VALUE:
+            frame.owner_mark = mark_of(event.start_mark) if self._positions else None
+        else:
+            frame.owner_mark = top.owner_mark  # type: ignore[union-attr]
+        if self._spans_at is not None:
+            self._span(top, frame, event, stack)
+        return frame
 
+    def _place(self, top: Frame | None, event: Any, mapping: bool) -> tuple[KeyPath, int]:
+        """The path of a mapping or list that starts in ``top``, and its role there."""
+        if top is None:
+            return (), VALUE
+        if top.key is NO_KEY and type(top.data) is dict:
+            raise self._fail(event.start_mark, (*top.path, "?"),
+                             "keys must be strings; quote this one")
+        if top.role == SOURCES or top.key is MERGE_KEY:
+            if top.role == SOURCES and not mapping:
+                raise self._fail(event.start_mark, top.path,
+                                 "a merge key (<<) can only merge mappings")
+            self._shared = True
+            return top.path, SOURCE if mapping else SOURCES
+        return (*top.path, len(top.data)) if type(top.data) is list else (*top.path, top.key), VALUE
 
-def _copy(value: Any) -> Any:
-    if type(value) is dict:
-        return {key: _copy(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_copy(item) for item in value]
-    return value
+    def _span(self, top: Frame | None, frame: Frame, event: Any, stack: list[Frame]) -> None:
+        """Note where each item of a list at ``spans_at`` starts, while that can be told."""
+        if top is not None and top.span is not None:
+            line = event.start_mark.index - event.start_mark.column
+            dash = self._text[line:event.start_mark.index]
+            column = len(dash) - len(dash.lstrip(" "))
+            if type(frame.data) is dict and dash.strip(" ") == "-" and (
+                    not top.span or column == top.span[0]):
+                if not top.span:
+                    top.span.append(column)
+                top.span.append(line)
+            else:
+                top.span = None
+        pattern = self._spans_at
+        assert pattern is not None  # noqa: S101 -- only called when spans are asked for
+        if type(frame.data) is list and len(frame.path) == len(pattern) and not frame.flow and (
+                frame.anchor is None and frame.role == VALUE and all(
+                    want is None or want == part for want, part in zip(pattern, frame.path,
+                                                                       strict=True))
+                and all(f.anchor is None and not f.flow and f.role == VALUE for f in stack)):
+            frame.span = []
+
+    def _finish(self, frame: Frame, end: Any) -> Any:
+        data = frame.data
+        if frame.merges:  # earlier sources win, keys written in the mapping win over all
+            merged: dict[str, Any] = {}
+            for value in frame.merges:
+                for source in value if type(value) is list else (value,):
+                    for key, item in source.items():
+                        merged.setdefault(key, item)
+            data = {**{k: v for k, v in merged.items() if k not in data}, **data}
+            self._log[frame.log_start:frame.log_start] = frame.merged or []
+        if frame.span:
+            # The line where what follows the list starts (the file's end: wherever it is).
+            after = end.index if end.index >= len(self._text) else end.index - end.column
+            self._spans[tuple(str(part) for want, part in zip(
+                self._spans_at or (), frame.path, strict=True) if want is None)] = Span(
+                frame.span[0], frame.span[1:], after)
+        if frame.anchor is not None:
+            self._open.pop(frame.anchor)
+            self._anchors[frame.anchor] = Anchor(
+                data, frame.mark, self._count - frame.count, self._below(frame),
+                rooted=frame.role != SOURCES)
+        return data
+
+    def _finished(self, top: Frame, frame: Frame, value: Any) -> None:
+        """Put a finished mapping or list where it belongs: a value, or what ``<<`` merges."""
+        if frame.role == VALUE:
+            self._add(top, value)
+            return
+        if top.role == SOURCES:
+            top.data.append(value)
+            return
+        merge_into(top, value, self._log[frame.log_start:])
+        del self._log[frame.log_start:]

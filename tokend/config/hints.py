@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from tokend.config.events import KeyPath
+from tokend.config.reader import KeyPath
 from tokend.config.schema import known_keys
 
 _LEVELS: tuple[tuple[str, KeyPath], ...] = (

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Annotated, Any, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -25,8 +25,6 @@ from pydantic import (
     PlainValidator,
     SecretStr,
 )
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tokend.model import OOB, SCOPES, OutputFormat
 from tokend.timing import parse_duration, parse_rate
@@ -247,34 +245,16 @@ class Metrics(_Model):
     allow_remote: bool = False
 
 
-class Settings(BaseSettings):
-    """The whole file; environment variables ``TOKEND_<KEY>`` override top-level scalars."""
+class Settings(BaseModel):
+    """The whole file (``TOKEND_STATE_DIR`` already laid over ``state_dir`` by the loader)."""
 
-    model_config = SettingsConfigDict(extra="forbid", strict=True, env_prefix="TOKEND_")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     state_dir: NonEmpty | None = None
     defaults: Annotated[Pooled, BeforeValidator(_empty_mapping)] = Field(default_factory=Pooled)
     applications: Annotated[dict[AppName, Application], BeforeValidator(_empty_mapping)] = Field(
         default_factory=dict)
     metrics: Metrics | None = None
-
-
-class SettingsSource(PydanticBaseSettingsSource):
-    """Feeds already-parsed values (the YAML document, or environment overrides) to Settings.
-
-    The document is parsed by :mod:`tokend.config.positions`, not by pydantic-settings'
-    own YAML source, because only our parse knows where each value was written.
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings], values: Mapping[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._values = dict(values)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._values)
 
 
 def known_keys(path: tuple[str | int, ...]) -> list[str]:

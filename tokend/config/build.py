@@ -1,0 +1,259 @@
+"""Validated settings to runtime specs: layering, secrets, owners, duplicates across the file.
+
+:class:`Builder` layers ``defaults`` → application → token, reads secrets,
+resolves owners and groups, and finds tokens and outputs named twice. It
+reports every problem to a :class:`Reporter` (the document's
+:class:`~tokend.config.document.Problems` on a full load) and never quotes a
+secret.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from tokend.config.reader import KeyPath, Mark, format_key_path
+from tokend.config.schema import (
+    MODE_HINT,
+    Application,
+    Output,
+    Pooled,
+    Settings,
+    Token,
+    Tuning,
+    split_listen,
+)
+from tokend.model import (
+    ApplicationSpec,
+    MetricsSpec,
+    OutputSpec,
+    RetryPolicy,
+    Secret,
+    TokenName,
+    TokenSpec,
+    is_loopback,
+)
+from tokend.timing import format_duration
+
+DEFAULT_STATE_DIR = Path("/var/lib/tokend")
+ENV_SETTINGS = ("state_dir",)
+"""Top-level scalars an environment variable ``TOKEND_<NAME>`` may override."""
+SECRET_KEYS = ("client_secret", "client_secret_file", "client_secret_env",
+               "client_secret_credential")
+_TUNING = ("refresh_at", "timeout", "refresh_token_lifetime", "hook_timeout")
+Inherited = tuple[RetryPolicy, dict[str, Any]]
+"""What every token of an application inherits: its retry policy and tuning."""
+
+
+class Reporter(Protocol):
+    """Where problems go, and where the file says things are."""
+
+    source: str
+    mode: int
+    plain: Mapping[KeyPath, str]
+
+    def add(self, path: KeyPath, message: str, *, key: bool = False) -> None: ...
+
+    def location(self, path: KeyPath) -> str: ...
+
+    def mark(self, path: KeyPath, *, key: bool = False) -> Mark | None: ...
+
+
+class Builder:
+    """Turns validated settings into specs, one application or token at a time."""
+
+    def __init__(self, path: Path, report: Reporter, environ: Mapping[str, str]) -> None:
+        self._path = path
+        self._report = report
+        self._environ = environ
+        self.warnings: list[str] = []
+        self.outputs: dict[Path, KeyPath] = {}
+        self.tokens: dict[TokenName, KeyPath] = {}
+        self.ids: dict[tuple[str, str], int | None] = {}
+
+    def application(self, name: str, app: Application,
+                    defaults: Pooled) -> tuple[ApplicationSpec, Inherited]:
+        """The application's spec, and what its tokens inherit (worked out once: most tokens
+        set nothing of their own)."""
+        where: KeyPath = ("applications", name)
+        inherited = (self.retry(where, app, defaults), _layered(_TUNING, app, defaults))
+        spec = ApplicationSpec(
+            name=name, client_id=app.client_id, client_secret=self._secret(app, where),
+            secret_source=_secret_source(app),
+            **_layered(("base_url", "redirect_uri"), app),
+            **_layered(("rate_limit", "concurrency", "timeout"), app, defaults),
+        )
+        return spec, inherited
+
+    def metrics(self, settings: Settings) -> MetricsSpec | None:
+        """Off unless configured; a listener reachable from other hosts must be asked for."""
+        if settings.metrics is None:
+            return None
+        host, port = split_listen(settings.metrics.listen)
+        if not (settings.metrics.allow_remote or is_loopback(host)):
+            self._report.add(("metrics", "listen"), "is not a loopback address, so other hosts "
+                             "could read the metrics; set metrics.allow_remote: true to allow it")
+        return MetricsSpec(host=host, port=port, allow_remote=settings.metrics.allow_remote)
+
+    def state_dir(self, settings: Settings, overrides: Mapping[str, str]) -> Path:
+        if "state_dir" in overrides:
+            return Path(overrides["state_dir"]).absolute()
+        if settings.state_dir is not None:
+            return self._path.absolute().parent / settings.state_dir
+        systemd = self._environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(systemd).absolute() if systemd else DEFAULT_STATE_DIR
+
+    def retry(self, where: KeyPath, *layers: Tuning) -> RetryPolicy:
+        """Merge ``initial`` and ``max`` separately, so a token can change just one of them."""
+        retries = [layer.retry for layer in layers if layer.retry is not None]
+        policy = RetryPolicy(**_layered(("initial", "max"), *retries))
+        if layers[0].retry is not None and policy.max < policy.initial:
+            self._report.add((*where, "retry"),
+                             f"max ({format_duration(policy.max)}) must not be shorter than "
+                             f"initial ({format_duration(policy.initial)})")
+        return policy
+
+    def token(self, app_name: str, token: Token, where: KeyPath, inherited: Inherited,
+              *layers: Tuning) -> TokenSpec:
+        name = TokenName(app_name, token.user, token.scope)
+        if name in self.tokens:
+            first = self.tokens[name]
+            self._report.add(where, f"token {name} is configured twice; first at "
+                             f"{self._report.location(first)} ({format_key_path(first)})")
+        self.tokens.setdefault(name, where)
+        outputs = tuple(self._output(output, (*where, "outputs", index))
+                        for index, output in enumerate(token.outputs))
+        return TokenSpec(name=name, outputs=outputs, on_refresh=tuple(token.on_refresh),
+                         on_failure=tuple(token.on_failure),
+                         retry=inherited[0] if token.retry is None
+                         else self.retry(where, token, *layers),
+                         **{**inherited[1], **_layered(_TUNING, token)})
+
+    def _output(self, output: Output, where: KeyPath) -> OutputSpec:
+        path = Path(output.path)
+        if path in self.outputs:
+            first = self.outputs[path]
+            self._report.add((*where, "path"), f"{path} is also written by "
+                             f"{format_key_path(first)} ({self._report.location(first)})")
+        self.outputs.setdefault(path, (*where, "path"))
+        if output.variable is not None and output.format != "env":
+            self._report.add((*where, "variable"), "only applies to format: env", key=True)
+        text = self._report.plain.get((*where, "mode"), "0")
+        if text[:1].isdigit() and not text.startswith("0"):
+            self._report.add((*where, "mode"), MODE_HINT)
+        return OutputSpec(path=path, format=output.format, mode=output.mode,
+                          owner=self._id(output.owner, (*where, "owner"), "user"),
+                          group=self._id(output.group, (*where, "group"), "group"),
+                          **({} if output.variable is None else {"variable": output.variable}))
+
+    def _id(self, value: int | str | None, where: KeyPath, kind: str) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        # Thousands of outputs often name one owner; each lookup may ask NSS (LDAP, sssd).
+        if (kind, value) not in self.ids:
+            self.ids[kind, value] = lookup_id(kind, value)
+        found = self.ids[kind, value]
+        if found is None:
+            self._report.add(where, f"unknown {kind} {value!r}")
+        return found
+
+    def _secret(self, app: Application, where: KeyPath) -> Secret:
+        given = [key for key in SECRET_KEYS if getattr(app, key) is not None]
+        if len(given) != 1:
+            # In file order, so the first one written is kept; positions cost a second parse.
+            given.sort(key=lambda key: self._report.mark((*where, key), key=True) or (0, 0))
+            if not given:
+                self._report.add(where, "needs a client secret: set one of "
+                                 + ", ".join(SECRET_KEYS), key=True)
+            for extra in given[1:]:
+                self._report.add((*where, extra), f"conflicts with {given[0]}: give the client "
+                                 "secret in exactly one way", key=True)
+            return Secret("")
+        key = given[0]
+        if app.client_secret is not None:
+            warning = (f"{self._report.source}: holds an inline client_secret and is readable by "
+                       "other users; chmod 600 it or use client_secret_file")
+            if self._report.mode & 0o004 and warning not in self.warnings:
+                self.warnings.append(warning)
+            return Secret(app.client_secret.get_secret_value())
+        if app.client_secret_env is not None:
+            value = self._environ.get(app.client_secret_env)
+            if not value:
+                state = "is not set" if value is None else "is empty"
+                self._report.add((*where, key), f"environment variable "
+                                 f"{app.client_secret_env} {state}")
+            return Secret(value or "")
+        if app.client_secret_file is not None:
+            file = self._path.absolute().parent / app.client_secret_file
+        else:
+            directory = self._environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                self._report.add((*where, key), "needs $CREDENTIALS_DIRECTORY, which systemd "
+                                 "sets for LoadCredential=; it is not set")
+                return Secret("")
+            file = Path(directory) / str(app.client_secret_credential)
+        return Secret(self._read_secret(file, (*where, key)))
+
+    def _read_secret(self, file: Path, where: KeyPath) -> str:
+        try:
+            value = file.read_text(encoding="utf-8").rstrip()
+        except FileNotFoundError:
+            problem = "no such file"
+        except IsADirectoryError:
+            problem = "is a directory"
+        except PermissionError:
+            problem = "permission denied"
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
+        except (OSError, ValueError) as exc:
+            problem = getattr(exc, "strerror", None) or "cannot be read"
+        else:
+            if value:
+                return value
+            problem = "is empty"
+        self._report.add(where, f"cannot read the secret from {file}: {problem}")
+        return ""
+
+
+def environment_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    """``TOKEND_STATE_DIR`` (when set and not empty), by the setting it overrides."""
+    return {name: env[f"TOKEND_{name.upper()}"] for name in ENV_SETTINGS
+            if env.get(f"TOKEND_{name.upper()}")}
+
+
+def lookup_id(kind: str, name: str) -> int | None:
+    """The uid (``kind`` "user") or gid ("group") of ``name``; ``None`` if there is none."""
+    try:
+        return _uid(name) if kind == "user" else _gid(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def _uid(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
+def _secret_source(app: Application) -> str:
+    """Where ``app``'s client secret comes from, in the config's words (never the secret)."""
+    for key in SECRET_KEYS[1:]:
+        value = getattr(app, key)
+        if value is not None:
+            return f"{key}: {value}"
+    return "client_secret (inline)"
+
+
+def _layered(names: tuple[str, ...], *layers: Any) -> dict[str, Any]:
+    """The innermost value set for each name; names set nowhere keep the dataclass default."""
+    chosen: dict[str, Any] = {}
+    for name in names:
+        value = next((v for layer in layers if (v := getattr(layer, name, None)) is not None), None)
+        if value is not None:
+            chosen[name] = value
+    return chosen
