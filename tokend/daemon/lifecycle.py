@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +45,8 @@ log = structlog.get_logger(__name__)
 MAX_SLEEP = 60.0
 SHUTDOWN_GRACE = 10.0
 STATE_RETRY_INITIAL, STATE_RETRY_MAX = 1.0, 30.0
+# Whether load_config takes the running config (``previous=``): the one place that asks.
+_LOADER_TAKES_PREVIOUS = "previous" in inspect.signature(load_config).parameters
 
 
 class Daemon:
@@ -70,6 +73,8 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._reload_requested = False
+        # SIGHUP: reload, and publish every token's outputs, not only the changed ones'.
+        self._heal_requested = False
         # Names another process changed; ``None`` in it means "look at every token".
         self._rescan: set[TokenName] | None = set()
         self._workers = Workers()
@@ -82,7 +87,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit status."""
-        config = load_config(self._config_path, environ=self._environ)
+        config = self._read_config(None)
         self._metrics.config_loaded()
         self._warn(config)
         self._state_dir = config.state_dir
@@ -159,8 +164,7 @@ class Daemon:
         background = [asyncio.create_task(self._watchdog())]
         if self._watch:
             background.append(
-                asyncio.create_task(watch_config(self._config_path, self._on_file_change,
-                                                 self._stop_event))
+                asyncio.create_task(watch_config(self._config_path, self._on_file_change))
             )
         self._status = DaemonStatus(
             pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path),
@@ -187,8 +191,9 @@ class Daemon:
         while not self._stop_event.is_set():
             self._wake.clear()
             if self._reload_requested:
-                self._reload_requested = False
-                await self._reload()
+                heal = self._heal_requested
+                self._reload_requested = self._heal_requested = False
+                await self._reload(heal=heal)
             await self._recheck_credentials()
             if self._rescan is None or self._rescan:
                 names, self._rescan = self._rescan, set()
@@ -250,7 +255,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
-        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload, True)
         loop.add_signal_handler(signal.SIGUSR1, self._on_ring, None)
 
     def _on_stop_signal(self) -> None:
@@ -260,8 +265,9 @@ class Daemon:
             os._exit(1)
         self.request_stop()
 
-    def _request_reload(self) -> None:
+    def _request_reload(self, heal: bool = False) -> None:
         self._reload_requested = True
+        self._heal_requested = self._heal_requested or heal
         self._wake.set()
 
     def _on_ring(self, names: frozenset[str] | None) -> None:
@@ -291,26 +297,33 @@ class Daemon:
         if now < self._recheck_at:
             return
         self._recheck_at = now + self._credentials_recheck
-        try:
-            config = await asyncio.to_thread(load_config, self._config_path, environ=self._environ)
-        except ConfigError:
-            return
         current = self._supervisor.config
         assert current is not None  # noqa: S101 -- applied before the loop starts
+        try:
+            config = await asyncio.to_thread(self._read_config, current)
+        except ConfigError:
+            return
         changed = sorted(app for app in rejected
                          if config.applications.get(app) != current.applications.get(app))
         if changed:
             log.info("credentials_changed", applications=changed)
             await self._reload(config)
 
-    async def _reload(self, config: Config | None = None) -> None:
-        """Load the config (unless given, freshly loaded) and move to it."""
+    def _read_config(self, previous: Config | None) -> Config:
+        """Load the config file; ``previous``, the config running, lets the loader keep the
+        specs of the tokens whose text did not change, so a reload validates only the rest."""
+        if _LOADER_TAKES_PREVIOUS:
+            loader: Callable[..., Config] = load_config
+            return loader(self._config_path, environ=self._environ, previous=previous)
+        return load_config(self._config_path, environ=self._environ)
+
+    async def _reload(self, config: Config | None = None, *, heal: bool = False) -> None:
+        """Load the config (unless given, freshly loaded) and move to it; with ``heal``,
+        publish every token's outputs, not only those of the tokens that changed."""
         self._notifier.reloading()
         if config is None:
             try:
-                config = await asyncio.to_thread(
-                    load_config, self._config_path, environ=self._environ
-                )
+                config = await asyncio.to_thread(self._read_config, self._supervisor.config)
             except ConfigError as error:
                 await self._reload_failed(str(error))
                 return
@@ -320,7 +333,7 @@ class Daemon:
             )
             return
         self._warn(config)
-        added, removed, changed = await self._supervisor.apply(config)
+        added, removed, changed = await self._supervisor.apply(config, heal=heal)
         log.info("config_reloaded", added=added, removed=removed, changed=changed)
         self._metrics.reload_finished(ok=True)
         await self._apply_metrics(config.metrics)
