@@ -160,17 +160,18 @@ class Daemon:
                 await self._metrics_server.close()
 
     async def _run_supervisor(self, config: Config) -> int:
+        self._status = DaemonStatus(
+            pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path),
+        )
+        # Before the outputs: the file's transient peak then passes before every token's
+        # record is held, instead of adding to them.
+        await asyncio.to_thread(self._write_status, config)
         await self._supervisor.apply(config)
         background = [asyncio.create_task(self._watchdog())]
         if self._watch:
             background.append(
                 asyncio.create_task(watch_config(self._config_path, self._on_file_change))
             )
-        self._status = DaemonStatus(
-            pid=os.getpid(), started_at=self._clock.now(), config=str(self._config_path),
-            tokens=daemon_tokens(config.tokens),
-        )
-        await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
         self._metrics.mark_ready()
         self._notifier.ready(self._supervisor.status_line())
         log.info("daemon_started", tokens=len(config.tokens), config=str(self._config_path))
@@ -337,7 +338,7 @@ class Daemon:
         log.info("config_reloaded", added=added, removed=removed, changed=changed)
         self._metrics.reload_finished(ok=True)
         await self._apply_metrics(config.metrics)
-        await self._record_reload(None, config)
+        await self._record_reload(None)
         self._notifier.ready(self._supervisor.status_line())
 
     async def _reload_failed(self, error: str) -> None:
@@ -348,18 +349,27 @@ class Daemon:
         first_line = error.splitlines()[0] if error else error
         self._notifier.ready(f"reload failed, running the last good config: {first_line}")
 
-    async def _record_reload(self, error: str | None, config: Config | None = None) -> None:
+    async def _record_reload(self, error: str | None) -> None:
         self._status = replace(
             self._status,
             last_reload_at=self._clock.now(),
             last_reload_ok=error is None,
             last_reload_error=error,
-            tokens=self._status.tokens if config is None else daemon_tokens(config.tokens),
         )
+        config = self._supervisor.config
+        assert config is not None  # noqa: S101 -- applied before the loop starts
         try:
-            await asyncio.to_thread(write_daemon_status, self._state_dir, self._status)
+            await asyncio.to_thread(self._write_status, config)
         except TokendError as failure:
             log.error("daemon_status_write_failed", error=str(failure))
+
+    def _write_status(self, config: Config) -> None:
+        """Write the daemon's status with the tokens of ``config``, the last good one.
+
+        The token list is built for each write, not kept: it is as large as the config.
+        """
+        write_daemon_status(self._state_dir,
+                            replace(self._status, tokens=daemon_tokens(config.tokens)))
 
     async def _apply_metrics(self, spec: MetricsSpec | None) -> None:
         """Start, move or stop the metrics listener as the config says, without a restart.
