@@ -59,3 +59,19 @@ def test_a_changed_application_marks_its_unchanged_tokens() -> None:
     new = _config(_spec("a"), _spec("b", refresh_at=0.6), app=app)
     assert _diff(old, new) == {"added": [], "removed": [], "outputs": [], "settings": ["b"],
                                "credentials": ["a"]}
+
+
+def test_moving_tokens_around_in_the_file_changes_nothing() -> None:
+    """The same tokens in another order: each is compared with its namesake."""
+    a, b, c = _spec("a"), _spec("b"), _spec("c")
+    assert not any(_diff(_config(a, b, c), _config(c, a, _spec("b"))).values())
+
+
+def test_a_reused_spec_list_keeps_the_configs_order() -> None:
+    """One spec replaced in place: the new config's tokens come out in its own order."""
+    old = _config(_spec("a"), _spec("b"), _spec("c"))
+    new = _config(old.tokens[0], _spec("b", refresh_at=0.5), old.tokens[2])
+    changes = diff_configs(old, {spec.name: spec for spec in old.tokens}, new)
+    assert list(changes.specs.values()) == list(new.tokens)
+    assert all(changes.specs[spec.name] is spec for spec in new.tokens)
+    assert [name.user for name in changes.settings] == ["b"]

@@ -39,23 +39,45 @@ class ConfigChanges:
 def diff_configs(
     old: Config | None, old_specs: Mapping[TokenName, TokenSpec], new: Config
 ) -> ConfigChanges:
-    """Compare ``new`` with ``old`` (whose tokens are ``old_specs``); ``None``: nothing ran."""
-    specs = {spec.name: spec for spec in new.tokens}
+    """Compare ``new`` with ``old``, whose tokens are ``old_specs`` in its order (``None``:
+    nothing ran yet)."""
     apps = set() if old is None else {
         name for name, app in new.applications.items()
         if (was := old.applications.get(name)) is not app and was != app
     }
     added: list[TokenName] = []
+    removed: list[TokenName] = []
+    replaced = _replaced_in_place(old, new)
+    if replaced is None:
+        specs = {spec.name: spec for spec in new.tokens}
+        added = [name for name in specs if name not in old_specs]
+        removed = [name for name in old_specs if name not in specs]
+        replaced = [(before, spec) for name, spec in specs.items()
+                    if (before := old_specs.get(name)) is not None and before is not spec]
+    else:
+        specs = dict(old_specs)
+        specs.update((spec.name, spec) for _before, spec in replaced)
     outputs: list[TokenName] = []
     settings: list[TokenName] = []
+    for before, spec in replaced:
+        if before != spec:
+            (settings if before.outputs == spec.outputs else outputs).append(spec.name)
     credentials: list[TokenName] = []
-    for name, spec in specs.items():
-        before = old_specs.get(name)
-        if before is None:
-            added.append(name)
-        elif before is not spec and before != spec:
-            (settings if before.outputs == spec.outputs else outputs).append(name)
-        elif name.app in apps:
-            credentials.append(name)
-    removed = [name for name in old_specs if name not in specs]
+    if apps:
+        touched = {*added, *outputs, *settings}
+        credentials = [name for name in specs if name.app in apps and name not in touched]
     return ConfigChanges(specs, added, removed, outputs, settings, credentials)
+
+
+def _replaced_in_place(
+    old: Config | None, new: Config
+) -> list[tuple[TokenSpec, TokenSpec]] | None:
+    """The specs ``new`` replaced, when it names the same tokens in the same order (the usual
+    edit): found by identity alone, without hashing a single name. ``None`` otherwise."""
+    if old is None or len(old.tokens) != len(new.tokens):
+        return None
+    replaced = [(before, spec) for before, spec in zip(old.tokens, new.tokens, strict=True)
+                if before is not spec]
+    if any(before.name != spec.name for before, spec in replaced):
+        return None
+    return replaced

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
 
 import structlog
 
@@ -73,6 +75,8 @@ class Supervisor:
         self._rand = rand
         self._config: Config | None = None
         self._specs: dict[TokenName, TokenSpec] = {}
+        # How many configured tokens write each output path: a reload updates only its own.
+        self._paths: Counter[Path] = Counter()
         self._records: dict[TokenName, TokenRecord | None] = {}
         self._scheduler = Scheduler()
         # Outputs that could not be written (or a token busy elsewhere) are published again
@@ -143,15 +147,18 @@ class Supervisor:
         authorization is tried once more when its settings or its
         application's credentials changed.
         """
-        first = self._config is None
-        changes = diff_configs(self._config, self._specs, new)
+        first, old_specs = self._config is None, self._specs
+        changes = diff_configs(self._config, old_specs, new)
         for application in new.applications.values():
             self._masker.add(application.client_secret.reveal())
         self._config = new
         self._specs = changes.specs
-        if first or changes.added or changes.removed or changes.outputs:
-            self._publisher.use_paths({output.path for spec in new.tokens
-                                       for output in spec.outputs})
+        gone = [old_specs[name] for name in (*changes.removed, *changes.outputs)]
+        came = [changes.specs[name] for name in (*changes.added, *changes.outputs)]
+        if first or gone or came:
+            self._count_paths(gone, -1)
+            self._count_paths(came, 1)
+            self._publisher.use_paths(self._paths)
         limits = {name: app.concurrency for name, app in new.applications.items()}
         if self._slots is None:
             self._slots = RefreshSlots(new.concurrency, limits)
@@ -172,6 +179,15 @@ class Supervisor:
             orphans = await self._workers.store(self._orphans)
             await asyncio.gather(*tasks, *retiring, *self._retire(orphans))
         return len(changes.added), len(changes.removed), changes.changed
+
+    def _count_paths(self, specs: Iterable[TokenSpec], step: int) -> None:
+        """Keep count of the configured tokens writing each output path."""
+        for spec in specs:
+            for output in spec.outputs:
+                if count := self._paths[output.path] + step:
+                    self._paths[output.path] = count
+                else:
+                    del self._paths[output.path]
 
     def _reschedule(self, names: Iterable[TokenName]) -> list[TokenName]:
         """Track ``names`` again under their new settings, from the record last seen (a
