@@ -28,8 +28,7 @@ from bench.seed import (
 Result = tuple[list[Row], dict[str, Any]]
 
 # What a bare Python daemon with tokend's libraries pays before doing anything.
-LIBRARIES = ("import asyncio, sqlite3, httpx, pydantic, structlog, "
-             "watchfiles, yaml")
+LIBRARIES = "import asyncio, sqlite3, httpx, pydantic, structlog, yaml, asyncinotify"
 READY_TIMEOUT = 180.0
 START_LIMITS = {10_000: 2.0, 100_000: 15.0}
 

@@ -76,12 +76,16 @@ class Workspace:
     def output(self, user: str) -> Path:
         return self.out_dir / f"{user}.token"
 
+    def extra_output(self, user: str) -> Path:
+        """The output a reload edit adds to the token it changes."""
+        return self.out_dir / f"{user}.edited.token"
+
     def name(self, user: str) -> TokenName:
         return TokenName(APP, user, SCOPE)
 
     def render(self, base_url: str, names: Sequence[str], tweak: str | None = None) -> str:
         """The config text: one application, one output per token; ``tweak`` gets a
-        ``refresh_at`` of its own (what a reload edit changes)."""
+        ``refresh_at`` of its own and a second output (what a reload edit changes)."""
         lines = [
             f"state_dir: {self.state_dir}",
             "defaults:",
@@ -100,11 +104,15 @@ class Workspace:
             lines.append(f"        scope: {SCOPE}")
             if user == tweak:
                 lines.append("        refresh_at: 0.7")
-            lines.append(f"        outputs: [{{path: {self.output(user)}}}]")
+                lines.append(f"        outputs: [{{path: {self.output(user)}}}, "
+                             f"{{path: {self.extra_output(user)}}}]")
+            else:
+                lines.append(f"        outputs: [{{path: {self.output(user)}}}]")
         return "\n".join(lines) + "\n"
 
     def write_config(self, base_url: str, names: Sequence[str], tweak: str | None = None) -> float:
-        """Save by rename, as editors do; return ``time.monotonic()`` right after the rename."""
+        """Save by rename, as editors do; return ``time.monotonic()`` right before the rename
+        (a daemon may notice the new file before the rename returns to us)."""
         self.root.mkdir(parents=True, exist_ok=True)
         secret = self.root / "client.secret"
         if not secret.exists():
@@ -112,8 +120,9 @@ class Workspace:
             secret.chmod(0o600)
         temp = self.config.with_suffix(".tmp")
         temp.write_text(self.render(base_url, names, tweak))
+        renaming = time.monotonic()
         os.rename(temp, self.config)
-        return time.monotonic()
+        return renaming
 
     def store(self, names: Sequence[str], tokens: Sequence[Token], *, issued_at: float) -> None:
         """Commit the tokens as tokend's own store would hold them, and write their outputs.

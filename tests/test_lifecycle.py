@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import sqlite3
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Setup, StartDaemon, refreshed, tokend, wait_for
+from tests.e2e import Setup, StartDaemon, refreshed, sandbox_with_lifetime, tokend, wait_for
 from tokend.model import TokenName
 from tokend.sandbox import Sandbox
 from tokend.store.sqlite import SqliteStateStore
@@ -138,3 +139,34 @@ def test_sigterm_during_a_refresh_loses_nothing(
     again = start_daemon(setup.config, "again")
     wait_for(lambda: refreshed(again, "app/alice/read") >= 1, 10, "a refresh after restart")
     assert again.stop() == 0
+
+
+def _context_switches(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid``: how often it went to sleep."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    total += int(line.split()[1])
+    return total
+
+
+def test_an_idle_daemon_stays_asleep_while_following_its_config(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """With nothing due the daemon sleeps until its minute tick: following the config file
+    wakes it only when the folder changes, so it can still react to an edit at once."""
+    with sandbox_with_lifetime(3600) as sandbox:
+        setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
+        daemon = start_daemon(setup.config)
+        wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
+        time.sleep(1.0)  # the start's last writes and the watcher's setup
+        before = _context_switches(daemon.process.pid)
+        time.sleep(3.0)
+        woke = _context_switches(daemon.process.pid) - before
+        assert woke <= 6, f"an idle daemon woke {woke} times in 3 s"
+
+        setup.config.write_text(setup.render().replace("refresh_at: 0.5", "refresh_at: 0.6"))
+        wait_for(lambda: daemon.named("config_reloaded"), 5, "the edit to be applied")
+        assert daemon.stop() == 0

@@ -179,3 +179,70 @@ def test_a_deleted_output_heals_on_reload(
     assert token_file.read_text() == expected
     assert slow_sandbox.stats()["refresh_token"] == 0
     assert daemon.stop() == 0
+
+
+def test_an_edit_of_one_token_leaves_the_other_tokens_files_alone(
+    tmp_path: Path, slow_sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """Only the edited token is published: another token's files are not even looked at,
+    so one deleted by hand stays deleted until an explicit heal (SIGHUP, SIGUSR1)."""
+    setup = Setup(tmp_path, slow_sandbox, [("bob", "read"), ("alice", "read")]).authorized()
+    daemon = start_daemon(setup.config)
+    wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
+    bob_token = setup.output("bob", "read", "token")
+    bob_others = [setup.output("bob", "read", suffix) for suffix in ("env", "json")]
+    before = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in bob_others}
+    bob_token.unlink()
+
+    extra = setup.root / "out" / "alice-extra.token"
+    setup.extra_outputs_yaml["alice"] = f"          - path: {extra}\n"
+    _rename_save(setup.config, setup.render())
+    wait_for(extra.exists, 5, "alice's new output")
+    wait_for(lambda: _reloads(daemon), 5, "config_reloaded")
+
+    assert _reloads(daemon)[-1]["changed"] == 1
+    assert not bob_token.exists(), "the reload published a token it did not change"
+    after = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in bob_others}
+    assert after == before, "the reload rewrote a token it did not change"
+    assert slow_sandbox.stats()["refresh_token"] == 0, "the reload caused a refresh"
+    assert daemon.stop() == 0
+
+
+def test_an_output_change_heals_every_output_of_that_token(
+    tmp_path: Path, slow_sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """A token whose outputs changed is published whole: a file of it deleted by hand is back."""
+    setup, daemon = _running(tmp_path / "etc", slow_sandbox, start_daemon)
+    token_file = setup.output("alice", "read", "token")
+    expected = token_file.read_text()
+    token_file.unlink()
+
+    extra = setup.root / "out" / "alice-extra.token"
+    setup.extra_outputs_yaml["alice"] = f"          - path: {extra}\n"
+    _rename_save(setup.config, setup.render())
+    wait_for(lambda: extra.exists() and token_file.exists(), 5, "alice's outputs")
+
+    assert token_file.read_text() == expected
+    assert extra.read_text() == expected
+    assert slow_sandbox.stats()["refresh_token"] == 0, "the reload caused a refresh"
+    assert daemon.stop() == 0
+
+
+def test_sigusr1_heals_every_output(
+    tmp_path: Path, slow_sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """SIGUSR1 re-reads every token and writes back any output that went missing, no refresh."""
+    setup = Setup(tmp_path, slow_sandbox, [("alice", "read"), ("bob", "read")]).authorized()
+    daemon = start_daemon(setup.config)
+    wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
+    deleted = [setup.output("alice", "read", "token"), setup.output("bob", "read", "json")]
+    expected = [path.read_text() for path in deleted]
+    for path in deleted:
+        path.unlink()
+
+    daemon.process.send_signal(signal.SIGUSR1)
+    wait_for(lambda: all(path.exists() for path in deleted), 5, "the outputs to heal")
+
+    assert [path.read_text() for path in deleted] == expected
+    assert slow_sandbox.stats()["refresh_token"] == 0, "the heal caused a refresh"
+    assert daemon.stop() == 0

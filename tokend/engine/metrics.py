@@ -14,6 +14,7 @@ event to report it. Nothing secret is ever a label: tokens are labelled by their
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from tokend.engine.hooks import HookResult
 from tokend.model import TokenName, TokenSpec
@@ -82,10 +83,8 @@ class Metrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self.registry.register(_TokenCollector(self._tokens, self._clock))
-        self._refreshes = Counter(
-            "tokend_refresh", "Refresh attempts that reached the token endpoint, by result.",
-            ["token", "result"], registry=self.registry,
-        )
+        self._refreshes = _RefreshCounts()
+        self.registry.register(self._refreshes)
         self._duration = Histogram(
             "tokend_refresh_duration_seconds",
             "Time from sending a refresh request to its answer (and, on success, the commit).",
@@ -128,8 +127,7 @@ class Metrics:
         """Remember ``record`` as the current state of ``spec``'s token."""
         if spec.name not in self._tokens:
             # Zero-valued series from the start, so rate() and increase() see the first event.
-            for result in REFRESH_RESULTS:
-                self._refreshes.labels(str(spec.name), result)
+            self._refreshes.add(spec.name)
         self._tokens[spec.name] = StateFacts.of(record, spec.refresh_token_lifetime)
         self.version += 1
 
@@ -137,14 +135,13 @@ class Metrics:
         """Drop every series of a token that is no longer configured."""
         self._tokens.pop(name, None)
         self.version += 1
+        self._refreshes.remove(name)
         label = str(name)
-        series = [(self._refreshes, (label, result)) for result in REFRESH_RESULTS] + [
-            (self._hooks, (label, hook, result)) for hook in HOOKS for result in HOOK_RESULTS
-        ]
-        for counter, labels in series:
-            # remove() of a label set never created is a KeyError in older prometheus-client.
-            with contextlib.suppress(KeyError):
-                counter.remove(*labels)
+        for hook in HOOKS:
+            for result in HOOK_RESULTS:
+                # remove() of a label set never created is a KeyError in older prometheus-client.
+                with contextlib.suppress(KeyError):
+                    self._hooks.remove(label, hook, result)
 
     def refresh_finished(self, name: TokenName, result: str, seconds: float) -> None:
         """Count one answered (or failed) refresh request and how long it took.
@@ -155,7 +152,7 @@ class Metrics:
         self._duration.observe(seconds)
         self.version += 1
         if name in self._tokens:
-            self._refreshes.labels(str(name), result).inc()
+            self._refreshes.inc(name, result)
 
     def hook_finished(self, name: TokenName, hook: str, result: HookResult) -> None:
         self.version += 1
@@ -234,3 +231,45 @@ class _TokenCollector:
             for value in TOKEN_STATES:
                 state.add_metric([label, value], 1.0 if value == current else 0.0)
         yield from (expiry, refresh_expiry, state)
+
+
+class _RefreshCounts:
+    """The ``tokend_refresh`` counter: each configured token's refreshes, by result.
+
+    A prometheus-client ``Counter`` child per token and result held about 2 KB a
+    token (a fifth of the daemon's memory per token); here a token holds one
+    list of counts and when its series began, and labels are made at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[TokenName, tuple[float, list[float]]] = {}
+
+    def add(self, name: TokenName) -> None:
+        """Start ``name``'s series at zero."""
+        self._counts.setdefault(name, (time.time(), [0.0] * len(REFRESH_RESULTS)))
+
+    def remove(self, name: TokenName) -> None:
+        self._counts.pop(name, None)
+
+    def inc(self, name: TokenName, result: str) -> None:
+        """Count one refresh of ``name`` (one of :data:`REFRESH_RESULTS`), if it has series."""
+        if (entry := self._counts.get(name)) is not None:
+            entry[1][REFRESH_RESULTS.index(result)] += 1.0
+
+    def collect(self) -> Iterable[Metric]:
+        return self._family(samples=True)
+
+    def describe(self) -> Iterable[Metric]:
+        return self._family(samples=False)
+
+    def _family(self, *, samples: bool) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "tokend_refresh", "Refresh attempts that reached the token endpoint, by result.",
+            labels=["token", "result"],
+        )
+        # A scrape runs in a worker thread while the loop adds and drops tokens (see below).
+        for name, (created, counts) in (self._counts.copy() if samples else {}).items():
+            label = str(name)
+            for result, value in zip(REFRESH_RESULTS, counts, strict=True):
+                family.add_metric([label, result], value, created=created)
+        yield family

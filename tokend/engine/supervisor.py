@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
 
 import structlog
 
 from tokend.engine import attention
+from tokend.engine.config_diff import diff_configs
 from tokend.engine.metrics import Metrics
 from tokend.engine.refresher import Refresher
 from tokend.engine.schedule import Scheduler, backoff_delay, due_at
@@ -42,6 +45,8 @@ BUSY_RETRY = 5.0
 # A publish lease covers writing the outputs of one batch of tokens.
 PUBLISH_LEASE = 60.0
 PUBLISH_BATCH = 64
+# States a token stays in until a person acts, or its settings change: then it is tried once.
+STUCK = (TokenState.NEEDS_AUTHORIZATION, TokenState.CLIENT_REJECTED)
 
 
 class Supervisor:
@@ -69,6 +74,8 @@ class Supervisor:
         self._rand = rand
         self._config: Config | None = None
         self._specs: dict[TokenName, TokenSpec] = {}
+        # How many configured tokens write each output path: a reload updates only its own.
+        self._paths: Counter[Path] = Counter()
         self._records: dict[TokenName, TokenRecord | None] = {}
         self._scheduler = Scheduler()
         # Outputs that could not be written (or a token busy elsewhere) are published again
@@ -122,50 +129,76 @@ class Supervisor:
         """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows."""
         return self._states.line(len(self._specs))
 
-    async def apply(self, new: Config) -> tuple[int, int, int]:
+    async def apply(self, new: Config, *, heal: bool = False) -> tuple[int, int, int]:
         """Move to ``new``; return (added, removed, changed).
 
-        Every token's outputs are published from the store, which heals a
-        deleted or stale file without a refresh and leaves files that are
-        already right untouched; a token in flight is published when its
-        flight ends. The first config's outputs are written before this
-        returns (the daemon is ready only then); a reload's go on in the
-        background. Schedules follow from the stored records, so a reload
-        never causes a refresh storm; a token that needs authorization is
-        tried once more when its settings or its application's credentials
-        changed.
+        Only what changed is applied. Added tokens, and tokens whose outputs
+        changed, are published from the store, which heals a deleted or stale
+        file of theirs without a refresh and leaves files that are already
+        right untouched; tokens whose other settings changed are rescheduled
+        from their last known record; the files of every other token are
+        trusted until its next refresh or an explicit heal. With ``heal``
+        (always for the first config) every token is published. A token in
+        flight is published when its flight ends. The first config's outputs
+        are written before this returns (the daemon is ready only then); a
+        reload's go on in the background. Schedules follow from the stored
+        records, so a reload never causes a refresh storm; a token that needs
+        authorization is tried once more when its settings or its
+        application's credentials changed.
         """
-        old_config, old_specs = self._config, self._specs
-        new_specs = {spec.name: spec for spec in new.tokens}
+        first, old_specs = self._config is None, self._specs
+        changes = diff_configs(self._config, old_specs, new)
         for application in new.applications.values():
             self._masker.add(application.client_secret.reveal())
         self._config = new
-        self._specs = new_specs
-        self._publisher.use_paths({output.path for spec in new.tokens for output in spec.outputs})
+        self._specs = changes.specs
+        gone = [old_specs[name] for name in (*changes.removed, *changes.outputs)]
+        came = [changes.specs[name] for name in (*changes.added, *changes.outputs)]
+        if first or gone or came:
+            self._count_paths(gone, -1)
+            self._count_paths(came, 1)
+            self._publisher.use_paths(self._paths)
         limits = {name: app.concurrency for name, app in new.applications.items()}
         if self._slots is None:
             self._slots = RefreshSlots(new.concurrency, limits)
         else:
             self._slots.resize(new.concurrency, limits)
-        removed = [name for name in old_specs if name not in new_specs]
-        for name in removed:
+        for name in changes.removed:
             self._forget(name)
-        retiring = self._retire(removed)
-        added = {name for name in new_specs if name not in old_specs}
-        changed = {
-            name for name, spec in new_specs.items()
-            if name in old_specs and (
-                old_specs[name] != spec
-                or old_config is None
-                or old_config.applications.get(name.app) != new.applications[name.app]
-            )
-        }
-        tasks = self._publish(new_specs, retry_if_stuck=changed)
-        if old_config is None:
+        retiring = self._retire(changes.removed)
+        changed = {*changes.outputs, *changes.settings, *changes.credentials}
+        if first or heal:
+            tasks = self._publish(changes.specs, retry_if_stuck=changed)
+        else:
+            tasks = self._publish([*changes.added, *changes.outputs], retry_if_stuck=changed)
+            stuck = [name for name in changes.credentials if self._states.get(name) in STUCK]
+            self._publish(self._reschedule([*changes.settings, *stuck]), retry_if_stuck=changed)
+        if first:
             # Tokens removed from the config while no daemon ran: their files go too.
             orphans = await self._workers.store(self._orphans)
             await asyncio.gather(*tasks, *retiring, *self._retire(orphans))
-        return len(added), len(removed), len(changed)
+        return len(changes.added), len(changes.removed), changes.changed
+
+    def _count_paths(self, specs: Iterable[TokenSpec], step: int) -> None:
+        """Keep count of the configured tokens writing each output path."""
+        for spec in specs:
+            for output in spec.outputs:
+                if count := self._paths[output.path] + step:
+                    self._paths[output.path] = count
+                else:
+                    del self._paths[output.path]
+
+    def _reschedule(self, names: Iterable[TokenName]) -> list[TokenName]:
+        """Track ``names`` again under their new settings, from the record last seen (a
+        stuck token is tried once more); return those that must be published instead:
+        in flight (their record is about to change) or never tracked."""
+        unknown = []
+        for name in names:
+            if name in self._inflight or name not in self._records:
+                unknown.append(name)
+            else:
+                self._track(self._specs[name], self._records[name], retry_if_stuck=True)
+        return unknown
 
     def _orphans(self) -> list[TokenName]:
         """Stored tokens the config does not name that still need retiring."""
@@ -230,18 +263,20 @@ class Supervisor:
         self._metrics.forget_token(name)
 
     async def rescan(self, names: Collection[TokenName] | None = None) -> None:
-        """Publish the tokens another process changed (all of ``names``, or any token).
+        """Publish the tokens another process changed (those of ``names`` whose record
+        differs from the one last seen), or, with ``None``, every configured token: an
+        explicit heal, which writes back any output that is missing or stale.
 
         The records read here only say which tokens changed; each is then
         published from the record as it stands under its lease.
         """
         if names is None:
-            records = await self._workers.store(self._store.all)
-        else:
-            wanted = [name for name in names if name in self._specs]
-            records = await self._workers.store(
-                lambda: [r for name in wanted if (r := self._store.get(name)) is not None]
-            )
+            self._publish(self._specs)
+            return
+        wanted = [name for name in names if name in self._specs]
+        records = await self._workers.store(
+            lambda: [r for name in wanted if (r := self._store.get(name)) is not None]
+        )
         self._publish(record.name for record in records
                       if record.name in self._specs and record != self._records.get(record.name))
 
@@ -348,9 +383,7 @@ class Supervisor:
         self._states.change(spec.name, state)
         self._metrics.observe_token(spec, record)
         due = due_at(record, spec)
-        stuck = record is not None and record.token is not None and (
-            state in (TokenState.NEEDS_AUTHORIZATION, TokenState.CLIENT_REJECTED)
-        )
+        stuck = record is not None and record.token is not None and state in STUCK
         # Rejected credentials may have been fixed while this daemon did not hold the token.
         if stuck and (retry_if_stuck or (first and state is TokenState.CLIENT_REJECTED)):
             self._forced.add(spec.name)
