@@ -27,6 +27,7 @@ from bench.reload import reload
 from bench.report import machine, markdown, text_table
 from bench.scenarios import Result, idle, refresh_burst, start_and_memory
 from bench.seed import ShiftedClock, start_sandbox
+from bench.steady import steady
 
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
@@ -39,6 +40,7 @@ def _single(name: str, run: Callable[[Context], Result]) -> Callable[
 
 SCENARIOS: dict[str, Callable[[Context], list[tuple[str, Result]]]] = {
     "burst": _single("refresh_burst", refresh_burst),
+    "steady": _single("steady", steady),
     "idle": _single("idle", idle),
     "start": start_and_memory,  # start and memory come from the same runs
     "reload": _single("reload", reload),

@@ -30,12 +30,19 @@ class Sizes:
     reload_edits: int
     cli_runs: int
     repeats: int
+    steady_tokens: int
+    steady_lifetime: float
+    """Seconds an access token of the steady state lives."""
+    steady_refreshes: int
+    """Refreshes measured per side, after one rotation of warm-up."""
 
 
 FULL = Sizes(burst=2000, idle=10_000, idle_seconds=60.0, memory=(1000, 10_000, 100_000),
-             reload_tokens=10_000, reload_edits=20, cli_runs=20, repeats=3)
+             reload_tokens=10_000, reload_edits=20, cli_runs=20, repeats=3,
+             steady_tokens=40, steady_lifetime=8.0, steady_refreshes=300)
 QUICK = Sizes(burst=40, idle=200, idle_seconds=3.0, memory=(100, 300, 1000),
-              reload_tokens=200, reload_edits=3, cli_runs=3, repeats=1)
+              reload_tokens=200, reload_edits=3, cli_runs=3, repeats=1,
+              steady_tokens=10, steady_lifetime=2.0, steady_refreshes=30)
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,13 @@ class Workspace:
     def name(self, user: str) -> TokenName:
         return TokenName(APP, user, SCOPE)
 
-    def render(self, base_url: str, names: Sequence[str], tweak: str | None = None) -> str:
-        """The config text: one application, one output per token; ``tweak`` gets a
-        ``refresh_at`` of its own and a second output (what a reload edit changes)."""
+    def render(
+        self, base_url: str, names: Sequence[str], tweak: str | None = None,
+        formats: Sequence[str] = ("token",),
+    ) -> str:
+        """The config text: one application, one output per token and format (``USER.FORMAT``,
+        the token's own file first); ``tweak`` gets a ``refresh_at`` of its own and a second
+        output (what a reload edit changes)."""
         lines = [
             f"state_dir: {self.state_dir}",
             "defaults:",
@@ -104,13 +108,19 @@ class Workspace:
             lines.append(f"        scope: {SCOPE}")
             if user == tweak:
                 lines.append("        refresh_at: 0.7")
-                lines.append(f"        outputs: [{{path: {self.output(user)}}}, "
-                             f"{{path: {self.extra_output(user)}}}]")
-            else:
-                lines.append(f"        outputs: [{{path: {self.output(user)}}}]")
+            files = [f"{{path: {self.output(user)}}}"] + [
+                f"{{path: {self.out_dir / f'{user}.{fmt}'}, format: {fmt}}}"
+                for fmt in formats if fmt != "token"
+            ]
+            if user == tweak:
+                files.append(f"{{path: {self.extra_output(user)}}}")
+            lines.append(f"        outputs: [{', '.join(files)}]")
         return "\n".join(lines) + "\n"
 
-    def write_config(self, base_url: str, names: Sequence[str], tweak: str | None = None) -> float:
+    def write_config(
+        self, base_url: str, names: Sequence[str], tweak: str | None = None,
+        formats: Sequence[str] = ("token",),
+    ) -> float:
         """Save by rename, as editors do; return ``time.monotonic()`` right before the rename
         (a daemon may notice the new file before the rename returns to us)."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -119,7 +129,7 @@ class Workspace:
             secret.write_text(CLIENT_SECRET + "\n")
             secret.chmod(0o600)
         temp = self.config.with_suffix(".tmp")
-        temp.write_text(self.render(base_url, names, tweak))
+        temp.write_text(self.render(base_url, names, tweak, formats))
         renaming = time.monotonic()
         os.rename(temp, self.config)
         return renaming
@@ -149,10 +159,11 @@ class Workspace:
                 os.close(fd)
 
 
-def start_sandbox(clock: ShiftedClock) -> Sandbox:
-    """The sandbox with its rate limit off, so tokend and not the limit is measured."""
+def start_sandbox(clock: ShiftedClock | None = None, *, lifetime: float = 3600.0) -> Sandbox:
+    """The sandbox with its rate limit off, so tokend and not the limit is measured; its
+    access tokens live ``lifetime`` seconds."""
     return Sandbox(
-        access_token_lifetime=3600, rate_limit=None, clients={CLIENT_ID: CLIENT_SECRET},
+        access_token_lifetime=lifetime, rate_limit=None, clients={CLIENT_ID: CLIENT_SECRET},
         clock=clock,
     ).start()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("refresh_burst", "idle", "start", "memory", "reload", "cli")
+SCENARIOS = ("refresh_burst", "steady", "idle", "start", "memory", "reload", "cli")
 
 
 @pytest.mark.timeout(120)

@@ -85,13 +85,15 @@ class Publisher:
 
     async def publish(
         self, spec: TokenSpec, lease: Lease, *, record: TokenRecord | None = None,
-        new_token: bool = False,
+        new_token: bool = False, release: bool = False,
     ) -> Published:
         """Publish ``spec``'s stored token (``record`` if the caller just read it under
-        ``lease``); ``new_token`` when the token itself just changed."""
+        ``lease``); ``new_token`` when the token itself just changed; ``release`` ends the
+        lease once the files are written (see :meth:`publish_many`)."""
         if record is None:
             record = await self._workers.store(self._store.get, spec.name)
-        published = await self.publish_many([(spec, lease, record)], new_token=new_token)
+        published = await self.publish_many([(spec, lease, record)], new_token=new_token,
+                                            release=release)
         return published[0]
 
     async def publish_many(
@@ -99,17 +101,33 @@ class Publisher:
         items: Sequence[tuple[TokenSpec, Lease, TokenRecord | None]],
         *,
         new_token: bool = False,
+        release: bool = False,
     ) -> list[Published]:
-        """:meth:`publish` for many tokens read under their leases, in one hop per pool."""
+        """:meth:`publish` for many tokens read under their leases, in one hop to the file pool.
+
+        What the store must remember of the files (their health, where they are) is recorded
+        in the same hop, still under the leases; with ``release`` the leases end there too,
+        whatever happened (a caller that sees this fail may release again: a second release
+        changes nothing). The file pool may call the store, never the reverse, so a hung
+        mount still holds up no commit.
+        """
         for _spec, _lease, record in items:
             if record is not None and record.token is not None:
                 self._masker.add(record.token.access_token, record.token.refresh_token)
-        results = await self._workers.files(
-            lambda: [settle_files(spec.outputs, record, in_use=self._in_use, name=str(spec.name))
-                     for spec, _lease, record in items]
-        )
-        records = await self._record([(spec.name, lease, record) for spec, lease, record in items],
-                                     results, unconfigured_at=lambda _record: None)
+
+        def settle() -> tuple[list[Files], list[TokenRecord | None]]:
+            try:
+                results = [settle_files(spec.outputs, record, in_use=self._in_use,
+                                        name=str(spec.name)) for spec, _lease, record in items]
+                return results, self._record(
+                    [(lease, record) for _spec, lease, record in items], results,
+                    unconfigured_at=lambda _record: None,
+                )
+            finally:
+                if release:
+                    self._store.release_many([lease for _spec, lease, _record in items])
+
+        results, records = await self._workers.files(settle)
         published = []
         for record, files in zip(records, results, strict=True):
             ok = files.error is None
@@ -129,40 +147,38 @@ class Publisher:
         Returns each record afterwards and whether it was marked just now.
         """
         in_use = self._in_use or frozenset()
-        results = await self._workers.files(
-            lambda: [settle_files((), record, in_use=in_use,
-                                  name="" if record is None else str(record.name))
-                     for _lease, record in items]
-        )
 
         def since(record: TokenRecord) -> float | None:
             if record.unconfigured_at is None and record.token is not None:
                 return now
             return record.unconfigured_at
 
-        records = await self._record(
-            [(lease.name, lease, record) for lease, record in items], results,
-            unconfigured_at=since,
-        )
+        def settle() -> list[TokenRecord | None]:
+            results = [settle_files((), record, in_use=in_use,
+                                    name="" if record is None else str(record.name))
+                       for _lease, record in items]
+            return self._record(items, results, unconfigured_at=since)
+
+        records = await self._workers.files(settle)
         return [
             (after, before is not None and after is not None
              and before.unconfigured_at is None and after.unconfigured_at is not None)
             for (_lease, before), after in zip(items, records, strict=True)
         ]
 
-    async def _record(
+    def _record(
         self,
-        items: Sequence[tuple[object, Lease, TokenRecord | None]],
+        items: Sequence[tuple[Lease, TokenRecord | None]],
         results: Sequence[Files],
         *,
         unconfigured_at: Callable[[TokenRecord], float | None],
     ) -> list[TokenRecord | None]:
-        """Store what changed (output health, files held, configured or not) in one hop;
-        return the records as they now stand."""
+        """Store what changed (output health, files held, configured or not), in the calling
+        thread and under the leases; return the records as they now stand."""
         health: list[tuple[Lease, str | None]] = []
         placed: list[PublishedFiles] = []
         records: list[TokenRecord | None] = []
-        for (_name, lease, stored), files in zip(items, results, strict=True):
+        for (lease, stored), files in zip(items, results, strict=True):
             if stored is None:
                 records.append(None)
                 continue
@@ -174,14 +190,11 @@ class Publisher:
                 placed.append(PublishedFiles(lease, files.held, since))
             records.append(dataclasses.replace(stored, output_error=files.error,
                                                outputs=files.held, unconfigured_at=since))
-        if health or placed:
-            await self._workers.store(self._mark, health, placed)
-        return records
-
-    def _mark(self, health: list[tuple[Lease, str | None]], placed: list[PublishedFiles]) -> None:
         for lease, error in health:
             self._store.set_output_problem(lease, error=error)
-        self._store.record_published(placed)
+        if placed:
+            self._store.record_published(placed)
+        return records
 
     @staticmethod
     def _log_health(name: str, error: str | None) -> None:

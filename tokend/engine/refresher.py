@@ -156,6 +156,7 @@ class Refresher:
         held = slots.hold(app.name, priority) if slots else contextlib.nullcontext()
         claim: Claim | None = None
         published: Published | None = None
+        released = False
         try:
             # The slot bounds requests on the wire; it ends with the commit, so outputs
             # stuck on a hung mount hold their token's lease but never another's slot.
@@ -173,8 +174,10 @@ class Refresher:
                     spec, app, claim, force=force, lease_ends=granted_at + claim.lease.valid_for
                 )
             if outcome.result == "ok":
+                # The lease ends in the same hop as the outputs it guards.
                 published = await self.publisher.publish(spec, claim.lease, record=outcome.record,
-                                                          new_token=True)
+                                                          new_token=True, release=True)
+                released = True
                 outcome = dataclasses.replace(outcome, record=published.record,
                                               outputs_ok=published.ok)
                 if self._on_refreshed is not None and published.record is not None and (
@@ -182,7 +185,7 @@ class Refresher:
                 ):
                     self._on_refreshed(spec, published.record.token)
         finally:
-            if claim is not None:
+            if claim is not None and not released:
                 await self.workers.store(self._store.release, claim.lease)
         if published is not None:
             await self.publisher.announce(spec, published)

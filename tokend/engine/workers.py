@@ -4,18 +4,27 @@ A hung output mount must never hold up a commit: with one shared pool, a few
 output writes stuck in the kernel take every thread and the refresh that
 holds a new refresh token can no longer commit it. So the store has its own
 pool, the outputs theirs, and the store pool reports how long its oldest call
-has been waiting, which is what the systemd watchdog looks at.
+has been waiting, which is what the systemd watchdog looks at. File work may
+call the store (the marks and the release of the files it just wrote), never
+the reverse.
+
+A refresh hops to a pool three times, a few times a second, so a hop is kept
+to one queue put and one ``call_soon_threadsafe``: the answer is set on the
+waiting future directly, without ``run_in_executor``'s second future chained
+to the first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,6 +33,8 @@ STORE_THREADS = 2
 """The SQLite store serializes on one connection anyway; a second thread lets a read
 (the watchdog's probe, a status) queue behind a slow write instead of behind a queue."""
 OUTPUT_THREADS = 4
+
+_Job = tuple["asyncio.Future[Any]", Callable[[], Any]]
 
 
 class Workers:
@@ -36,8 +47,8 @@ class Workers:
         output_threads: int = OUTPUT_THREADS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store_pool = ThreadPoolExecutor(store_threads, thread_name_prefix="tokend-store")
-        self._file_pool = ThreadPoolExecutor(output_threads, thread_name_prefix="tokend-files")
+        self._store_pool = _Pool(store_threads, "tokend-store")
+        self._file_pool = _Pool(output_threads, "tokend-files")
         self._monotonic = monotonic
         self._pending: dict[int, float] = {}
         self._ids = itertools.count()
@@ -47,20 +58,13 @@ class Workers:
         call = next(self._ids)
         self._pending[call] = self._monotonic()
         try:
-            return await self._run(self._store_pool, fn, *args, **kwargs)
+            return await self._store_pool.run(functools.partial(fn, *args, **kwargs))
         finally:
             del self._pending[call]
 
     async def files(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one batch of file work (outputs) in the file pool."""
-        return await self._run(self._file_pool, fn, *args, **kwargs)
-
-    @staticmethod
-    async def _run(
-        pool: ThreadPoolExecutor, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs
-    ) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+        return await self._file_pool.run(functools.partial(fn, *args, **kwargs))
 
     def store_stalled_for(self) -> float:
         """How long the oldest unfinished store call has been waiting (0 when none is)."""
@@ -70,5 +74,76 @@ class Workers:
 
     def close(self) -> None:
         """Stop the pools without waiting for a call stuck in the kernel."""
-        self._store_pool.shutdown(wait=False, cancel_futures=True)
-        self._file_pool.shutdown(wait=False, cancel_futures=True)
+        self._store_pool.close()
+        self._file_pool.close()
+
+
+class _Pool:
+    """``size`` daemon threads serving one queue, started with the first call.
+
+    Daemon threads, because a thread stuck in the kernel (a hung mount) must not
+    keep the process from exiting once the daemon is done with it.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    async def run(self, call: Callable[[], R]) -> R:
+        if self._closed:
+            raise RuntimeError(f"{self._name} is closed")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._serve, name=f"{self._name}_{index}",
+                                              daemon=True) for index in range(self._size)]
+            for thread in self._threads:
+                thread.start()
+        self._queue.put((future, call))
+        return await future
+
+    def _serve(self) -> None:
+        while (job := self._queue.get()) is not None:
+            future, call = job
+            # Like a cancelled executor call: work nobody waits for any more is not started.
+            if future.cancelled():
+                continue
+            try:
+                result = call()
+            except BaseException as error:  # noqa: BLE001 -- handed to the waiting task
+                _answer(future, _fail, error)
+            else:
+                _answer(future, _succeed, result)
+
+    def close(self) -> None:
+        """No new calls; waiting ones are cancelled, idle threads end, busy ones when done."""
+        self._closed = True
+        with contextlib.suppress(queue.Empty):
+            while (job := self._queue.get_nowait()) is not None:
+                _answer(job[0], _cancel, None)
+        for _thread in self._threads:
+            self._queue.put(None)
+
+
+def _answer(
+    future: asyncio.Future[Any], how: Callable[[asyncio.Future[Any], Any], None], value: Any
+) -> None:
+    """Hand ``value`` to ``future`` on its own loop (a closed loop has nobody to tell)."""
+    with contextlib.suppress(RuntimeError):
+        future.get_loop().call_soon_threadsafe(how, future, value)
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _cancel(future: asyncio.Future[Any], _value: object) -> None:
+    future.cancel()
