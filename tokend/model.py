@@ -1,6 +1,7 @@
-"""Runtime values of a loaded configuration: frozen, validated, free of pydantic.
+"""The vocabulary every layer shares: token names, tokens, the frozen specs of a loaded
+configuration, and the constants and rules that go with them (free of pydantic and httpx).
 
-``config.py`` turns YAML into these; everything else in tokend only ever sees
+:mod:`tokend.config` turns YAML into these specs; everything else in tokend only ever sees
 them. They compare by value, which is what makes a reload a simple diff.
 """
 
