@@ -42,6 +42,17 @@ def test_a_secret_inside_text_paths_and_nested_values_is_masked() -> None:
     assert line.count(MASK) == 3
 
 
+def test_a_padded_secret_after_a_separator_is_masked() -> None:
+    """A base64 secret ending in ``=`` padding, written as the last part of a path, is
+    masked although fewer than eight of its characters come before the padding."""
+    padded = "Ab3dEf7=="
+    masker = SecretMasker()
+    masker.add(padded)
+    line = _log_line(masker, path=f"/run/tokens/{padded}", dotted=f"x.{padded}")
+    assert padded not in line
+    assert line.count(MASK) == 2
+
+
 def test_a_secret_in_an_exception_is_masked() -> None:
     """An exception whose message carries a secret is rendered without it."""
     masker = SecretMasker()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
+
+import pytest
 
 from tokend.engine.workers import Workers
 
@@ -48,3 +53,54 @@ def test_a_store_call_that_does_not_return_shows_as_a_stall() -> None:
             workers.close()
 
     assert asyncio.run(go()) == (0.0, 42.0, 0.0)
+
+
+def test_a_call_whose_waiter_was_cancelled_is_never_started() -> None:
+    """A store call queued behind a slow one, whose refresh is cancelled meanwhile (a
+    shutdown's drain), never runs: a claim nobody waits for would hold its lease."""
+    ran: list[str] = []
+
+    async def go() -> None:
+        workers = Workers(store_threads=1)
+        slow = threading.Event()
+        try:
+            first = asyncio.ensure_future(workers.store(slow.wait))
+            queued = asyncio.ensure_future(workers.store(ran.append, "claim"))
+            await asyncio.sleep(0.1)
+            queued.cancel()
+            await asyncio.sleep(0)
+            slow.set()
+            await first
+            assert await workers.store(lambda: "after") == "after"
+        finally:
+            slow.set()
+            workers.close()
+
+    asyncio.run(go())
+    assert ran == [], "a cancelled store call ran anyway"
+
+
+def test_a_call_stuck_forever_does_not_keep_the_process_from_exiting() -> None:
+    """An output write that never returns (a dead network mount): once the daemon is done,
+    the process exits instead of waiting for that thread until systemd kills it."""
+    code = textwrap.dedent("""
+        import asyncio, threading
+        from tokend.engine.workers import Workers
+
+        async def main():
+            workers = Workers()
+            call = asyncio.ensure_future(workers.files(threading.Event().wait))
+            await asyncio.sleep(0.2)
+            call.cancel()
+            workers.close()
+
+        asyncio.run(main())
+        print("stopped")
+    """)
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=20, check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit within 20 s: it waits for the stuck thread")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "stopped"

@@ -17,6 +17,7 @@ to the first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -79,52 +80,73 @@ class Workers:
 
 
 class _Pool:
-    """``size`` daemon threads serving one queue, started with the first call.
+    """Up to ``size`` daemon threads; a call goes to the thread that went idle last.
 
-    Daemon threads, because a thread stuck in the kernel (a hung mount) must not
-    keep the process from exiting once the daemon is done with it.
+    The last one to go idle is the one whose caches are still warm, so a daemon
+    doing a few calls a second keeps using one thread instead of rotating through
+    all of them. Daemon threads, because a thread stuck in the kernel (a hung
+    mount) must not keep the process from exiting once the daemon is done with it.
     """
 
     def __init__(self, size: int, name: str) -> None:
         self._size = size
         self._name = name
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[_Job | None]] = []
+        self._backlog: collections.deque[_Job] = collections.deque()
+        self._threads = 0
         self._closed = False
 
     async def run(self, call: Callable[[], R]) -> R:
-        if self._closed:
-            raise RuntimeError(f"{self._name} is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        if not self._threads:
-            self._threads = [threading.Thread(target=self._serve, name=f"{self._name}_{index}",
-                                              daemon=True) for index in range(self._size)]
-            for thread in self._threads:
-                thread.start()
-        self._queue.put((future, call))
+        job: _Job = (future, call)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name} is closed")
+            if self._idle:
+                self._idle.pop().put(job)
+            elif self._threads < self._size:
+                inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+                inbox.put(job)
+                threading.Thread(target=self._serve, args=(inbox,), daemon=True,
+                                 name=f"{self._name}_{self._threads}").start()
+                self._threads += 1
+            else:
+                self._backlog.append(job)
         return await future
 
-    def _serve(self) -> None:
-        while (job := self._queue.get()) is not None:
+    def _serve(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        job = inbox.get()
+        while job is not None:
             future, call = job
             # Like a cancelled executor call: work nobody waits for any more is not started.
-            if future.cancelled():
-                continue
-            try:
-                result = call()
-            except BaseException as error:  # noqa: BLE001 -- handed to the waiting task
-                _answer(future, _fail, error)
-            else:
-                _answer(future, _succeed, result)
+            if not future.cancelled():
+                try:
+                    result = call()
+                except BaseException as error:  # noqa: BLE001 -- handed to the waiting task
+                    _answer(future, _fail, error)
+                else:
+                    _answer(future, _succeed, result)
+            with self._lock:
+                if self._backlog:
+                    job = self._backlog.popleft()
+                    continue
+                if self._closed:
+                    return
+                self._idle.append(inbox)
+            job = inbox.get()
 
     def close(self) -> None:
         """No new calls; waiting ones are cancelled, idle threads end, busy ones when done."""
-        self._closed = True
-        with contextlib.suppress(queue.Empty):
-            while (job := self._queue.get_nowait()) is not None:
-                _answer(job[0], _cancel, None)
-        for _thread in self._threads:
-            self._queue.put(None)
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            backlog = list(self._backlog)
+            self._backlog.clear()
+        for future, _call in backlog:
+            _answer(future, _cancel, None)
+        for inbox in idle:
+            inbox.put(None)
 
 
 def _answer(
