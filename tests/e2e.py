@@ -210,3 +210,33 @@ def stored_refresh_token(setup: Setup, user: str, scope: str = "read") -> str | 
     finally:
         store.close()
     return None if record is None or record.token is None else record.token.refresh_token
+
+
+NOBODY = 65534
+
+
+def as_nobody(work: Callable[[], str]) -> str:
+    """What ``work()`` returns when run by a forked child that dropped to ``nobody``.
+
+    A fork rather than a new interpreter: the venv's Python may live where
+    ``nobody`` cannot reach it. The child's exception fails the caller's test.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child reports through the pipe
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(write_end, work().encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child running as nobody failed"
+    return answer

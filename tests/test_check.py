@@ -13,7 +13,7 @@ import httpx
 import pytest
 import structlog
 
-from tests.e2e import CLIENT_SECRET, Setup, StartDaemon, free_port, tokend, wait_for
+from tests.e2e import CLIENT_SECRET, Setup, StartDaemon, as_nobody, free_port, tokend, wait_for
 from tokend.cli.check import CheckReport, check_config, check_online
 from tokend.config.load import load_config
 from tokend.model import Config, TokenName
@@ -261,7 +261,6 @@ def test_a_command_that_writes_the_state_tightens_its_folder(sandbox: Sandbox,
     assert "state_dir_tightened" in result.stderr
 
 
-NOBODY = 65534
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges to nobody")
@@ -275,27 +274,14 @@ def test_a_state_dir_that_is_not_ours_to_tighten_is_used_and_logged() -> None:
     state = shared / "state"
     state.mkdir()
     state.chmod(0o777)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover -- the child reports through the pipe
-        status = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            with structlog.testing.capture_logs() as logs:
-                make_private_dir(state)
-            os.write(write_end, json.dumps(logs).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        logs = json.loads(pipe.read() or b"null")
-    _, status = os.waitpid(pid, 0)
+
+    def tighten() -> str:
+        with structlog.testing.capture_logs() as logs:
+            make_private_dir(state)
+        return json.dumps(logs)
+
     try:
-        assert os.waitstatus_to_exitcode(status) == 0, "make_private_dir raised in the child"
+        logs = json.loads(as_nobody(tighten))
         assert [(e["event"], e["mode"], e["owner"]) for e in logs] == [
             ("state_dir_open", "0777", 0)]
         assert mode_of(state) == 0o777

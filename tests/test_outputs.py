@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import NOBODY, as_nobody
 from tokend.engine.outputs import remove_outputs, render, write_atomic, write_outputs
 from tokend.errors import OutputError
 from tokend.model import OutputSpec, Token
@@ -25,7 +26,7 @@ REFRESH = "refresh-secret-value"
 CREATED = int(datetime(2026, 11, 29, 3, 21, 56, tzinfo=UTC).timestamp())
 EXPIRES = CREATED + 3600.0
 """The expiry on this host's clock, as the record counts it (here the server's clock agrees)."""
-NOBODY = 65534
+
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown or drop privileges")
 
 
@@ -234,35 +235,16 @@ def shared_dir() -> Iterator[Path]:
 
 
 def _error_as_nobody(path: Path) -> str:
-    """The OutputError message of ``write_atomic(path)`` run by a forked child as ``nobody``.
+    """The OutputError message of ``write_atomic(path)`` run as ``nobody``."""
 
-    A fork rather than a new interpreter: the venv's Python may live where
-    ``nobody`` cannot reach it.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover -- the child reports through the pipe
-        status = 1
+    def write() -> str:
         try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            try:
-                write_atomic(path, b"token")
-                message = "written"
-            except OutputError as exc:
-                message = str(exc)
-            os.write(write_end, message.encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "child failed"
-    return message
+            write_atomic(path, b"token")
+        except OutputError as exc:
+            return str(exc)
+        return "written"
+
+    return as_nobody(write)
 
 
 @as_root
