@@ -21,7 +21,7 @@ SCENARIOS = ("refresh_burst", "steady", "idle", "start", "memory", "reload", "cl
 @pytest.mark.timeout(120)
 def test_quick_benchmark_reports_a_figure_for_every_scenario(tmp_path: Path) -> None:
     """`python -m bench --quick` runs every scenario and fills every row with a number, so a
-    broken scenario shows up in CI instead of at the next full run (it takes about 20 s)."""
+    broken scenario shows up in CI instead of at the next full run (it takes about 25 s)."""
     output = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
