@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,6 +88,11 @@ def _running(root: Path, sandbox: Sandbox, start_daemon: StartDaemon,
     return setup, daemon
 
 
+def _identities(paths: Iterable[Path]) -> dict[Path, tuple[int, int]]:
+    """Each file's inode and mtime: a rewrite (new inode by rename) or a write changes them."""
+    return {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in paths}
+
+
 @pytest.mark.parametrize(
     "save", [_rename_save, _in_place, _delete_and_recreate, _symlink_swap],
     ids=["rename", "in-place", "delete-recreate", "configmap-symlink-swap"],
@@ -152,7 +157,7 @@ def test_unchanged_tokens_are_neither_refreshed_nor_rewritten(
     """Adding a token leaves the others' files and schedule alone."""
     setup, daemon = _running(tmp_path / "etc", slow_sandbox, start_daemon)
     outputs = [setup.output("alice", "read", suffix) for suffix in ("token", "env", "json")]
-    before = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in outputs}
+    before = _identities(outputs)
     requests_before = len(slow_sandbox.token_requests())
 
     setup.tokens = [("alice", "read"), ("bob", "write")]
@@ -160,7 +165,7 @@ def test_unchanged_tokens_are_neither_refreshed_nor_rewritten(
     wait_for(lambda: _reloads(daemon), 2, "config_reloaded")
 
     assert _reloads(daemon)[-1]["added"] == 1
-    after = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in outputs}
+    after = _identities(outputs)
     assert after == before, "unchanged outputs were rewritten"
     assert len(slow_sandbox.token_requests()) == requests_before, "the reload sent requests"
     assert daemon.stop() == 0
@@ -176,7 +181,8 @@ def test_a_deleted_output_heals_on_reload(
     token_file.unlink()
     daemon.process.send_signal(signal.SIGHUP)
     wait_for(token_file.exists, 2, "the output to heal")
-    assert token_file.read_text() == expected
+    healed = token_file.read_text() == expected
+    assert healed, "the healed output does not hold the stored token"
     assert slow_sandbox.stats()["refresh_token"] == 0
     assert daemon.stop() == 0
 
@@ -191,7 +197,7 @@ def test_an_edit_of_one_token_leaves_the_other_tokens_files_alone(
     wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
     bob_token = setup.output("bob", "read", "token")
     bob_others = [setup.output("bob", "read", suffix) for suffix in ("env", "json")]
-    before = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in bob_others}
+    before = _identities(bob_others)
     bob_token.unlink()
 
     extra = setup.root / "out" / "alice-extra.token"
@@ -202,7 +208,7 @@ def test_an_edit_of_one_token_leaves_the_other_tokens_files_alone(
 
     assert _reloads(daemon)[-1]["changed"] == 1
     assert not bob_token.exists(), "the reload published a token it did not change"
-    after = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in bob_others}
+    after = _identities(bob_others)
     assert after == before, "the reload rewrote a token it did not change"
     assert slow_sandbox.stats()["refresh_token"] == 0, "the reload caused a refresh"
     assert daemon.stop() == 0
@@ -222,8 +228,8 @@ def test_an_output_change_heals_every_output_of_that_token(
     _rename_save(setup.config, setup.render())
     wait_for(lambda: extra.exists() and token_file.exists(), 5, "alice's outputs")
 
-    assert token_file.read_text() == expected
-    assert extra.read_text() == expected
+    healed = token_file.read_text() == expected and extra.read_text() == expected
+    assert healed, "an output does not hold the stored token"
     assert slow_sandbox.stats()["refresh_token"] == 0, "the reload caused a refresh"
     assert daemon.stop() == 0
 
