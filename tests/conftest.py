@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import CLIENT_ID, CLIENT_SECRET, Daemon, StartDaemon, sandbox_with_lifetime
+from tests.postgres import PostgresServer, running_server
 from tokend.sandbox import Sandbox
 
 
@@ -40,6 +41,18 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     for daemon in started:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on 127.0.0.1 for the whole session (tests/postgres.py)."""
+    yield from running_server()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A libpq URL (no password) of a new, empty database on the session's server."""
+    return postgres_server.url(postgres_server.new_database())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
