@@ -9,6 +9,7 @@ import pytest
 
 from tests.e2e import CLIENT_ID, CLIENT_SECRET, Daemon, StartDaemon, sandbox_with_lifetime
 from tests.postgres import PostgresServer, running_server
+from tests.stores import open_store  # noqa: F401 -- the fixture, for every test module
 from tokend.sandbox import Sandbox
 
 
@@ -51,8 +52,8 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
-    """A libpq URL (no password) of a new, empty database on the session's server."""
-    return postgres_server.url(postgres_server.new_database())
+    """A libpq URL (no password) of an empty database on the session's server."""
+    return postgres_server.url(postgres_server.emptied_database())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores import LeaseClock, OpenStore
 from tokend.errors import StateError
 from tokend.model import Token, TokenName
 from tokend.store.interface import (
@@ -55,23 +56,17 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(state_dir: Path) -> Iterator[SqliteStateStore]:
+def store(open_store: OpenStore) -> StateStore:
+    """A store of each kind (tests/stores.py): the contract tests run against both."""
+    return open_store()
+
+
+@pytest.fixture
+def sqlite_store(state_dir: Path) -> Iterator[SqliteStateStore]:
+    """The SQLite store, for what only it has (a file, pragmas, ``tokend token``'s reader)."""
     opened = SqliteStateStore(state_dir)
     yield opened
     opened.close()
-
-
-class LeaseClock:
-    """A store's lease clock that moves only when the test moves it."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-BOOT = "boot-1"
 
 
 @pytest.fixture
@@ -80,11 +75,9 @@ def clock() -> LeaseClock:
 
 
 @pytest.fixture
-def timed(state_dir: Path, clock: LeaseClock) -> Iterator[SqliteStateStore]:
+def timed(open_store: OpenStore, clock: LeaseClock) -> StateStore:
     """A store whose leases run on ``clock``, so a test can let one run out at once."""
-    opened = SqliteStateStore(state_dir, lease_clock=clock, clock_id=BOOT)
-    yield opened
-    opened.close()
+    return open_store(clock=clock)
 
 
 def claimed(
@@ -175,12 +168,12 @@ def test_existing_state_dir_is_tightened_to_0700(state_dir: Path) -> None:
     assert mode(state_dir) == 0o700
 
 
-def test_token_survives_close_and_reopen(state_dir: Path) -> None:
+def test_token_survives_close_and_reopen(open_store: OpenStore) -> None:
     """A restarted daemon finds the token it committed before stopping."""
-    first = SqliteStateStore(state_dir)
+    first = open_store()
     first.save_token(NAME, make_token(), now=NOW)
     first.close()
-    second = SqliteStateStore(state_dir)
+    second = open_store()
     record = second.get(NAME)
     second.close()
     assert record is not None
@@ -263,9 +256,9 @@ def test_delete_token_forgets_it(store: StateStore) -> None:
         None, None, TokenState.NOT_AUTHORIZED, 2)
 
 
-def test_claim_is_exclusive_between_two_connections(state_dir: Path) -> None:
+def test_claim_is_exclusive_between_two_connections(open_store: OpenStore) -> None:
     """Two daemons on one store never refresh the same token at once."""
-    first, second = SqliteStateStore(state_dir), SqliteStateStore(state_dir)
+    first, second = open_store(), open_store()
     try:
         assert first.claim(NAME, owner="a", lease=60) is not None
         assert second.claim(NAME, owner="b", lease=60) is None
@@ -275,8 +268,10 @@ def test_claim_is_exclusive_between_two_connections(state_dir: Path) -> None:
         second.close()
 
 
-def test_claim_is_exclusive_across_processes(store: SqliteStateStore, state_dir: Path) -> None:
+def test_claim_is_exclusive_across_processes(sqlite_store: SqliteStateStore,
+                                            state_dir: Path) -> None:
     """A lease held by this process keeps another process off the token, and vice versa."""
+    store = sqlite_store
     assert store.claim(NAME, owner="parent", lease=60) is not None
     assert run_child(CLAIM_CHILD, str(state_dir), str(NAME), "child") == "False"
     assert run_child(CLAIM_CHILD, str(state_dir), str(OTHER), "child") == "True"
@@ -314,9 +309,9 @@ def test_release_frees_only_the_owners_lease(store: StateStore) -> None:
     claimed(store, owner="b")
 
 
-def test_schema_version_is_recorded(store: SqliteStateStore) -> None:
+def test_schema_version_is_recorded(sqlite_store: SqliteStateStore) -> None:
     """A future tokend can tell which schema this store has."""
-    with sqlite3.connect(store.path) as raw:
+    with sqlite3.connect(sqlite_store.path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
 
 
@@ -365,8 +360,9 @@ def test_save_tokens_commits_all_together(store: StateStore) -> None:
     assert stored == {name: make_token(i) for i, name in enumerate(names)}, "tokens differ"
 
 
-def test_save_tokens_is_all_or_nothing(store: SqliteStateStore) -> None:
+def test_save_tokens_is_all_or_nothing(sqlite_store: SqliteStateStore) -> None:
     """If one token of a batch cannot be written, none is, and no secret leaks in the error."""
+    store = sqlite_store
     with sqlite3.connect(store.path) as raw:
         raw.execute("CREATE TRIGGER fail BEFORE INSERT ON tokens WHEN NEW.user = 'bob' "
                     "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
@@ -378,9 +374,9 @@ def test_save_tokens_is_all_or_nothing(store: SqliteStateStore) -> None:
     assert "disk trouble" in message
 
 
-def test_closed_store_raises_state_error(state_dir: Path) -> None:
+def test_closed_store_raises_state_error(open_store: OpenStore) -> None:
     """Using a store after close fails with tokend's own error."""
-    closed = SqliteStateStore(state_dir)
+    closed = open_store()
     closed.close()
     with pytest.raises(StateError):
         closed.save_token(NAME, make_token(), now=NOW)
@@ -461,9 +457,9 @@ def test_a_problem_of_an_unauthorized_token_changes_nothing(store: StateStore) -
     assert store.get(NAME) is None
 
 
-def test_a_dead_holder_no_longer_blocks_a_claim(state_dir: Path) -> None:
+def test_a_dead_holder_no_longer_blocks_a_claim(open_store: OpenStore) -> None:
     """A SIGKILLed daemon's lease is taken over at once when its death is known."""
-    first, second = SqliteStateStore(state_dir), SqliteStateStore(state_dir)
+    first, second = open_store(), open_store()
     asked: list[str] = []
 
     def dead(owner: str) -> bool:
@@ -482,8 +478,9 @@ def test_a_dead_holder_no_longer_blocks_a_claim(state_dir: Path) -> None:
         second.close()
 
 
-def test_leases_leave_the_store_fully_durable(store: SqliteStateStore) -> None:
+def test_leases_leave_the_store_fully_durable(sqlite_store: SqliteStateStore) -> None:
     """Claims skip the fsync, but token commits after them are synchronous=FULL again."""
+    store = sqlite_store
     claim = claimed(store, owner="me", lease=5.0)
     assert store.set_output_problem(claim.lease, error=None) is Written.DONE
     assert store.release(claim.lease) is Written.DONE
@@ -632,10 +629,10 @@ def test_a_wall_clock_jump_moves_no_lease(
     assert store.release(claim.lease) is Written.DONE
 
 
-def test_two_connections_agree_on_leases_and_epochs(state_dir: Path, clock: LeaseClock) -> None:
-    """Two store objects on one file see one lease table: the same holder, the same epochs."""
-    first = SqliteStateStore(state_dir, lease_clock=clock, clock_id=BOOT)
-    second = SqliteStateStore(state_dir, lease_clock=clock, clock_id=BOOT)
+def test_two_connections_agree_on_leases_and_epochs(open_store: OpenStore,
+                                                   clock: LeaseClock) -> None:
+    """Two store objects on one store see one lease table: the same holder, the same epochs."""
+    first, second = open_store(clock=clock), open_store(clock=clock)
     try:
         first.save_token(NAME, make_token(), now=NOW)
         held = claimed(first, owner="a")
@@ -992,16 +989,18 @@ def test_tokend_token_reads_a_migrated_store(v1_store: Path) -> None:
 # --- which files hold a token, and whether it is still configured ------------------------------
 
 
-def test_the_files_a_token_was_written_to_are_remembered_across_a_reopen(state_dir: Path) -> None:
+def test_the_files_a_token_was_written_to_are_remembered_across_a_reopen(
+    open_store: OpenStore,
+) -> None:
     """The publish path's record of files and of leaving the config survives a restart."""
-    store = SqliteStateStore(state_dir)
+    store = open_store()
     store.save_token(NAME, make_token(), now=NOW)
     claim = claimed(store)
     marks = [PublishedFiles(claim.lease, ("/run/a.env", "/run/a.token"), NOW + 5)]
     assert store.record_published(marks) == [Written.DONE]
     generation = claim.generation
     store.close()
-    reopened = SqliteStateStore(state_dir)
+    reopened = open_store()
     try:
         record = reopened.get(NAME)
     finally:
@@ -1036,9 +1035,10 @@ def test_tokend_token_reads_a_version_2_store_not_yet_migrated(v1_store: Path) -
     assert token == v1_token(V1_OK.user).access_token
 
 
-def test_tokend_token_refuses_a_token_removed_from_the_config(store: StateStore,
+def test_tokend_token_refuses_a_token_removed_from_the_config(sqlite_store: SqliteStateStore,
                                                                state_dir: Path) -> None:
     """Nobody refreshes an unconfigured token, so it is not handed out."""
+    store = sqlite_store
     store.save_token(NAME, make_token(), now=NOW)
     claim = claimed(store)
     store.record_published([PublishedFiles(claim.lease, (), NOW + 1)])

@@ -1,0 +1,318 @@
+"""The shared state store: one PostgreSQL database for the daemons of several hosts.
+
+The same contract as the SQLite store (generations, fenced leases, DESIGN §2a), with
+leases on the database's clock so hosts whose clocks disagree still agree on who holds
+a token. Every token write sends, in its own transaction, a ``NOTIFY`` with the token's
+name and generation, so the daemons of the other hosts publish it too.
+
+Every call has a deadline, so a black-holed connection cannot hang the daemon: libpq's
+``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` bound the network, the
+server's ``statement_timeout`` bounds the work, the pool's timeout bounds the wait for a
+connection. Their sum stays within the SQLite store's ``BUSY_TIMEOUT``, the part of a
+lease the refresher keeps for the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from tokend.errors import StateError
+from tokend.model import Token, TokenName
+from tokend.store import postgres_schema as sql
+from tokend.store.interface import (
+    Claim,
+    Lease,
+    PublishedFiles,
+    StateStore,
+    TokenRecord,
+    TokenState,
+    Written,
+    nobody_is_dead,
+)
+from tokend.store.sqlite_schema import outputs_value, record
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long each part of a store call may take, in seconds."""
+
+    connect: float = 3.0
+    """libpq's ``connect_timeout`` (it rounds up to whole seconds, at least 2)."""
+    pool: float = 3.0
+    """The wait for a free, working connection from the pool."""
+    statement: float = 4.0
+    """The server's ``statement_timeout``; the socket's ``tcp_user_timeout`` matches it."""
+    keepalive_idle: int = 2
+    keepalive_interval: int = 1
+    keepalive_count: int = 2
+
+    @property
+    def call(self) -> float:
+        """The longest one store call can take before it fails."""
+        return self.pool + self.statement
+
+    def connection_options(self) -> dict[str, Any]:
+        return {
+            "connect_timeout": max(2, round(self.connect)),
+            "keepalives": 1,
+            "keepalives_idle": self.keepalive_idle,
+            "keepalives_interval": self.keepalive_interval,
+            "keepalives_count": self.keepalive_count,
+            "tcp_user_timeout": round(self.statement * 1000),
+            "options": f"-c statement_timeout={round(self.statement * 1000)}",
+            "application_name": "tokend",
+        }
+
+
+class PostgresStateStore(StateStore):
+    """Tokens and leases in a PostgreSQL database shared by every host's daemon.
+
+    ``conninfo`` is a libpq URL or key/value string without the password, which comes
+    apart (``store_password_file`` …) and never shows in an error. ``lease_clock``
+    replaces the database's ``now()`` (seconds since the epoch) for tests that let a lease
+    run out at once; production leaves it ``None``.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        password: str | None = None,
+        deadlines: Deadlines = Deadlines(),
+        lease_clock: Callable[[], float] | None = None,
+        max_connections: int = 4,
+    ) -> None:
+        self._password = password
+        self._lease_clock = lease_clock
+        self._deadlines = deadlines
+        options = deadlines.connection_options()
+        if password is not None:
+            options["password"] = password
+        try:
+            self.where = _describe(conninfo)
+            self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
+                psycopg_pool.ConnectionPool(
+                    conninfo, kwargs=options, min_size=1, max_size=max_connections,
+                    open=False, timeout=deadlines.pool, name="tokend",
+                    check=psycopg_pool.ConnectionPool.check_connection,
+                    reconnect_timeout=365 * 86400.0))
+        except psycopg.Error as exc:
+            raise StateError(f"state store: bad connection string: {self._clean(exc)}") from None
+        self._pool.open(wait=False)
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _clean(self, exc: BaseException) -> str:
+        """``exc``'s message without the password, whatever libpq chose to quote."""
+        text = str(exc).strip() or type(exc).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection; any failure is a :class:`StateError`."""
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            raise StateError(f"state store {self.where}: cannot {what}: "
+                             f"{self._clean(exc)}") from None
+
+    def _migrate(self) -> None:
+        """Bring the schema up to date under an advisory lock: daemons starting at once
+        migrate once, the others wait and find it done."""
+        with self._transaction("open") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.MIGRATION_LOCK,))
+            conn.execute(sql.VERSION_TABLE)
+            row = conn.execute(sql.VERSION).fetchone()
+            version = 0 if row is None or row[0] is None else int(row[0])
+            if version > sql.SCHEMA_VERSION:
+                raise StateError(
+                    f"state store {self.where} has schema version {version}, written by a "
+                    f"newer tokend; this one knows up to {sql.SCHEMA_VERSION}")
+            for statements in sql.MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+            if version < sql.SCHEMA_VERSION:
+                conn.execute(sql.SET_VERSION, (sql.SCHEMA_VERSION,))
+
+    def _at(self) -> dict[str, Any]:
+        if self._lease_clock is None:
+            return {"at": None}
+        return {"at": datetime.fromtimestamp(self._lease_clock(), UTC)}
+
+    def get(self, name: TokenName) -> TokenRecord | None:
+        with self._transaction("read") as conn:
+            row = conn.execute(sql.GET, sql.key(name)).fetchone()
+        return record(row) if row is not None else None
+
+    def all(self) -> list[TokenRecord]:
+        with self._transaction("read") as conn:
+            return [record(row) for row in conn.execute(sql.ALL)]
+
+    def ping(self) -> None:
+        with self._transaction("read") as conn:
+            conn.execute("SELECT 1")
+
+    def save_tokens(self, items: Sequence[tuple[TokenName, Token]], *, now: float) -> None:
+        if not items:
+            return
+        rows = [{**sql.key(name), **sql.token_values(token), "issued_at": now, "now": now}
+                for name, token in items]
+        with self._transaction("save tokens") as conn:
+            conn.cursor().executemany(sql.SAVE, rows)
+
+    def save_token(self, name: TokenName, token: Token, *, now: float) -> None:
+        self.save_tokens([(name, token)], now=now)
+
+    def commit(
+        self, name: TokenName, token: Token, *, generation: int, issued_at: float, now: float
+    ) -> Written:
+        # Whole seconds, rounded down, as the SQLite store keeps them.
+        params = {**sql.key(name), **sql.token_values(token), "issued_at": float(int(issued_at)),
+                  "now": now, "generation": generation}
+        with self._transaction("commit token") as conn:
+            row = conn.execute(sql.COMMIT, params).fetchone()
+            if row is None and generation == 0:
+                row = conn.execute(sql.INSERT_NEW, params).fetchone()
+            return Written.STALE if row is None else Written.DONE
+
+    def _live(self, conn: psycopg.Connection[Any], lease: Lease) -> bool:
+        params = {**sql.key(lease.name), "epoch": lease.epoch, "owner": lease.owner,
+                  **self._at()}
+        return conn.execute(sql.LEASE_LIVE, params).fetchone() is not None
+
+    def record_failure(
+        self,
+        lease: Lease,
+        *,
+        generation: int,
+        error: str,
+        state: TokenState,
+        now: float,
+        next_attempt_at: float | None,
+    ) -> Written:
+        params = {**sql.key(lease.name), "state": str(state), "now": now, "error": error,
+                  "next": next_attempt_at, "generation": generation}
+        with self._transaction("record failure") as conn:
+            if not self._live(conn, lease):
+                return Written.STALE
+            if conn.execute(sql.FAILURE, params).rowcount:
+                return Written.DONE
+            # No row is generation 0, as for commit: a token that failed before it was ever
+            # stored still shows in `tokend status`.
+            if generation == 0 and conn.execute(sql.FIRST_FAILURE, params).rowcount:
+                return Written.DONE
+            return Written.STALE
+
+    def set_output_problem(self, lease: Lease, *, error: str | None) -> Written:
+        with self._transaction("record output problem") as conn:
+            if not self._live(conn, lease):
+                return Written.STALE
+            conn.execute(sql.OUTPUT_PROBLEM, {**sql.key(lease.name), "error": error})
+            return Written.DONE
+
+    def record_published(self, marks: Sequence[PublishedFiles]) -> list[Written]:
+        if not marks:
+            return []
+        with self._transaction("record published files") as conn:
+            written = []
+            for mark in marks:
+                if not self._live(conn, mark.lease):
+                    written.append(Written.STALE)
+                    continue
+                conn.execute(sql.PUBLISHED, {**sql.key(mark.lease.name),
+                                             "outputs": outputs_value(mark.outputs),
+                                             "unconfigured": mark.unconfigured_at})
+                written.append(Written.DONE)
+            return written
+
+    def delete_token(self, lease: Lease, *, generation: int) -> Written:
+        with self._transaction("delete token") as conn:
+            if not self._live(conn, lease):
+                return Written.STALE
+            row = conn.execute(sql.DELETE, {**sql.key(lease.name),
+                                            "generation": generation}).fetchone()
+            return Written.STALE if row is None else Written.DONE
+
+    def claim(
+        self,
+        name: TokenName,
+        *,
+        owner: str,
+        lease: float,
+        holder_is_dead: Callable[[str], bool] = nobody_is_dead,
+    ) -> Claim | None:
+        claims = self.claim_many([name], owner=owner, lease=lease, holder_is_dead=holder_is_dead)
+        return claims[0] if claims else None
+
+    def claim_many(
+        self,
+        names: Sequence[TokenName],
+        *,
+        owner: str,
+        lease: float,
+        holder_is_dead: Callable[[str], bool] = nobody_is_dead,
+    ) -> list[Claim]:
+        claims: list[Claim] = []
+        if not names:
+            return claims
+        with self._transaction("claim lease") as conn:
+            for name in names:
+                epoch = self._take(conn, name, owner, lease, holder_is_dead)
+                if epoch is None:
+                    continue
+                row = conn.execute(sql.GET, sql.key(name)).fetchone()
+                claims.append(Claim(Lease(name, owner, epoch, lease),
+                                    record(row) if row is not None else None))
+        return claims
+
+    def _take(self, conn: psycopg.Connection[Any], name: TokenName, owner: str, lease: float,
+              holder_is_dead: Callable[[str], bool]) -> int | None:
+        """The new epoch of ``name``'s lease for ``owner``, or ``None`` while another holds it."""
+        params = {**sql.key(name), "owner": owner, "lease": lease, "dead_epoch": -1,
+                  **self._at()}
+        row = conn.execute(sql.CLAIM, params).fetchone()
+        if row is None:
+            held = conn.execute(sql.HOLDER, sql.key(name)).fetchone()
+            if held is None or not holder_is_dead(held[0]):
+                return None
+            # Proven dead at the epoch we saw: take it over only if nobody moved it since.
+            row = conn.execute(sql.CLAIM, {**params, "dead_epoch": held[1]}).fetchone()
+        return None if row is None else int(row[0])
+
+    def release(self, lease: Lease) -> Written:
+        with self._transaction("release lease") as conn:
+            released = conn.execute(sql.RELEASE, {**sql.key(lease.name), "epoch": lease.epoch,
+                                                  "owner": lease.owner}).rowcount
+            return Written.DONE if released else Written.STALE
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        with self._transaction("release leases") as conn:
+            for lease in leases:
+                conn.execute(sql.RELEASE, {**sql.key(lease.name), "epoch": lease.epoch,
+                                           "owner": lease.owner})
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _describe(conninfo: str) -> str:
+    """``user@host:port/db`` of ``conninfo``, for messages: never its password."""
+    parts = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user, host = parts.get("user", ""), parts.get("host", "localhost")
+    port, database = parts.get("port", "5432"), parts.get("dbname", "")
+    return f"postgresql://{user}{'@' if user else ''}{host}:{port}/{database}"
