@@ -8,14 +8,15 @@ name and generation, so the daemons of the other hosts publish it too.
 Every call has a deadline, so a black-holed connection cannot hang the daemon: libpq's
 ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` bound the network, the
 server's ``statement_timeout`` bounds the work, the pool's timeout bounds the wait for a
-connection. Their sum stays within the SQLite store's ``BUSY_TIMEOUT``, the part of a
-lease the refresher keeps for the commit.
+connection, and a watchdog (``postgres_deadline``) ends a call whose peer acknowledges
+but never answers. Their sum (:attr:`Deadlines.call`) stays within the SQLite store's
+``BUSY_TIMEOUT``, the part of a lease the refresher keeps for the commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,27 +37,34 @@ from tokend.store.interface import (
     Written,
     nobody_is_dead,
 )
+from tokend.store.postgres_deadline import Watchdog
 from tokend.store.sqlite_schema import outputs_value, record
+
+WATCHDOG_MARGIN = 0.5
+"""How much longer than ``statement_timeout`` the watchdog lets a call run: the server's
+own timeout, with its clear message, normally comes first."""
 
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
     """How long each part of a store call may take, in seconds."""
 
-    connect: float = 3.0
-    """libpq's ``connect_timeout`` (it rounds up to whole seconds, at least 2)."""
-    pool: float = 3.0
-    """The wait for a free, working connection from the pool."""
-    statement: float = 4.0
-    """The server's ``statement_timeout``; the socket's ``tcp_user_timeout`` matches it."""
+    connect: float = 2.0
+    """libpq's ``connect_timeout`` (whole seconds, at least 2): the pool's workers connect."""
+    pool: float = 2.0
+    """The wait for a free connection from the pool."""
+    statement: float = 3.0
+    """The server's ``statement_timeout``; the socket's ``tcp_user_timeout`` matches it, and
+    the watchdog ends the call a moment after it."""
     keepalive_idle: int = 2
     keepalive_interval: int = 1
     keepalive_count: int = 2
 
     @property
     def call(self) -> float:
-        """The longest one store call can take before it fails."""
-        return self.pool + self.statement
+        """The longest one store call can take before it fails: the wait for a connection,
+        the pool's check of it (begun at the last instant), then the statement."""
+        return self.pool + 2 * (self.statement + WATCHDOG_MARGIN)
 
     def connection_options(self) -> dict[str, Any]:
         return {
@@ -92,6 +100,8 @@ class PostgresStateStore(StateStore):
         self._password = password
         self._lease_clock = lease_clock
         self._deadlines = deadlines
+        self._watchdog = Watchdog()
+        self._connect_error: str | None = None
         options = deadlines.connection_options()
         if password is not None:
             options["password"] = password
@@ -100,8 +110,9 @@ class PostgresStateStore(StateStore):
             self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
                 psycopg_pool.ConnectionPool(
                     conninfo, kwargs=options, min_size=1, max_size=max_connections,
+                    connection_class=_remembering(self._remember),
                     open=False, timeout=deadlines.pool, name="tokend",
-                    check=psycopg_pool.ConnectionPool.check_connection,
+                    check=self._check,
                     reconnect_timeout=365 * 86400.0))
         except psycopg.Error as exc:
             raise StateError(f"state store: bad connection string: {self._clean(exc)}") from None
@@ -109,8 +120,11 @@ class PostgresStateStore(StateStore):
         try:
             self._migrate()
         except BaseException:
-            self._pool.close()
+            self.close()
             raise
+
+    def _remember(self, exc: psycopg.Error) -> None:
+        self._connect_error = self._clean(exc)
 
     def _clean(self, exc: BaseException) -> str:
         """``exc``'s message without the password, whatever libpq chose to quote."""
@@ -119,15 +133,26 @@ class PostgresStateStore(StateStore):
             text = text.replace(self._password, "***")
         return text
 
+    def _guard(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
+        return self._watchdog.guard(conn.fileno(),
+                                    self._deadlines.statement + WATCHDOG_MARGIN)
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check that a connection it hands out still works, bounded too."""
+        with self._guard(conn):
+            psycopg_pool.ConnectionPool.check_connection(conn)
+
     @contextmanager
     def _transaction(self, what: str) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection; any failure is a :class:`StateError`."""
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._pool.connection() as conn, self._guard(conn), conn.transaction():
                 yield conn
         except psycopg.Error as exc:
-            raise StateError(f"state store {self.where}: cannot {what}: "
-                             f"{self._clean(exc)}") from None
+            why = self._clean(exc)
+            if isinstance(exc, psycopg_pool.PoolTimeout) and self._connect_error is not None:
+                why = f"{why}; the last attempt: {self._connect_error}"
+            raise StateError(f"state store {self.where}: cannot {what}: {why}") from None
 
     def _migrate(self) -> None:
         """Bring the schema up to date under an advisory lock: daemons starting at once
@@ -308,6 +333,25 @@ class PostgresStateStore(StateStore):
 
     def close(self) -> None:
         self._pool.close()
+        self._watchdog.close()
+
+
+def _remembering(
+    remember: Callable[[psycopg.Error], None],
+) -> type[psycopg.Connection[Any]]:
+    """A connection class that hands each failed connect to ``remember``: the pool only says
+    it timed out, and an operator needs to read why (refused, wrong password …)."""
+
+    class Remembering(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Remembering:
+            try:
+                return super().connect(*args, **kwargs)
+            except psycopg.Error as exc:
+                remember(exc)
+                raise
+
+    return Remembering
 
 
 def _describe(conninfo: str) -> str:
