@@ -150,6 +150,15 @@ class MetricsSpec:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """The shared PostgreSQL store (``store:``): a libpq connection string that holds no
+    password (the config refuses one), and the password read from where the config says."""
+
+    conninfo: str
+    password: Secret | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole validated configuration file."""
@@ -161,6 +170,8 @@ class Config:
     concurrency: int = 8
     warnings: tuple[str, ...] = ()
     metrics: MetricsSpec | None = None
+    store: StoreSpec | None = None
+    """``None``: the embedded SQLite store in ``state_dir``."""
     reread: object = field(default=None, compare=False, repr=False)
     """What the loader keeps to re-read this file quickly after an edit (``load_config``'s
     ``previous``); opaque to everything else."""

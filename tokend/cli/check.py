@@ -36,7 +36,7 @@ import httpx
 from tokend.config.document import Document, KeyPath, format_key_path, read_document
 from tokend.engine.metrics import HOOKS
 from tokend.engine.schedule import MAX_REFRESH_FRACTION
-from tokend.errors import ConfigError, NetworkError, OAuthError
+from tokend.errors import ConfigError, NetworkError, OAuthError, StateError
 from tokend.factorial import Factorial
 from tokend.model import (
     OOB,
@@ -101,7 +101,7 @@ def check_config(
             if (problem := _output_problem(output)) is not None:
                 report.problems.append(f"{spec.name}: output {output.path}: {problem}")
     report.problems += _hook_problems(config)
-    stored = lifetimes()
+    stored = _stored_lifetimes(config, lifetimes, report)
     for app in config.applications.values():
         _check_urls(app, report)
         tokens = [spec for spec in config.tokens if spec.name.app == app.name]
@@ -110,6 +110,20 @@ def check_config(
                                    "refreshed for it; add some under tokens: or remove it")
         _check_rate(app, tokens, stored, report)
     return report
+
+
+def _stored_lifetimes(config: Config, lifetimes: Callable[[], Mapping[TokenName, int]],
+                      report: CheckReport) -> Mapping[TokenName, int]:
+    """``lifetimes()``; reading them is also the check that the shared store answers."""
+    try:
+        stored = lifetimes()
+    except StateError as exc:
+        report.problems.append(str(exc))
+        return {}
+    if config.store is not None:
+        report.notes.append(f"store {config.store.conninfo}: connected, schema up to date, "
+                            f"{len(stored)} token(s) stored")
+    return stored
 
 
 def _config_exposure(source: Path) -> list[str]:

@@ -111,11 +111,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def _with_store(args: argparse.Namespace, work: Callable[[Config, StateStore, SecretMasker], int]
                 ) -> int:
     """Set up logging, load the config, open the store, run ``work``, close the store."""
-    from tokend.store.sqlite import SqliteStateStore
+    from tokend.store.choose import open_store
 
     masker = _masker_and_logging(args)
     config = _load(args)
-    store = SqliteStateStore(config.state_dir)
+    store = open_store(config.state_dir, config.store)
     try:
         return work(config, store, masker)
     finally:
@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                        now=now)
     else:
         report = build_report(config, _specs(config, args.names),
-                              stored_records(config.state_dir), now=now)
+                              stored_records(config.state_dir, config.store), now=now)
     print(render_json(report) if args.json else render_text(report, now=now))
     return EXIT_OK if report.healthy else EXIT_FAILURE
 
@@ -237,7 +237,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     report = check_config(config, lifetimes=lambda: {
         r.name: r.token.expires_in
-        for r in stored_records(config.state_dir) if r.token is not None})
+        for r in stored_records(config.state_dir, config.store) if r.token is not None})
     if args.online:
         check_online(config, report)
     print(report.render())

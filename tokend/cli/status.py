@@ -37,11 +37,11 @@ from tokend.daemon.status_file import read_daemon_status
 from tokend.engine.attention import action
 from tokend.engine.schedule import due_at
 from tokend.errors import ConfigError
-from tokend.model import Config, TokenName, TokenSpec
+from tokend.model import Config, StoreSpec, TokenName, TokenSpec
 from tokend.store import DATABASE_NAME
+from tokend.store.choose import open_store
 from tokend.store.interface import UNCONFIGURED, StateFacts, TokenRecord, TokenState
 from tokend.store.lock import running_daemon_pid
-from tokend.store.sqlite import SqliteStateStore
 from tokend.timing import format_duration, format_utc
 
 
@@ -311,12 +311,12 @@ def _daemon_line(daemon: DaemonRow | None, now: float) -> str:
     return line
 
 
-def stored_records(state_dir: Path) -> list[TokenRecord]:
-    """Every record in the store, or none when no store exists yet (without creating one:
-    ``status`` and ``check`` only look)."""
-    if not (state_dir / DATABASE_NAME).exists():
+def stored_records(state_dir: Path, shared: StoreSpec | None = None) -> list[TokenRecord]:
+    """Every record in the store, or none when no SQLite store exists yet (without creating
+    one: ``status`` and ``check`` only look); ``shared``: the PostgreSQL store's."""
+    if shared is None and not (state_dir / DATABASE_NAME).exists():
         return []
-    store = SqliteStateStore(state_dir)
+    store = open_store(state_dir, shared)
     try:
         return store.all()
     finally:

@@ -32,6 +32,7 @@ from tokend.model import (
     OutputSpec,
     RetryPolicy,
     Secret,
+    StoreSpec,
     TokenName,
     TokenSpec,
     is_loopback,
@@ -41,8 +42,19 @@ from tokend.timing import format_duration
 DEFAULT_STATE_DIR = Path("/var/lib/tokend")
 ENV_SETTINGS = ("state_dir",)
 """Top-level scalars an environment variable ``TOKEND_<NAME>`` may override."""
-SECRET_KEYS = ("client_secret", "client_secret_file", "client_secret_env",
-               "client_secret_credential")
+
+
+def secret_keys(prefix: str) -> tuple[str, str, str, str]:
+    """The keys that may give the secret ``prefix`` names: inline, file, env, credential."""
+    return (prefix, f"{prefix}_file", f"{prefix}_env", f"{prefix}_credential")
+
+
+def given_keys(holder: Any, prefix: str) -> list[str]:
+    """Which of :func:`secret_keys` ``holder`` sets."""
+    return [key for key in secret_keys(prefix) if getattr(holder, key, None) is not None]
+
+
+SECRET_KEYS = secret_keys("client_secret")
 _TUNING = ("refresh_at", "timeout", "refresh_token_lifetime", "hook_timeout")
 Inherited = tuple[RetryPolicy, dict[str, Any]]
 """What every token of an application inherits: its retry policy and tuning."""
@@ -161,40 +173,59 @@ class Builder:
         return found
 
     def _secret(self, app: Application, where: KeyPath) -> Secret:
-        given = [key for key in SECRET_KEYS if getattr(app, key) is not None]
-        if len(given) != 1:
-            # In file order, so the first one written is kept; positions cost a second parse.
-            given.sort(key=lambda key: self._report.mark((*where, key), key=True) or (0, 0))
-            if not given:
-                self._report.add(where, "needs a client secret: set one of "
-                                 + ", ".join(SECRET_KEYS), key=True)
-            for extra in given[1:]:
-                self._report.add((*where, extra), f"conflicts with {given[0]}: give the client "
-                                 "secret in exactly one way", key=True)
-            return Secret("")
-        key = given[0]
-        if app.client_secret is not None:
+        if app.client_secret is not None and len(given_keys(app, "client_secret")) == 1:
             warning = (f"{self._report.source}: holds an inline client_secret and is readable by "
                        "other users; chmod 600 it or use client_secret_file")
             if self._report.mode & 0o004 and warning not in self.warnings:
                 self.warnings.append(warning)
             return Secret(app.client_secret.get_secret_value())
-        if app.client_secret_env is not None:
-            value = self._environ.get(app.client_secret_env)
-            if not value:
-                state = "is not set" if value is None else "is empty"
-                self._report.add((*where, key), f"environment variable "
-                                 f"{app.client_secret_env} {state}")
-            return Secret(value or "")
-        if app.client_secret_file is not None:
-            file = self._path.absolute().parent / app.client_secret_file
+        found = self.secret(app, "client_secret", where, noun="client secret", required=True)
+        return found or Secret("")
+
+    def store(self, settings: Settings) -> StoreSpec | None:
+        """The shared store, its password read like a client secret (one way at most: a
+        server may trust the host, or libpq may find a ``.pgpass``)."""
+        if settings.store is None:
+            for key in given_keys(settings, "store_password"):
+                self._report.add((key,), "only applies with store: (the shared PostgreSQL "
+                                 "store)", key=True)
+            return None
+        password = self.secret(settings, "store_password", (), noun="store password",
+                               required=False)
+        return StoreSpec(conninfo=settings.store, password=password)
+
+    def secret(self, holder: Any, prefix: str, where: KeyPath, *, noun: str,
+               required: bool) -> Secret | None:
+        """The secret ``holder`` gives by one of ``PREFIX_file``, ``_env``, ``_credential``
+        (``None`` when it gives none and none is ``required``); each problem is reported."""
+        given = given_keys(holder, prefix)
+        if len(given) != 1:
+            # In file order, so the first one written is kept; positions cost a second parse.
+            given.sort(key=lambda key: self._report.mark((*where, key), key=True) or (0, 0))
+            if not given and required:
+                self._report.add(where, f"needs a {noun}: set one of "
+                                 + ", ".join(secret_keys(prefix)), key=True)
+            for extra in given[1:]:
+                self._report.add((*where, extra), f"conflicts with {given[0]}: give the {noun} "
+                                 "in exactly one way", key=True)
+            return Secret("") if given or required else None
+        key = given[0]
+        value = getattr(holder, key)
+        if key.endswith("_env"):
+            variable = self._environ.get(value)
+            if not variable:
+                state = "is not set" if variable is None else "is empty"
+                self._report.add((*where, key), f"environment variable {value} {state}")
+            return Secret(variable or "")
+        if key.endswith("_file"):
+            file = self._path.absolute().parent / value
         else:
             directory = self._environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
                 self._report.add((*where, key), "needs $CREDENTIALS_DIRECTORY, which systemd "
                                  "sets for LoadCredential=; it is not set")
                 return Secret("")
-            file = Path(directory) / str(app.client_secret_credential)
+            file = Path(directory) / str(value)
         return Secret(self._read_secret(file, (*where, key)))
 
     def _read_secret(self, file: Path, where: KeyPath) -> str:

@@ -125,7 +125,7 @@ def _load(path: Path, text: str, mode: int, env: Mapping[str, str]) -> Config:
     config = Config(source=path, state_dir=builder.state_dir(settings, overrides),
                     applications=applications, tokens=tuple(tokens),
                     warnings=tuple(builder.warnings), metrics=builder.metrics(settings),
-                    **concurrency)
+                    store=builder.store(settings), **concurrency)
     problems.check()
     return replace(config, reread=Reread.of(config, document, settings, overrides=overrides,
                                             offsets=offsets, builder=builder))

@@ -159,6 +159,7 @@ class _Reload:
                         applications=applications, tokens=items.tokens,
                         warnings=tuple(builder.warnings),
                         metrics=previous.metrics if previous.metrics == metrics else metrics,
+                        store=builder.store(settings),
                         **({} if concurrency is None else {"concurrency": concurrency}))
         return replace(config, reread=Reread(
             self._text, settings, memo.overrides, items.lists, items.offsets, self._ids,

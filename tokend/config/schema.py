@@ -26,6 +26,7 @@ from pydantic import (
     SecretStr,
 )
 
+from tokend.config.store import check_store
 from tokend.model import OOB, SCOPES, OutputFormat
 from tokend.timing import parse_duration, parse_rate
 
@@ -251,6 +252,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     state_dir: NonEmpty | None = None
+    store: Annotated[str, AfterValidator(check_store)] | None = None
+    store_password_file: NonEmpty | None = None
+    store_password_env: EnvName | None = None
+    store_password_credential: Annotated[str, AfterValidator(_credential)] | None = None
     defaults: Annotated[Pooled, BeforeValidator(_empty_mapping)] = Field(default_factory=Pooled)
     applications: Annotated[dict[AppName, Application], BeforeValidator(_empty_mapping)] = Field(
         default_factory=dict)
