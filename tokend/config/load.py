@@ -42,22 +42,15 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from tokend.config.build import DEFAULT_STATE_DIR, Builder, environment_overrides
+from tokend.config.build import Builder, environment_overrides
 from tokend.config.document import Problems, parse_document, read_text
 from tokend.config.hints import APPLICATION_SETTING, settings_as_applications, unknown_key
+from tokend.config.quick import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, default_config_path
 from tokend.config.reader import KeyPath
 from tokend.config.reread import Reread, reread, reuse
 from tokend.config.schema import Settings
 from tokend.errors import ConfigError
 from tokend.model import ApplicationSpec, Config, TokenSpec
-
-DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")
-
-
-def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml``."""
-    env = os.environ if environ is None else environ
-    return Path(env["TOKEND_CONFIG"]) if env.get("TOKEND_CONFIG") else DEFAULT_CONFIG_PATH
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None,

@@ -20,7 +20,7 @@ from pathlib import Path
 from tokend.config.reader import NOT_TEXT, UNSURE, read_yaml, top_level_scalar
 from tokend.errors import ConfigError
 
-# Mirror tokend.config.load's constants; importing that module would import pydantic.
+# Here, not in tokend.config.load, which imports pydantic: both loaders read them from here.
 DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/tokend")
 
@@ -44,11 +44,21 @@ def quick_state_dir(path: Path, *, environ: Mapping[str, str] | None = None) -> 
                 value = _state_dir_of(file.read(), path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if value is not None and (not isinstance(value, str) or not value.strip() or "\0" in value):
+        raise ConfigError(f"{path}: state_dir must be a non-empty string; run `tokend check`")
+    return state_dir_of(path, value, env)
+
+
+def state_dir_of(path: Path, value: str | None, environ: Mapping[str, str]) -> Path:
+    """The state directory of the config at ``path`` whose ``state_dir`` is ``value``.
+
+    Relative to the file's folder; without one, the first entry of systemd's
+    ``$STATE_DIRECTORY``, else ``/var/lib/tokend``. (``$TOKEND_STATE_DIR`` wins over
+    all of these; each loader reads it first, the quick one before it opens the file.)
+    """
     if value is not None:
-        if not isinstance(value, str) or not value.strip() or "\0" in value:
-            raise ConfigError(f"{path}: state_dir must be a non-empty string; run `tokend check`")
         return path.absolute().parent / value
-    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(systemd).absolute() if systemd else DEFAULT_STATE_DIR
 
 
@@ -65,7 +75,7 @@ def _state_dir_of(raw: bytes, path: Path) -> object:
     return NOT_TEXT if isinstance(value, dict | list) else value
 
 
-def quick_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml`` (as ``default_config_path``)."""
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml``."""
     env = os.environ if environ is None else environ
     return Path(env["TOKEND_CONFIG"]) if env.get("TOKEND_CONFIG") else DEFAULT_CONFIG_PATH
