@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
 from tokend.model import OOB
-from tokend.sandbox.model import Refusal, Reply, error_reply
+from tokend.sandbox.replies import Refusal, Reply, error_reply
 from tokend.sandbox.traffic import Fault
 from tokend.timing import format_duration
 

@@ -4,8 +4,8 @@ It behaves like Doorkeeper as Factorial configures it: single-use codes that
 return the same token when exchanged twice, refresh-token rotation where the
 old refresh token survives until the new access token is first used, and
 expiring refresh tokens. Rate limit, faults and statistics live in
-``traffic.py``. The model is not thread-safe on purpose: ``__init__.py``
-holds one lock around every call.
+``traffic.py``, the shape of an answer in ``replies.py``. The model is not
+thread-safe on purpose: ``__init__.py`` holds one lock around every call.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokend.model import OOB
+from tokend.sandbox.replies import Refusal, Reply, error_reply, refuse
 from tokend.timing import Clock
 
 CODE_LIFETIME = 600.0
@@ -27,47 +28,11 @@ _SCOPES = {frozenset({"read"}): "read", frozenset({"write"}): "write"}
 _SCOPES[frozenset({"read", "write"})] = "read write"
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One JSON answer: the HTTP layer only serializes it."""
-
-    status: int
-    body: Mapping[str, Any]
-    headers: tuple[tuple[str, str], ...] = ()
-    # Seconds to wait before answering, and whether to close instead of answering:
-    # the server did its work, but the client hears late or never.
-    delay: float = 0.0
-    dropped: bool = False
-
-
-def error_reply(
-    status: int, error: str, description: str, headers: tuple[tuple[str, str], ...] = ()
-) -> Reply:
-    """A Doorkeeper-style error body: ``{"error": code, "error_description": text}``."""
-    return Reply(status, {"error": error, "error_description": description}, headers)
-
-
-class Refusal(ValueError):
-    """A request the server refuses; ``reply`` is what it answers over HTTP.
-
-    A ``ValueError`` so that callers of the Python API get the usual error for
-    a bad argument, with the OAuth error code in the message.
-    """
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        super().__init__(f"{reply.body['error']}: {reply.body['error_description']}")
-
-
-def _refuse(status: int, error: str, description: str) -> Refusal:
-    return Refusal(error_reply(status, error, description))
-
-
 def normalize_scope(scope: str) -> str:
     """``read``, ``write`` or ``read write``; clients send ``read+write``, form-decoded or not."""
     canonical = _SCOPES.get(frozenset(scope.replace("+", " ").split()))
     if canonical is None:
-        raise _refuse(
+        raise refuse(
             400, "invalid_scope", "The requested scope is invalid, unknown, or malformed."
         )
     return canonical
@@ -143,17 +108,17 @@ class SandboxModel:
     ) -> str:
         """Auto-approve an authorization request and return its code (or raise ``Refusal``)."""
         if not client_id:
-            raise _refuse(400, "invalid_request", "The request is missing client_id.")
+            raise refuse(400, "invalid_request", "The request is missing client_id.")
         if client_id not in self._clients:
-            raise _refuse(400, "invalid_client", "Client authentication failed: unknown client.")
+            raise refuse(400, "invalid_client", "Client authentication failed: unknown client.")
         if response_type != "code":
-            raise _refuse(
+            raise refuse(
                 400, "unsupported_response_type", "The authorization server does not support "
                 "this response type.",
             )
         parts = urlsplit(redirect_uri)
         if redirect_uri != OOB and not (parts.scheme in ("http", "https") and parts.netloc):
-            raise _refuse(400, "invalid_request", "The redirect_uri is not a valid URI.")
+            raise refuse(400, "invalid_request", "The redirect_uri is not a valid URI.")
         code = secrets.token_urlsafe(32)
         self._codes[code] = _Code(
             client_id, redirect_uri, normalize_scope(scope), user or "demo", self._clock.now()
@@ -165,9 +130,9 @@ class SandboxModel:
         try:
             grant = form.get("grant_type", "")
             if not grant:
-                raise _refuse(400, "invalid_request", "The request is missing grant_type.")
+                raise refuse(400, "invalid_request", "The request is missing grant_type.")
             if grant not in GRANTS:
-                raise _refuse(
+                raise refuse(
                     400, "unsupported_grant_type", "The authorization grant type is not supported "
                     "by the authorization server.",
                 )
@@ -186,7 +151,7 @@ class SandboxModel:
             client_id = self._authenticate(form, basic)
             token = form.get("token", "")
             if not token:
-                raise _refuse(400, "invalid_request", "The request is missing token.")
+                raise refuse(400, "invalid_request", "The request is missing token.")
         except Refusal as refusal:
             return refusal.reply
         pair = self._pairs.get(self._by_access.get(token, token))
@@ -212,7 +177,7 @@ class SandboxModel:
     def issue(self, *, client_id: str, user: str, scope: str) -> dict[str, Any]:
         """A token pair as an authorization-code exchange would give it, without the HTTP."""
         if client_id not in self._clients:
-            raise _refuse(400, "invalid_client", "Client authentication failed: unknown client.")
+            raise refuse(400, "invalid_client", "Client authentication failed: unknown client.")
         return self._token_body(self._issue(client_id, user, normalize_scope(scope), parent=None))
 
     def issued_secrets(self) -> list[str]:
@@ -253,7 +218,7 @@ class SandboxModel:
         client_id, secret = basic or (form.get("client_id", ""), form.get("client_secret", ""))
         known = self._clients.get(client_id)
         if known is None or not hmac.compare_digest(known.encode(), secret.encode()):
-            raise _refuse(
+            raise refuse(
                 401, "invalid_client", "Client authentication failed due to unknown client, "
                 "no client authentication included, or unsupported authentication method.",
             )
@@ -262,7 +227,7 @@ class SandboxModel:
     def _exchange(self, client_id: str, form: Mapping[str, str]) -> _Pair:
         code, redirect_uri = form.get("code", ""), form.get("redirect_uri", "")
         if not code or not redirect_uri:
-            raise _refuse(400, "invalid_request", "The request is missing code or redirect_uri.")
+            raise refuse(400, "invalid_request", "The request is missing code or redirect_uri.")
         entry = self._codes.get(code)
         if entry is None or entry.client_id != client_id:
             raise self._invalid_grant()
@@ -282,7 +247,7 @@ class SandboxModel:
     def _refresh(self, client_id: str, form: Mapping[str, str]) -> _Pair:
         refresh_token = form.get("refresh_token", "")
         if not refresh_token:
-            raise _refuse(400, "invalid_request", "The request is missing refresh_token.")
+            raise refuse(400, "invalid_request", "The request is missing refresh_token.")
         pair = self._pairs.get(refresh_token)
         if pair is None or pair.client_id != client_id:
             raise self._invalid_grant()
@@ -330,7 +295,7 @@ class SandboxModel:
 
     @staticmethod
     def _invalid_grant() -> Refusal:
-        return _refuse(
+        return refuse(
             400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
             "does not match the redirection URI used in the authorization request, or was "
             "issued to another client.",

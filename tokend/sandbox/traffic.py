@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from tokend.sandbox.model import GRANTS, Reply, error_reply
+from tokend.sandbox.model import GRANTS
+from tokend.sandbox.replies import Reply, error_reply
 from tokend.timing import Clock
 
 FAULT_KINDS = (
