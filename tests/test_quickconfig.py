@@ -149,7 +149,8 @@ def test_tokend_token_does_not_import_httpx_pydantic_or_structlog(tmp_path: Path
         import json, sys
         from tokend.cli.main import main
         status = main(["--config", {str(config)!r}, "token", "payroll/bob/read"])
-        heavy = sorted(m for m in ("httpx", "pydantic", "structlog") if m in sys.modules)
+        heavy = sorted(m for m in ("httpx", "pydantic", "structlog", "psycopg")
+                       if m in sys.modules)
         print(json.dumps({{"status": status, "heavy": heavy}}), file=sys.stderr)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

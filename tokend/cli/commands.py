@@ -191,12 +191,37 @@ def cmd_token(args: argparse.Namespace) -> int:
     """Print the current access token; exit 1 when there is no valid one."""
     import time
 
-    from tokend.config.quick import quick_state_dir
+    from tokend.config.quick import names_a_shared_store, quick_state_dir
     from tokend.store.sqlite_schema import current_access_token
 
-    state_dir = quick_state_dir(_config_path(args))
+    path = _config_path(args)
+    if names_a_shared_store(path):
+        print(_shared_access_token(path, args.name, now=time.time()))
+        return EXIT_OK
+    state_dir = quick_state_dir(path)
     print(current_access_token(state_dir, args.name, now=time.time()))
     return EXIT_OK
+
+
+def _shared_access_token(path: Path, name: str, *, now: float) -> str:
+    """``tokend token`` on the shared store: the whole config is loaded (for the password),
+    and psycopg imported, only here."""
+    from tokend.config.load import load_config
+    from tokend.model import resolve_token
+    from tokend.store.choose import open_store
+    from tokend.store.sqlite_schema import NoValidTokenError, usable_access_token
+
+    config = load_config(path)
+    spec = resolve_token(config, name)
+    store = open_store(config.state_dir, config.store)
+    try:
+        record = store.get(spec.name)
+    finally:
+        store.close()
+    if record is None:
+        raise NoValidTokenError(f"{spec.name} is not authorized; run `tokend authorize "
+                                f"{spec.name}`")
+    return usable_access_token(record, now=now)
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ which validates the whole file: a mistake after ``state_dir`` does not stop
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,22 @@ def _state_dir_of(raw: bytes, path: Path) -> object:
         raise ConfigError(f"{path}: the file must be a mapping; run `tokend check`")
     value: object = found.data.get("state_dir", None)
     return NOT_TEXT if isinstance(value, dict | list) else value
+
+
+def names_a_shared_store(path: Path) -> bool:
+    """Whether the config at ``path`` may have a top-level ``store:`` (a PostgreSQL store).
+
+    A byte search, not a parse: ``tokend token`` on the SQLite store must not pay for
+    scanning a large file for a key it does not have. A ``store:`` line that is not the
+    top-level key (inside a block scalar) only costs the full load it then triggers.
+    """
+    try:
+        return _STORE_KEY.search(path.read_bytes()) is not None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+_STORE_KEY = re.compile(rb"^store[ \t]*:", re.MULTILINE)
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -192,7 +192,12 @@ def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
     from the config is not: nobody refreshes it, so a consumer must not start
     depending on it.
     """
-    found = _find(state_dir / DATABASE_NAME, text)
+    return usable_access_token(_find(state_dir / DATABASE_NAME, text), now=now)
+
+
+def usable_access_token(found: TokenRecord, *, now: float) -> str:
+    """``found``'s access token if a consumer may use it now (the rule of
+    :func:`current_access_token`, for the SQLite file and the shared store alike)."""
     expires_at = found.expires_at
     if found.token is None or expires_at is None:
         raise NoValidTokenError(
