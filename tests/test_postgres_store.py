@@ -17,7 +17,8 @@ from tests.tcp_proxy import TcpProxy
 from tests.test_state import NAME, NOW, make_token
 from tokend.errors import StateError
 from tokend.store.interface import TokenRecord
-from tokend.store.postgres import Deadlines, PostgresStateStore
+from tokend.store.postgres import PostgresStateStore
+from tokend.store.postgres_connection import Deadlines
 from tokend.store.postgres_schema import CHANNEL, SCHEMA_VERSION
 from tokend.store.sqlite import BUSY_TIMEOUT
 

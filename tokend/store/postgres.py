@@ -2,13 +2,13 @@
 
 The same contract as the SQLite store (generations, fenced leases, DESIGN §2a), with
 leases on the database's clock so hosts whose clocks disagree still agree on who holds
-a token. Every token write sends, in its own transaction, a ``NOTIFY`` with the token's
-name and generation, so the daemons of the other hosts publish it too.
+a token. Every token write carries, in the same statement, a ``NOTIFY`` with the token's
+name and generation (never a secret), so the daemons of the other hosts publish it too.
 
 Every call has a deadline, so a black-holed connection cannot hang the daemon: libpq's
 ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` bound the network, the
 server's ``statement_timeout`` bounds the work, the pool's timeout bounds the wait for a
-connection, and a watchdog (``postgres_deadline``) ends a call whose peer acknowledges
+connection, and a watchdog (``postgres_connection``) ends a call whose peer acknowledges
 but never answers. Their sum (:attr:`Deadlines.call`) stays within the SQLite store's
 ``BUSY_TIMEOUT``, the part of a lease the refresher keeps for the commit.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,46 +36,15 @@ from tokend.store.interface import (
     Written,
     nobody_is_dead,
 )
-from tokend.store.postgres_deadline import Watchdog
+from tokend.store.postgres_connection import (
+    DEADLINES,
+    WATCHDOG_MARGIN,
+    Deadlines,
+    Watchdog,
+    describe,
+    remembering,
+)
 from tokend.store.sqlite_schema import outputs_value, record
-
-WATCHDOG_MARGIN = 0.5
-"""How much longer than ``statement_timeout`` the watchdog lets a call run: the server's
-own timeout, with its clear message, normally comes first."""
-
-
-@dataclass(frozen=True, slots=True)
-class Deadlines:
-    """How long each part of a store call may take, in seconds."""
-
-    connect: float = 2.0
-    """libpq's ``connect_timeout`` (whole seconds, at least 2): the pool's workers connect."""
-    pool: float = 2.0
-    """The wait for a free connection from the pool."""
-    statement: float = 3.0
-    """The server's ``statement_timeout``; the socket's ``tcp_user_timeout`` matches it, and
-    the watchdog ends the call a moment after it."""
-    keepalive_idle: int = 2
-    keepalive_interval: int = 1
-    keepalive_count: int = 2
-
-    @property
-    def call(self) -> float:
-        """The longest one store call can take before it fails: the wait for a connection,
-        the pool's check of it (begun at the last instant), then the statement."""
-        return self.pool + 2 * (self.statement + WATCHDOG_MARGIN)
-
-    def connection_options(self) -> dict[str, Any]:
-        return {
-            "connect_timeout": max(2, round(self.connect)),
-            "keepalives": 1,
-            "keepalives_idle": self.keepalive_idle,
-            "keepalives_interval": self.keepalive_interval,
-            "keepalives_count": self.keepalive_count,
-            "tcp_user_timeout": round(self.statement * 1000),
-            "options": f"-c statement_timeout={round(self.statement * 1000)}",
-            "application_name": "tokend",
-        }
 
 
 class PostgresStateStore(StateStore):
@@ -93,7 +61,7 @@ class PostgresStateStore(StateStore):
         conninfo: str,
         *,
         password: str | None = None,
-        deadlines: Deadlines = Deadlines(),
+        deadlines: Deadlines = DEADLINES,
         lease_clock: Callable[[], float] | None = None,
         max_connections: int = 4,
     ) -> None:
@@ -106,11 +74,11 @@ class PostgresStateStore(StateStore):
         if password is not None:
             options["password"] = password
         try:
-            self.where = _describe(conninfo)
+            self.where = describe(conninfo)
             self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
                 psycopg_pool.ConnectionPool(
                     conninfo, kwargs=options, min_size=1, max_size=max_connections,
-                    connection_class=_remembering(self._remember),
+                    connection_class=remembering(self._remember),
                     open=False, timeout=deadlines.pool, name="tokend",
                     check=self._check,
                     reconnect_timeout=365 * 86400.0))
@@ -327,36 +295,11 @@ class PostgresStateStore(StateStore):
         if not leases:
             return
         with self._transaction("release leases") as conn:
-            for lease in leases:
-                conn.execute(sql.RELEASE, {**sql.key(lease.name), "epoch": lease.epoch,
-                                           "owner": lease.owner})
+            conn.cursor().executemany(sql.RELEASE, [
+                {**sql.key(lease.name), "epoch": lease.epoch, "owner": lease.owner}
+                for lease in leases])
 
     def close(self) -> None:
         self._pool.close()
         self._watchdog.close()
 
-
-def _remembering(
-    remember: Callable[[psycopg.Error], None],
-) -> type[psycopg.Connection[Any]]:
-    """A connection class that hands each failed connect to ``remember``: the pool only says
-    it timed out, and an operator needs to read why (refused, wrong password …)."""
-
-    class Remembering(psycopg.Connection[Any]):
-        @classmethod
-        def connect(cls, *args: Any, **kwargs: Any) -> Remembering:
-            try:
-                return super().connect(*args, **kwargs)
-            except psycopg.Error as exc:
-                remember(exc)
-                raise
-
-    return Remembering
-
-
-def _describe(conninfo: str) -> str:
-    """``user@host:port/db`` of ``conninfo``, for messages: never its password."""
-    parts = psycopg.conninfo.conninfo_to_dict(conninfo)
-    user, host = parts.get("user", ""), parts.get("host", "localhost")
-    port, database = parts.get("port", "5432"), parts.get("dbname", "")
-    return f"postgresql://{user}{'@' if user else ''}{host}:{port}/{database}"
