@@ -34,7 +34,7 @@ from tokend.engine.supervisor import Supervisor
 from tokend.engine.workers import Workers
 from tokend.errors import ConfigError, TokendError
 from tokend.log import SecretMasker
-from tokend.model import Config, TokenName
+from tokend.model import Config, StoreSpec, TokenName
 from tokend.store.interface import StateStore
 from tokend.store.lock import owner_id
 from tokend.timing import Clock, SystemClock
@@ -91,7 +91,8 @@ class Daemon:
         with contextlib.ExitStack() as stack:
             stack.callback(self._workers.close)
             store = await open_state(self._state_dir, stack, on_ring=self._on_ring,
-                                     notifier=self._notifier, stop=self._stop_event)
+                                     notifier=self._notifier, stop=self._stop_event,
+                                     shared=config.store)
             if store is None:
                 return 0
             async with httpx.AsyncClient() as http:
@@ -143,6 +144,8 @@ class Daemon:
             background.append(
                 asyncio.create_task(watch_config(self._config_path, self._on_file_change))
             )
+        if config.store is not None:
+            background.append(asyncio.create_task(self._listen(config.store)))
         self._metrics.mark_ready()
         self._notifier.ready(self._supervisor.status_line())
         log.info("daemon_started", tokens=len(config.tokens), config=str(self._config_path))
@@ -185,6 +188,12 @@ class Daemon:
             timeout = min(timeout, max(0.0, self._recheck_at - time.monotonic()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _listen(self, shared: StoreSpec) -> None:
+        from tokend.daemon.listener import follow  # noqa: PLC0415 -- psycopg: only here
+
+        await follow(shared, tokens=lambda: self._supervisor.config, on_ring=self._on_ring,
+                     metrics=self._metrics, notifier=self._notifier, stop=self._stop_event)
 
     async def _on_file_change(self) -> None:
         self._request_reload()

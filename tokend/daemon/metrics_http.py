@@ -185,13 +185,17 @@ class MetricsServer:
             return result
 
     def _health(self) -> Response:
-        """200 while every configured token is ok; the body lists the ones that are not."""
+        """200 while every configured token is ok and the store answers; the body lists the
+        tokens that are not ok, and says so when the store cannot be reached."""
         attention = [token for token in self._metrics.tokens() if token.state != TokenState.OK]
-        healthy = self._metrics.ready and not attention
-        body = {
+        reachable = self._metrics.store_reachable
+        healthy = self._metrics.ready and not attention and reachable
+        body: dict[str, object] = {
             "status": "ok" if healthy else "unhealthy",
             "tokens": [{"name": token.name, "state": token.state} for token in attention],
         }
+        if not reachable:
+            body["store"] = "unreachable"
         status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
         return status, _JSON, _json(body)
 

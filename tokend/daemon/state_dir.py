@@ -12,9 +12,10 @@ import structlog
 from tokend.daemon.doorbell import Doorbell
 from tokend.daemon.systemd import Notifier
 from tokend.errors import AlreadyRunningError, StateError
+from tokend.model import StoreSpec
+from tokend.store.choose import open_store
 from tokend.store.interface import StateStore
 from tokend.store.lock import StateDirLock
-from tokend.store.sqlite import SqliteStateStore
 
 log = structlog.get_logger(__name__)
 
@@ -28,20 +29,24 @@ async def open_state(
     on_ring: Callable[[frozenset[str] | None], None],
     notifier: Notifier,
     stop: asyncio.Event,
+    shared: StoreSpec | None = None,
 ) -> StateStore | None:
     """Lock the state directory and open the store, waiting while they are unusable.
 
     A full or read-only disk at start is logged and retried with backoff
     instead of exiting, so the daemon comes up by itself once it clears;
-    another daemon on the same state is an error at once. ``None`` when
-    told to stop while waiting. What is opened is closed by ``stack``.
+    another daemon on the same state is an error at once. ``shared``, the
+    PostgreSQL store a config names, is waited for the same way, before any
+    output is touched; the state directory stays this host's own (its lock,
+    its doorbell). ``None`` when told to stop while waiting. What is opened
+    is closed by ``stack``.
     """
     delay = STATE_RETRY_INITIAL
     while not stop.is_set():
         try:
             with contextlib.ExitStack() as attempt:
                 lock = attempt.enter_context(StateDirLock(state_dir))
-                store = SqliteStateStore(state_dir)
+                store = open_store(state_dir, shared)
                 attempt.callback(store.close)
                 doorbell = Doorbell(lock)
                 attempt.callback(doorbell.close)

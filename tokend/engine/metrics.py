@@ -114,6 +114,14 @@ class Metrics:
         )
         for result in RELOAD_RESULTS:
             self._reloads.labels(result)
+        self._store_up = Gauge(
+            "tokend_store_up",
+            "1 while the state store answers, 0 while it cannot be reached (a shared "
+            "PostgreSQL store: no refreshes then, outputs are left as they are).",
+            registry=self.registry,
+        )
+        self._store_up.set(1)
+        self.store_reachable = True
 
     @property
     def ready(self) -> bool:
@@ -122,6 +130,12 @@ class Metrics:
 
     def mark_ready(self) -> None:
         self._ready = True
+
+    def store_changed(self, *, reachable: bool) -> None:
+        """The shared store came back, or could not be reached."""
+        self.store_reachable = reachable
+        self._store_up.set(1 if reachable else 0)
+        self.version += 1
 
     def observe_token(self, spec: TokenSpec, record: TokenRecord | None) -> None:
         """Remember ``record`` as the current state of ``spec``'s token."""

@@ -107,13 +107,13 @@ class Watchdog:
             with self._lock:
                 overdue = [call for call, (deadline, _) in self._calls.items() if deadline <= now]
                 for call in overdue:
-                    _shut(self._calls.pop(call)[1])
+                    shut_socket(self._calls.pop(call)[1])
 
     def close(self) -> None:
         self._stop.set()
 
 
-def _shut(fileno: int) -> None:
+def shut_socket(fileno: int) -> None:
     """Shut the socket down without closing its descriptor, which libpq owns."""
     with contextlib.suppress(OSError):
         duplicate = socket.socket(fileno=os.dup(fileno))
