@@ -3,15 +3,18 @@ folder, all naming one database, for the end-to-end tests of the shared store.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.e2e import CLIENT_ID, Setup
 from tests.postgres import PostgresServer
 from tokend.model import Token, TokenName
 from tokend.sandbox import Sandbox
 from tokend.store.postgres import PostgresStateStore
+from tokend.store.postgres_schema import CHANNEL
 
 
 def shared_hosts(root: Path, sandbox: Sandbox, server: PostgresServer, url: str,
@@ -54,3 +57,68 @@ def output(setup: Setup, user: str, scope: str) -> str | None:
         return setup.output(user, scope, "token").read_text()
     except FileNotFoundError:
         return None
+
+
+class CommitWatch:
+    """Hears every token write on the database and measures how long each host takes to
+    hold the committed access token in its output (the cross-host publishing lag).
+
+    A commit a newer one replaced before a host showed it is counted as superseded, not
+    as a lag. Tokens are compared, never printed.
+    """
+
+    def __init__(self, server: PostgresServer, url: str, hosts: Sequence[Setup]) -> None:
+        import psycopg  # noqa: PLC0415 -- the tests import it only where PostgreSQL runs
+
+        self._conn = psycopg.connect(url, password=server.password, autocommit=True)
+        self._conn.execute(f"LISTEN {CHANNEL}")
+        self._hosts = hosts
+        self.pending: dict[tuple[int, str], tuple[str, str, str, float]] = {}
+        self.lags: list[float] = []
+        self.superseded = 0
+        self.commits = 0
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def poll(self, seconds: float, *, hear: bool = True) -> None:
+        """Hear commits (unless not ``hear``) and look at the hosts' outputs for ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            # Read after the generator ends: it holds the connection while it runs.
+            notes = [json.loads(note.payload)
+                     for note in self._conn.notifies(timeout=0.01, stop_after=50)]
+            for note in notes:
+                self._heard(note, track=hear)
+            self._look()
+
+    def _heard(self, note: dict[str, Any], *, track: bool) -> None:
+        """Start timing each host for the commit ``note`` announces (only when ``track``);
+        an earlier commit of the token not yet shown is superseded either way."""
+        if note.get("released"):
+            return  # a lease ended: no token was written
+        heard_at = time.monotonic()
+        row = self._conn.execute(
+            "SELECT access_token FROM tokens WHERE app = %s AND account = %s AND scope = %s "
+            "AND generation = %s", (note["app"], note["user"], note["scope"],
+                                    note["generation"])).fetchone()
+        if row is None or row[0] is None:
+            return  # already replaced, or a revoke
+        self.commits += track
+        for index, _ in enumerate(self._hosts):
+            key = (index, f"{note['user']}/{note['scope']}")
+            if self.pending.pop(key, None) is not None:
+                self.superseded += 1
+            if track:
+                self.pending[key] = (note["user"], note["scope"], row[0], heard_at)
+
+    def _look(self) -> None:
+        now = time.monotonic()
+        for key, (user, scope, token, heard_at) in list(self.pending.items()):
+            if output(self._hosts[key[0]], user, scope) == token:
+                self.lags.append(now - heard_at)
+                del self.pending[key]
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e import StartDaemon, authorize, tokend, wait_for
-from tests.hosts import output, shared_hosts
+from tests.hosts import CommitWatch, output, seed, shared_hosts
 from tests.postgres import PostgresServer
 from tokend.sandbox import Sandbox
 
@@ -38,3 +40,46 @@ def test_a_token_written_on_one_host_reaches_every_hosts_outputs(
     wait_for(lambda: output(second, "alice", "read") is None, 10,
              "host 1's output to be removed after the revoke on host 0")
     assert hour_sandbox.reused_refresh_tokens() == 0
+
+
+def run_seconds(request: pytest.FixtureRequest) -> float:
+    return 120.0 if request.config.getoption("--soak") else 20.0
+
+
+TWELVE = [(f"user{index:02d}", "read") for index in range(12)]
+
+
+def test_three_hosts_refresh_each_token_once_and_all_hold_every_new_token(  # noqa: PLR0917
+    tmp_path: Path, sandbox: Sandbox, postgres_server: PostgresServer, postgres_url: str,
+    start_daemon: StartDaemon, request: pytest.FixtureRequest, figures: dict[str, str],
+) -> None:
+    """Three daemons, twelve tokens living 3 s, 20 s (--soak: 2 min): every refresh is done by
+    exactly one daemon (no refresh token is ever sent twice), and every host's outputs follow
+    every commit (the lag is reported)."""
+    hosts = shared_hosts(tmp_path, sandbox, postgres_server, postgres_url, TWELVE, count=3)
+    seed(postgres_server, postgres_url, sandbox, TWELVE)
+    watch = CommitWatch(postgres_server, postgres_url, hosts)
+    try:
+        daemons = [start_daemon(host.config, f"host-{index}") for index, host in enumerate(hosts)]
+        wait_for(lambda: all(d.named("daemon_started") for d in daemons), 60, "three daemons")
+        watch.poll(run_seconds(request))
+        watch.poll(3.0, hear=False)  # the last commits heard reach every host
+        for daemon in daemons:
+            assert daemon.stop() == 0
+    finally:
+        watch.close()
+    refreshed = [len(daemon.named("token_refreshed")) for daemon in daemons]
+    requests = sandbox.stats()["refresh_token"]
+    figures["several hosts"] = (
+        f"3 daemons, 12 tokens of 3 s, {run_seconds(request):.0f} s: {requests} refreshes "
+        f"({'/'.join(map(str, refreshed))} per daemon), {sandbox.reused_refresh_tokens()} "
+        f"reused; {watch.commits} commits seen, output lag p50 {watch.percentile(0.5) * 1000:.0f}"
+        f" ms, p95 {watch.percentile(0.95) * 1000:.0f} ms, max "
+        f"{watch.percentile(1.0) * 1000:.0f} ms over {len(watch.lags)} host outputs, "
+        f"{watch.superseded} superseded before shown")
+    assert sandbox.reused_refresh_tokens() == 0
+    assert sum(refreshed) == requests, "a refresh request was made that no daemon reports"
+    assert min(refreshed) > 0, "a daemon never refreshed: the work was not shared"
+    assert watch.commits >= len(TWELVE) * 3
+    missed = len(watch.pending)
+    assert missed == 0, f"{missed} commits never reached a host's outputs"

@@ -107,8 +107,12 @@ HOLDER = f"SELECT owner, epoch FROM leases WHERE {KEY}"  # noqa: S608 -- constan
 # the write: the successor then reads what this write left.
 LEASE_LIVE = f"""SELECT 1 FROM leases WHERE {KEY} AND epoch = %(epoch)s AND owner = %(owner)s
     AND expires_at > {NOW} FOR UPDATE"""  # noqa: S608 -- constants
-RELEASE = f"""UPDATE leases SET owner = '', expires_at = '-infinity'
-    WHERE {KEY} AND epoch = %(epoch)s AND owner = %(owner)s"""  # noqa: S608 -- constants
+# A release is announced too: another host that found the token busy (it publishes a write
+# it heard of under the same lease) looks again at once instead of a retry later.
+RELEASE = f"""WITH released AS (UPDATE leases SET owner = '', expires_at = '-infinity'
+    WHERE {KEY} AND epoch = %(epoch)s AND owner = %(owner)s RETURNING app, account, scope)
+    SELECT pg_notify('{CHANNEL}', json_build_object('app', app, 'user', account,
+        'scope', scope, 'released', true)::text) FROM released"""  # noqa: S608 -- constants
 
 
 def key(name: TokenName) -> dict[str, str]:
