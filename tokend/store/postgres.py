@@ -38,6 +38,8 @@ from tokend.store.interface import (
 )
 from tokend.store.postgres_connection import (
     DEADLINES,
+    PER_ITEM,
+    READ_ALL,
     WATCHDOG_MARGIN,
     Deadlines,
     Watchdog,
@@ -101,9 +103,13 @@ class PostgresStateStore(StateStore):
             text = text.replace(self._password, "***")
         return text
 
-    def _guard(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
-        return self._watchdog.guard(conn.fileno(),
-                                    self._deadlines.statement + WATCHDOG_MARGIN)
+    def _guard(self, conn: psycopg.Connection[Any],
+                extra: float = 0.0) -> AbstractContextManager[None]:
+        """The watchdog's deadline for a transaction: ``extra`` for batches (a seeding batch
+        of 100,000 tokens is one transaction) and reads of every token; a refresh's calls
+        take none."""
+        return self._watchdog.guard(
+            conn.fileno(), self._deadlines.statement + WATCHDOG_MARGIN + extra)
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
         """The pool's check that a connection it hands out still works, bounded too."""
@@ -111,10 +117,10 @@ class PostgresStateStore(StateStore):
             psycopg_pool.ConnectionPool.check_connection(conn)
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+    def _transaction(self, what: str, extra: float = 0.0) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection; any failure is a :class:`StateError`."""
         try:
-            with self._pool.connection() as conn, self._guard(conn), conn.transaction():
+            with self._pool.connection() as conn, self._guard(conn, extra), conn.transaction():
                 yield conn
         except psycopg.Error as exc:
             why = self._clean(exc)
@@ -151,7 +157,8 @@ class PostgresStateStore(StateStore):
         return record(row) if row is not None else None
 
     def all(self) -> list[TokenRecord]:
-        with self._transaction("read") as conn:
+        with self._transaction("read", READ_ALL) as conn:
+            conn.execute(f"SET LOCAL statement_timeout = {round(READ_ALL * 1000):d}")
             return [record(row) for row in conn.execute(sql.ALL)]
 
     def ping(self) -> None:
@@ -163,7 +170,7 @@ class PostgresStateStore(StateStore):
             return
         rows = [{**sql.key(name), **sql.token_values(token), "issued_at": now, "now": now}
                 for name, token in items]
-        with self._transaction("save tokens") as conn:
+        with self._transaction("save tokens", len(rows) * PER_ITEM) as conn:
             conn.cursor().executemany(sql.SAVE, rows)
 
     def save_token(self, name: TokenName, token: Token, *, now: float) -> None:
@@ -219,7 +226,7 @@ class PostgresStateStore(StateStore):
     def record_published(self, marks: Sequence[PublishedFiles]) -> list[Written]:
         if not marks:
             return []
-        with self._transaction("record published files") as conn:
+        with self._transaction("record published files", len(marks) * PER_ITEM) as conn:
             written = []
             for mark in marks:
                 if not self._live(conn, mark.lease):
@@ -261,7 +268,7 @@ class PostgresStateStore(StateStore):
         claims: list[Claim] = []
         if not names:
             return claims
-        with self._transaction("claim lease") as conn:
+        with self._transaction("claim lease", len(names) * PER_ITEM) as conn:
             for name in names:
                 epoch = self._take(conn, name, owner, lease, holder_is_dead)
                 if epoch is None:
@@ -294,7 +301,7 @@ class PostgresStateStore(StateStore):
     def release_many(self, leases: Sequence[Lease]) -> None:
         if not leases:
             return
-        with self._transaction("release leases") as conn:
+        with self._transaction("release leases", len(leases) * PER_ITEM) as conn:
             conn.cursor().executemany(sql.RELEASE, [
                 {**sql.key(lease.name), "epoch": lease.epoch, "owner": lease.owner}
                 for lease in leases])

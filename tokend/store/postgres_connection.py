@@ -24,6 +24,12 @@ from typing import Any
 
 import psycopg
 
+READ_ALL = 60.0
+"""The deadline of reading every token: off the refresh path (status, start-up), and as
+long as the deployment is large."""
+PER_ITEM = 0.001
+"""What each statement of a batch adds to its transaction's deadline (about 30 times what
+one takes on a loaded machine)."""
 WATCHDOG_MARGIN = 0.5
 """How much longer than ``statement_timeout`` the watchdog lets a call run: the server's
 own timeout, with its clear message, normally comes first."""
