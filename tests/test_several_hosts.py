@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import StartDaemon, authorize, tokend, wait_for
+from tests.e2e import StartDaemon, authorize, refreshed, tokend, wait_for
 from tests.hosts import CommitWatch, output, seed, shared_hosts
 from tests.postgres import PostgresServer
 from tokend.sandbox import Sandbox
@@ -83,3 +83,35 @@ def test_three_hosts_refresh_each_token_once_and_all_hold_every_new_token(  # no
     assert watch.commits >= len(TWELVE) * 3
     missed = len(watch.pending)
     assert missed == 0, f"{missed} commits never reached a host's outputs"
+
+
+def test_a_commit_failing_after_the_server_rotated_is_brought_home_by_the_pending_record(
+    tmp_path: Path, sandbox: Sandbox, postgres_server: PostgresServer, postgres_url: str,
+    start_daemon: StartDaemon,
+) -> None:
+    """The database dies while a refresh is on the wire: the answer (the only live refresh
+    token) is kept in the state directory, committed once the database is back, and the
+    lineage goes on without any refresh token sent twice."""
+    (host,) = shared_hosts(tmp_path, sandbox, postgres_server, postgres_url, ALICE, count=1)
+    seed(postgres_server, postgres_url, sandbox, ALICE)
+    daemon = start_daemon(host.config, "host-0")
+    wait_for(lambda: refreshed(daemon, "app/alice/read") >= 1, 30, "a first refresh")
+    sent = sandbox.stats()["refresh_token"]
+    sandbox.set_answer_delay(3.0)
+    wait_for(lambda: sandbox.stats()["refresh_token"] > sent, 10, "a refresh on the wire")
+    postgres_server.stop()
+    try:
+        wait_for(lambda: daemon.named("commit_failed_token_kept"), 30,
+                 "the answer kept when its commit failed")
+        assert list((host.state_dir / "pending").iterdir()), "no pending record on disk"
+    finally:
+        sandbox.set_answer_delay(0)
+        postgres_server.start()
+    wait_for(lambda: any(event.get("result") == "done"
+                         for event in daemon.named("pending_commit_settled")), 30,
+             "the kept token committed")
+    wait_for(lambda: refreshed(daemon, "app/alice/read") >= 4, 30, "refreshes going on")
+    assert daemon.stop() == 0
+    assert sandbox.reused_refresh_tokens() == 0
+    assert list((host.state_dir / "pending").iterdir()) == []
+    assert [event["error"] for event in daemon.named("store_unreachable")], "not reported"

@@ -29,6 +29,7 @@ from tokend.daemon.watch import watch_config
 from tokend.daemon.watchdog import watchdog
 from tokend.engine.attention import CREDENTIALS_RECHECK
 from tokend.engine.metrics import Metrics
+from tokend.engine.pending import PendingCommits
 from tokend.engine.refresher import RefreshedCallback, Refresher
 from tokend.engine.supervisor import Supervisor
 from tokend.engine.workers import Workers
@@ -114,6 +115,7 @@ class Daemon:
             on_refreshed=self._on_refreshed,
             metrics=self._metrics,
             workers=self._workers,
+            pending=PendingCommits(self._state_dir),
         )
         self._store = store
         self._supervisor = Supervisor(

@@ -27,11 +27,12 @@ import structlog
 
 from tokend.engine.attention import CLIENT_RETRY_INITIAL, CLIENT_RETRY_MAX
 from tokend.engine.metrics import Metrics
+from tokend.engine.pending import PendingCommit, PendingCommits
 from tokend.engine.publish import Published, Publisher
 from tokend.engine.schedule import RateLimiter, backoff_delay, due_at
 from tokend.engine.slots import RefreshSlots
 from tokend.engine.workers import Workers
-from tokend.errors import NetworkError, OAuthError
+from tokend.errors import NetworkError, OAuthError, StateError
 from tokend.factorial import AsyncFactorial
 from tokend.log import SecretMasker
 from tokend.model import ApplicationSpec, RetryPolicy, Token, TokenName, TokenSpec
@@ -93,6 +94,7 @@ class Refresher:
         workers: Workers | None = None,
         holder_is_dead: Callable[[str], bool] = owner_is_dead,
         monotonic: Callable[[], float] = time.monotonic,
+        pending: PendingCommits | None = None,
     ) -> None:
         self._store = store
         self._http = http
@@ -106,6 +108,7 @@ class Refresher:
         self.workers = Workers() if workers is None else workers
         self._holder_is_dead = holder_is_dead
         self._monotonic = monotonic
+        self._pending = pending
         self.publisher = Publisher(store=store, workers=self.workers, masker=masker,
                                    hook_base_env=hook_base_env, metrics=self._metrics)
 
@@ -201,6 +204,24 @@ class Refresher:
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
         lease_ends: float,
     ) -> RefreshOutcome:
+        """Commit a pending answer of an earlier try first: the token's old refresh token
+        must never be sent while its successor waits here (``engine.pending``)."""
+        name = spec.name
+        if self._pending is not None and self._pending.get(name) is not None:
+            landed = await self.workers.store(self._pending.settle, self._store, name,
+                                              now=self._clock.now())
+            fresh = await self.workers.store(self._store.get, name)
+            log.info("pending_commit_settled", token=str(name), result=str(landed))
+            if landed is Written.DONE:
+                log.info("token_refreshed", token=str(name), from_pending=True)
+                return RefreshOutcome(name, "ok", fresh)
+            claim = dataclasses.replace(claim, record=fresh)
+        return await self._send_and_commit(spec, app, claim, force=force, lease_ends=lease_ends)
+
+    async def _send_and_commit(  # noqa: PLR0911 -- one return per way the exchange can end
+        self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
+        lease_ends: float,
+    ) -> RefreshOutcome:
         """Send and commit under ``claim``; an ``ok`` outcome holds the committed record."""
         name, record = spec.name, claim.record
         if record is None or record.token is None or not self._wanted(record, spec, force=force):
@@ -221,7 +242,17 @@ class Refresher:
             return await self._fail(spec, app, claim, NetworkError.deadline(spec.timeout),
                                     started)
         self._masker.add(token.access_token, token.refresh_token)
-        written, fresh = await self.workers.store(self._commit, name, token, claim, sent_at)
+        try:
+            written, fresh = await self.workers.store(self._commit, name, token, claim, sent_at)
+        except StateError as error:
+            if self._pending is None:
+                raise
+            # The server rotated: this answer holds the only live refresh token.
+            path = await self.workers.files(self._pending.keep, PendingCommit(
+                name, token, claim.generation, sent_at))
+            log.error("commit_failed_token_kept", token=str(name), error=str(error),
+                      pending=str(path))
+            return RefreshOutcome(name, "busy", record)
         seconds = self._monotonic() - started
         if written is Written.STALE:
             # Our lease had run out and another actor stored a newer token (an
