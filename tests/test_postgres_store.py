@@ -16,7 +16,7 @@ from tests.postgres import PostgresServer
 from tests.tcp_proxy import TcpProxy
 from tests.test_state import NAME, NOW, make_token
 from tokend.errors import StateError
-from tokend.store.interface import TokenRecord
+from tokend.store.interface import PublishedFiles, TokenRecord, Written
 from tokend.store.postgres import PostgresStateStore
 from tokend.store.postgres_connection import Deadlines
 from tokend.store.postgres_schema import CHANNEL, SCHEMA_VERSION
@@ -160,3 +160,30 @@ def test_the_store_works_again_after_the_server_restarts(
         postgres_server.start()
     record = wait_for_answer(store)
     assert record is not None and record.token == make_token()
+
+
+def test_each_host_keeps_its_own_files_and_their_health(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """Which files hold a token, their health and whether the config names it are each host's
+    own: another host's files are never taken for outputs this host moved away from."""
+    first = PostgresStateStore(postgres_url, password=postgres_server.password, host="a")
+    second = PostgresStateStore(postgres_url, password=postgres_server.password, host="b")
+    try:
+        first.save_token(NAME, make_token(), now=NOW)
+        for store, path in ((first, "/a/x.token"), (second, "/b/x.token")):
+            claim = store.claim(NAME, owner="me", lease=60)
+            assert claim is not None
+            assert store.record_published([PublishedFiles(claim.lease, (path,), None)]) == [
+                Written.DONE]
+            if store is first:
+                assert store.set_output_problem(claim.lease, error="/a: full") is Written.DONE
+            store.release(claim.lease)
+        mine, theirs = first.get(NAME), second.get(NAME)
+        assert mine is not None and theirs is not None
+        assert (mine.outputs, mine.output_error) == (("/a/x.token",), "/a: full")
+        assert (theirs.outputs, theirs.output_error) == (("/b/x.token",), None)
+        assert mine.generation == theirs.generation
+    finally:
+        first.close()
+        second.close()

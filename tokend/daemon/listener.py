@@ -34,7 +34,7 @@ PROBE_EVERY = 3.0
 """How often a quiet connection is asked for a sign of life."""
 RESCAN_EVERY = 300.0
 """The slow periodic look at every token, in case a notification was lost all the same."""
-RECONNECT_INITIAL, RECONNECT_MAX = 0.5, 15.0
+RECONNECT_INITIAL, RECONNECT_MAX = 0.5, 5.0
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ class StoreListener:
         self._on_changed = on_changed
         self._on_reachable = on_reachable
         self._deadlines = deadlines
+        self._connected = False
         self._options: dict[str, Any] = deadlines.connection_options()
         if spec.password is not None:
             self._options["password"] = spec.password.reveal()
@@ -63,12 +64,15 @@ class StoreListener:
         """Listen until ``stop``; reconnect with backoff whenever the connection fails."""
         delay = RECONNECT_INITIAL
         while not stop.is_set():
+            self._connected = False
             try:
                 await self._listen(stop)
             except (psycopg.Error, OSError, TimeoutError) as error:
                 self._on_reachable(False, self._clean(error))
             else:
                 return
+            if self._connected:  # it worked until now: try again soon
+                delay = RECONNECT_INITIAL
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -79,6 +83,7 @@ class StoreListener:
                                                          **self._options)
         async with conn:
             await self._bounded(conn, conn.execute(f"LISTEN {CHANNEL}"))
+            self._connected = True
             self._on_reachable(True, None)
             self._on_changed(None)  # what was written while away was not heard
             rescanned = time.monotonic()

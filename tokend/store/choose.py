@@ -7,6 +7,7 @@ deployment without the ``postgres`` extra never pay for it.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from tokend.errors import StateError
@@ -27,5 +28,6 @@ def open_store(state_dir: Path, store: StoreSpec | None) -> StateStore:
         raise StateError("store: a PostgreSQL store needs psycopg; install it with "
                          "pip install 'tokend[postgres]'") from None
     password = store.password
-    return PostgresStateStore(store.conninfo,
+    # The state directory is this host's own: it names the host's view of its files.
+    return PostgresStateStore(store.conninfo, host=f"{socket.gethostname()}:{state_dir}",
                               password=None if password is None else password.reveal())

@@ -55,7 +55,8 @@ class PostgresStateStore(StateStore):
     ``conninfo`` is a libpq URL or key/value string without the password, which comes
     apart (``store_password_file`` …) and never shows in an error. ``lease_clock``
     replaces the database's ``now()`` (seconds since the epoch) for tests that let a lease
-    run out at once; production leaves it ``None``.
+    run out at once; production leaves it ``None``. ``host`` names this host's view of
+    the files: which outputs it wrote and their health are its own (``host_files``).
     """
 
     def __init__(
@@ -66,7 +67,9 @@ class PostgresStateStore(StateStore):
         deadlines: Deadlines = DEADLINES,
         lease_clock: Callable[[], float] | None = None,
         max_connections: int = 4,
+        host: str = "",
     ) -> None:
+        self._host = {"host": host}
         self._password = password
         self._lease_clock = lease_clock
         self._deadlines = deadlines
@@ -153,13 +156,13 @@ class PostgresStateStore(StateStore):
 
     def get(self, name: TokenName) -> TokenRecord | None:
         with self._transaction("read") as conn:
-            row = conn.execute(sql.GET, sql.key(name)).fetchone()
+            row = conn.execute(sql.GET, {**sql.key(name), **self._host}).fetchone()
         return record(row) if row is not None else None
 
     def all(self) -> list[TokenRecord]:
         with self._transaction("read", READ_ALL) as conn:
             conn.execute(f"SET LOCAL statement_timeout = {round(READ_ALL * 1000):d}")
-            return [record(row) for row in conn.execute(sql.ALL)]
+            return [record(row) for row in conn.execute(sql.ALL, self._host)]
 
     def ping(self) -> None:
         with self._transaction("read") as conn:
@@ -220,7 +223,8 @@ class PostgresStateStore(StateStore):
         with self._transaction("record output problem") as conn:
             if not self._live(conn, lease):
                 return Written.STALE
-            conn.execute(sql.OUTPUT_PROBLEM, {**sql.key(lease.name), "error": error})
+            conn.execute(sql.OUTPUT_PROBLEM, {**sql.key(lease.name), **self._host,
+                                              "error": error})
             return Written.DONE
 
     def record_published(self, marks: Sequence[PublishedFiles]) -> list[Written]:
@@ -232,7 +236,7 @@ class PostgresStateStore(StateStore):
                 if not self._live(conn, mark.lease):
                     written.append(Written.STALE)
                     continue
-                conn.execute(sql.PUBLISHED, {**sql.key(mark.lease.name),
+                conn.execute(sql.PUBLISHED, {**sql.key(mark.lease.name), **self._host,
                                              "outputs": outputs_value(mark.outputs),
                                              "unconfigured": mark.unconfigured_at})
                 written.append(Written.DONE)
@@ -244,6 +248,8 @@ class PostgresStateStore(StateStore):
                 return Written.STALE
             row = conn.execute(sql.DELETE, {**sql.key(lease.name),
                                             "generation": generation}).fetchone()
+            if row is not None:
+                conn.execute(sql.FORGET_PROBLEMS, sql.key(lease.name))
             return Written.STALE if row is None else Written.DONE
 
     def claim(
@@ -273,7 +279,7 @@ class PostgresStateStore(StateStore):
                 epoch = self._take(conn, name, owner, lease, holder_is_dead)
                 if epoch is None:
                     continue
-                row = conn.execute(sql.GET, sql.key(name)).fetchone()
+                row = conn.execute(sql.GET, {**sql.key(name), **self._host}).fetchone()
                 claims.append(Claim(Lease(name, owner, epoch, lease),
                                     record(row) if row is not None else None))
         return claims

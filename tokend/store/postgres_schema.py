@@ -27,8 +27,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             state text NOT NULL, last_attempt_at double precision,
             last_refresh_at double precision, last_error text,
             consecutive_failures integer NOT NULL DEFAULT 0, next_attempt_at double precision,
-            generation bigint NOT NULL DEFAULT 0, output_error text, outputs text,
-            unconfigured_at double precision, PRIMARY KEY (app, account, scope))""",
+            generation bigint NOT NULL DEFAULT 0, PRIMARY KEY (app, account, scope))""",
+        # What each host did with a token's outputs: its own files and their health, and
+        # whether its config still names the token. Shared columns would make each host
+        # remove the others' files as outputs "moved away from".
+        """CREATE TABLE host_files (app text NOT NULL, account text NOT NULL,
+            scope text NOT NULL, host text NOT NULL, output_error text, outputs text,
+            unconfigured_at double precision, PRIMARY KEY (app, account, scope, host))""",
         """CREATE TABLE leases (app text NOT NULL, account text NOT NULL, scope text NOT NULL,
             owner text NOT NULL, epoch bigint NOT NULL, expires_at timestamptz NOT NULL,
             PRIMARY KEY (app, account, scope))""",
@@ -43,13 +48,15 @@ SET_VERSION = "INSERT INTO tokend_schema VALUES (%s)"
 # "now" on the database's clock; a test may bind its own instant to let a lease run out at once.
 NOW = "coalesce(%(at)s::timestamptz, now())"
 KEY = "app = %(app)s AND account = %(account)s AND scope = %(scope)s"
-COLUMNS = """app, account, scope, access_token, token_type, expires_in, refresh_token,
+COLUMNS = """t.app, t.account, t.scope, access_token, token_type, expires_in, refresh_token,
     granted_scope, created_at, issued_at, state, last_attempt_at, last_refresh_at,
     last_error, consecutive_failures, next_attempt_at, generation, output_error, outputs,
     unconfigured_at"""
-SELECT = f"SELECT {COLUMNS} FROM tokens"  # noqa: S608 -- constants only, values are bound
-GET = f"{SELECT} WHERE {KEY}"
-ALL = f"{SELECT} ORDER BY app, account, scope"
+# A record is the shared token with this host's files (``%(host)s``).
+SELECT = f"""SELECT {COLUMNS} FROM tokens t LEFT JOIN host_files h ON h.app = t.app
+    AND h.account = t.account AND h.scope = t.scope AND h.host = %(host)s"""  # noqa: S608
+GET = f"{SELECT} WHERE t.app = %(app)s AND t.account = %(account)s AND t.scope = %(scope)s"
+ALL = f"{SELECT} ORDER BY t.app, t.account, t.scope"
 TOKEN_VALUES = """access_token = %(access_token)s, token_type = %(token_type)s,
     expires_in = %(expires_in)s, refresh_token = %(refresh_token)s,
     granted_scope = %(granted_scope)s, created_at = %(created_at)s, issued_at = %(issued_at)s,
@@ -85,11 +92,18 @@ FIRST_FAILURE = """INSERT INTO tokens (app, account, scope, state, last_attempt_
 DELETE = notifying(f"""UPDATE tokens SET access_token = NULL, token_type = NULL, expires_in = NULL,
     refresh_token = NULL, granted_scope = NULL, created_at = NULL, issued_at = NULL,
     state = 'not_authorized', last_error = NULL, consecutive_failures = 0,
-    next_attempt_at = NULL, output_error = NULL, generation = generation + 1
+    next_attempt_at = NULL, generation = generation + 1
     WHERE {KEY} AND generation = %(generation)s {WRITTEN}""")  # noqa: S608
-OUTPUT_PROBLEM = f"UPDATE tokens SET output_error = %(error)s WHERE {KEY}"  # noqa: S608
-PUBLISHED = f"""UPDATE tokens SET outputs = %(outputs)s, unconfigured_at = %(unconfigured)s
-    WHERE {KEY}"""  # noqa: S608 -- constants
+FORGET_PROBLEMS = f"UPDATE host_files SET output_error = NULL WHERE {KEY}"  # noqa: S608
+# Only a stored token has files: the INSERT ... SELECT finds no row for an unknown one.
+OUTPUT_PROBLEM = f"""INSERT INTO host_files (app, account, scope, host, output_error)
+    SELECT app, account, scope, %(host)s, %(error)s FROM tokens WHERE {KEY}
+    ON CONFLICT (app, account, scope, host) DO UPDATE SET
+    output_error = excluded.output_error"""  # noqa: S608 -- constants
+PUBLISHED = f"""INSERT INTO host_files (app, account, scope, host, outputs, unconfigured_at)
+    SELECT app, account, scope, %(host)s, %(outputs)s, %(unconfigured)s FROM tokens
+    WHERE {KEY} ON CONFLICT (app, account, scope, host) DO UPDATE SET
+    outputs = excluded.outputs, unconfigured_at = excluded.unconfigured_at"""  # noqa: S608
 
 # A claim is one statement: take the lease where it is free, ours, expired on the database's
 # clock, or held by a holder proven dead at the epoch we saw; no row back means busy. Released
