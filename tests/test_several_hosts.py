@@ -7,6 +7,7 @@ import random
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e import StartDaemon, authorize, refreshed, tokend, wait_for
@@ -204,3 +205,39 @@ def unsettled(server: PostgresServer, url: str, sandbox: Sandbox) -> str | None:
         if (state := sandbox.refresh_token_state(record.token.refresh_token)) != "live":
             return f"{record.name}'s stored refresh token is {state} at the sandbox"
     return None
+
+
+def test_a_lost_database_is_reported_and_leaves_the_outputs_alone(
+    tmp_path: Path, hour_sandbox: Sandbox, postgres_server: PostgresServer,
+    postgres_url: str, start_daemon: StartDaemon,
+) -> None:
+    """While the database is down: the log says so, tokend_store_up is 0, /healthz answers 503
+    naming the store, the outputs stay as they were; once it is back, all say so again."""
+    (host,) = shared_hosts(tmp_path, hour_sandbox, postgres_server, postgres_url, ALICE,
+                           count=1)
+    host.top_level_yaml += 'metrics: {listen: "127.0.0.1:0"}\n'
+    host.write()
+    seed(postgres_server, postgres_url, hour_sandbox, ALICE)
+    daemon = start_daemon(host.config, "host-0")
+    wait_for(lambda: daemon.named("metrics_listening"), 30, "the metrics listener")
+    port = int(daemon.named("metrics_listening")[-1]["port"])
+
+    def get(path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+
+    wait_for(lambda: get("/healthz").status_code == 200, 30, "a healthy daemon")
+    before = output(host, "alice", "read")
+    assert "tokend_store_up 1.0" in get("/metrics").text
+    postgres_server.stop()
+    try:
+        wait_for(lambda: daemon.named("store_unreachable"), 30, "the outage logged")
+        health = get("/healthz")
+        assert (health.status_code, health.json()["store"]) == (503, "unreachable")
+        assert "tokend_store_up 0.0" in get("/metrics").text
+        kept = output(host, "alice", "read") == before
+        assert kept, "the outputs changed in the outage"
+    finally:
+        postgres_server.start()
+    wait_for(lambda: daemon.named("store_reachable"), 30, "the store back")
+    assert get("/healthz").status_code == 200
+    assert "tokend_store_up 1.0" in get("/metrics").text
