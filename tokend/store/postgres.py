@@ -15,6 +15,8 @@ but never answers. Their sum (:attr:`Deadlines.call`) stays within the SQLite st
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -38,6 +40,7 @@ from tokend.store.interface import (
 )
 from tokend.store.postgres_connection import (
     DEADLINES,
+    FRESH,
     PER_ITEM,
     READ_ALL,
     WATCHDOG_MARGIN,
@@ -75,6 +78,8 @@ class PostgresStateStore(StateStore):
         self._deadlines = deadlines
         self._watchdog = Watchdog()
         self._connect_error: str | None = None
+        self._worked: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary())
         options = deadlines.connection_options()
         if password is not None:
             options["password"] = password
@@ -115,7 +120,10 @@ class PostgresStateStore(StateStore):
             conn.fileno(), self._deadlines.statement + WATCHDOG_MARGIN + extra)
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
-        """The pool's check that a connection it hands out still works, bounded too."""
+        """The pool's check that a connection it hands out still works, bounded too; skipped
+        for one that just worked (a refresh's calls come in a row: a round trip each)."""
+        if time.monotonic() - self._worked.get(conn, -FRESH) < FRESH:
+            return
         with self._guard(conn):
             psycopg_pool.ConnectionPool.check_connection(conn)
 
@@ -125,6 +133,7 @@ class PostgresStateStore(StateStore):
         try:
             with self._pool.connection() as conn, self._guard(conn, extra), conn.transaction():
                 yield conn
+            self._worked[conn] = time.monotonic()
         except psycopg.Error as exc:
             why = self._clean(exc)
             if isinstance(exc, psycopg_pool.PoolTimeout) and self._connect_error is not None:

@@ -27,6 +27,8 @@ import psycopg
 READ_ALL = 60.0
 """The deadline of reading every token: off the refresh path (status, start-up), and as
 long as the deployment is large."""
+FRESH = 1.0
+"""A pooled connection that finished a transaction this recently is handed out unchecked."""
 PER_ITEM = 0.001
 """What each statement of a batch adds to its transaction's deadline (about 30 times what
 one takes on a loaded machine)."""
