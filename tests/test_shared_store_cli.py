@@ -76,3 +76,19 @@ def test_a_token_authorized_on_one_host_is_seen_refreshed_and_revoked_from_anoth
     revoked = tokend("revoke", "app/alice/read", config=second.config)
     assert revoked.returncode == 0, revoked.stdout + revoked.stderr
     assert status(first)["app/alice/read"]["state"] == "not_authorized"
+
+
+def test_status_says_when_the_shared_store_cannot_be_reached(
+    hosts: tuple[Setup, Setup], postgres_server: PostgresServer, postgres_url: str,
+) -> None:
+    """`tokend status` names the database it cannot reach and why, never the password."""
+    postgres_server.stop()
+    try:
+        done = tokend("status", config=hosts[0].config)
+    finally:
+        postgres_server.start()
+    assert done.returncode != 0
+    assert postgres_url in done.stderr
+    assert "Connection refused" in done.stderr
+    leaked = postgres_server.password in done.stdout + done.stderr
+    assert not leaked, "the password is in the output"
