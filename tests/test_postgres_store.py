@@ -187,3 +187,24 @@ def test_each_host_keeps_its_own_files_and_their_health(
     finally:
         first.close()
         second.close()
+
+
+def test_a_long_outage_is_not_followed_by_a_long_wait(
+    postgres_server: PostgresServer, store: PostgresStateStore
+) -> None:
+    """The pool's reconnect backoff doubles without bound: after 16 s down it would wait
+    another 15 s. The store gives that backoff up early and connects when asked."""
+    store.ping()
+    postgres_server.stop()
+    try:
+        down_until = time.monotonic() + 16
+        while time.monotonic() < down_until:
+            with pytest.raises(StateError):
+                store.ping()
+            time.sleep(1)
+    finally:
+        postgres_server.start()
+    back = time.monotonic()
+    assert wait_for_answer(store) is None  # the test's token was never stored
+    waited = time.monotonic() - back
+    assert waited < 5, f"the store answered {waited:.1f} s after the database was back"

@@ -43,6 +43,7 @@ from tokend.store.postgres_connection import (
     FRESH,
     PER_ITEM,
     READ_ALL,
+    RECONNECT_GIVE_UP,
     WATCHDOG_MARGIN,
     Deadlines,
     Watchdog,
@@ -91,7 +92,7 @@ class PostgresStateStore(StateStore):
                     connection_class=remembering(self._remember),
                     open=False, timeout=deadlines.pool, name="tokend",
                     check=self._check,
-                    reconnect_timeout=365 * 86400.0))
+                    reconnect_timeout=RECONNECT_GIVE_UP))
         except psycopg.Error as exc:
             raise StateError(f"state store: bad connection string: {self._clean(exc)}") from None
         self._pool.open(wait=False)

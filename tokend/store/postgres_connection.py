@@ -27,6 +27,9 @@ import psycopg
 READ_ALL = 60.0
 """The deadline of reading every token: off the refresh path (status, start-up), and as
 long as the deployment is large."""
+RECONNECT_GIVE_UP = 5.0
+"""How long the pool's own reconnect backoff runs (it doubles without a bound); after it,
+the next call connects afresh, so a long outage is not followed by a long wait."""
 FRESH = 1.0
 """A pooled connection that finished a transaction this recently is handed out unchecked."""
 PER_ITEM = 0.001
