@@ -44,6 +44,7 @@ class Backend:
                 client_id=query.get("client_id", ""), redirect_uri=query.get("redirect_uri", ""),
                 response_type=query.get("response_type", ""), scope=query.get("scope", ""),
                 user=query.get("user", "demo"),
+                resource_owner_type=query.get("resource_owner_type", ""),
             )
 
     def token_request(
