@@ -33,11 +33,15 @@ class _FactorialBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
-    obtain_authorization_link = staticmethod(oauth.authorization_link)
+    obtain_authorization_link = staticmethod(oauth.seed_authorization_link)
 
     def authorize(self, *, client_id: str, redirect_uri: str, scope: str = "read+write") -> None:
-        """Print the link a person must open to grant access (no I/O, so sync in both clients)."""
-        link = oauth.authorization_link(
+        """Print the link a person must open to grant access (no I/O, so sync in both clients).
+
+        ``scope`` is ``read``, ``write`` or ``read+write`` (else ``ValueError``), as the seed
+        library documents; ``tokend authorize`` takes any scope the server defines.
+        """
+        link = oauth.seed_authorization_link(
             client_id=client_id, redirect_uri=redirect_uri, scope=scope, base_url=self.base_url
         )
         print(PROMPT)

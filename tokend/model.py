@@ -8,6 +8,7 @@ them. They compare by value, which is what makes a reload a simple diff.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,12 @@ from typing import Literal
 from tokend.errors import NotFoundError
 
 SCOPES = ("read", "write", "read+write")
+"""The seed client's scopes: all its ``authorize`` takes. Config and CLI take any scope."""
+# RFC 6749 §3.3 scope-token characters (NQCHAR) but '+', which in a token name, on the link
+# and in the seed's ``read+write`` stands for the space between two scope tokens.
+_SCOPE_CHARACTER = re.compile(r"[\x21\x23-\x2a\x2c-\x5b\x5d-\x7e]")
+SCOPE_RULE = ("read, write, read+write, or scopes separated by single spaces (such as "
+              "employees time_off), each of printable ASCII without \" or \\")
 OutputFormat = Literal["token", "env", "json"]
 DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 DEFAULT_BASE_URL = "https://api.factorialhr.com"
@@ -38,6 +45,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def scope_name(scope: str) -> str:
+    """The SCOPE part of a token name for ``scope`` as written: its spaces become ``+``.
+
+    The one rule for a scope in config, CLI and authorize link: the seed's three values,
+    or any space-separated list of RFC 6749 scope tokens (``employees time_off``), since
+    applications at the server may carry scopes of their own. Raises ``ValueError`` naming
+    the rule and what breaks it.
+    """
+    if not scope:
+        raise ValueError(f"a scope cannot be empty: use {SCOPE_RULE}")
+    for position, character in enumerate(scope, start=1):
+        if character not in " +" and _SCOPE_CHARACTER.fullmatch(character) is None:
+            raise ValueError(f"{character!r} (character {position}) cannot be in a scope: "
+                             f"use {SCOPE_RULE}")
+    parts = re.split("[ +]", scope)
+    if not parts[0] or not parts[-1]:
+        raise ValueError(f"a scope cannot have a space or + at its start or end: use {SCOPE_RULE}")
+    if not all(parts):
+        raise ValueError(f"a scope cannot have two spaces or + in a row: use {SCOPE_RULE}")
+    return "+".join(parts)
 
 
 class Secret:
@@ -78,10 +107,16 @@ class TokenName:
     @classmethod
     def parse(cls, text: str) -> TokenName:
         """Parse a full ``APP/USER/SCOPE`` name (the CLI resolves partial names itself)."""
-        parts = text.split("/")
+        parts = split_name(text)
         if len(parts) != 3 or not all(parts):
             raise ValueError(f"token name {text!r} is not of the form APP/USER/SCOPE")
         return cls(*parts)
+
+
+def split_name(text: str) -> list[str]:
+    """``APP/USER/SCOPE`` in its parts: application and user names hold no ``/``, a scope
+    token may (RFC 6749), so only the first two slashes separate."""
+    return text.split("/", 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +204,16 @@ class Config:
 def resolve_token(config: Config, text: str) -> TokenSpec:
     """Find the token an operator means by ``APP/USER/SCOPE`` or, when unambiguous, ``APP/USER``.
 
-    Raises ``NotFoundError`` listing the candidates, so a typo is one step from fixed.
+    Raises ``NotFoundError`` listing the candidates, so a typo is one step from fixed. The
+    scope may be written as in the config, with spaces.
     """
-    parts = text.split("/")
+    parts = split_name(text)
+    if len(parts) == 3:
+        try:
+            parts[2] = scope_name(parts[2])
+        except ValueError as error:
+            raise NotFoundError(f"{text!r} names no token, since its scope is malformed: "
+                                f"{error}") from None
     matches = [
         spec for spec in config.tokens
         if [spec.name.app, spec.name.user, spec.name.scope][: len(parts)] == parts

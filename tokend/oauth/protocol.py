@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import httpx
 
 from tokend.errors import NetworkError, PermanentOAuthError, TransientOAuthError
-from tokend.model import DEFAULT_BASE_URL, SCOPES, Token
+from tokend.model import DEFAULT_BASE_URL, SCOPES, Token, scope_name
 
 # Fields whose values must never reach a message, even when a server echoes them back.
 _SECRET_FIELDS = ("client_secret", "code", "refresh_token", "token")
@@ -34,7 +34,8 @@ _TRANSIENT_CODES = frozenset({"server_error", "temporarily_unavailable", "slow_d
 
 
 def validate_scope(scope: str) -> str:
-    """Return ``scope`` if Factorial knows it; every scope needs its own token, so no aliases."""
+    """Return ``scope`` if the seed client knows it; every scope needs its own token, so no
+    aliases. The seed's documented contract: the daemon and CLI take any scope."""
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
     return scope
@@ -47,21 +48,38 @@ def authorization_link(
     scope: str = "read+write",
     base_url: str = DEFAULT_BASE_URL,
     state: str | None = None,
+    resource_owner_type: str | None = None,
 ) -> str:
     """The URL a person opens to grant access, with parameters in the seed library's order.
 
-    The scope's ``+`` means a space (``read write``); form-encoding the space gives
-    the ``scope=read+write`` the server expects, while ``redirect_uri`` is percent-encoded.
+    The scope's ``+`` means a space (``read write``, ``employees time_off``); form-encoding
+    the space gives the ``scope=read+write`` the server expects, while ``redirect_uri`` is
+    percent-encoded. ``resource_owner_type="company"`` asks an admin for a company token.
     """
     params = [
         ("client_id", client_id),
         ("redirect_uri", redirect_uri),
         ("response_type", "code"),
-        ("scope", validate_scope(scope).replace("+", " ")),
+        ("scope", scope_name(scope).replace("+", " ")),
     ]
     if state is not None:
         params.append(("state", state))
+    if resource_owner_type is not None:
+        params.append(("resource_owner_type", resource_owner_type))
     return f"{base_url.rstrip('/')}/oauth/authorize?{urlencode(params)}"
+
+
+def seed_authorization_link(
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scope: str = "read+write",
+    base_url: str = DEFAULT_BASE_URL,
+    state: str | None = None,
+) -> str:
+    """:func:`authorization_link` for the seed client's three scopes only (its contract)."""
+    return authorization_link(client_id=client_id, redirect_uri=redirect_uri,
+                              scope=validate_scope(scope), base_url=base_url, state=state)
 
 
 @dataclass(frozen=True, repr=False)
