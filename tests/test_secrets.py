@@ -48,7 +48,7 @@ def test_no_secret_leaks_anywhere(
     wait_for(lambda: daemon.named("client_rejected"), 15, "a permanent failure")
     sandbox.revoke_user("bob")
     good = setup.config.read_text()
-    setup.config.write_text(good.replace("scope: read", "scope: nope", 1))
+    setup.config.write_text(good.replace("scope: read", "scope: [nope]", 1))
     wait_for(lambda: daemon.named("config_reload_failed"), 5, "a failed reload")
     setup.config.write_text(good)
     for args in (("status",), ("status", "--json"), ("check",), ("refresh", "--force"),

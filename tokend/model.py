@@ -169,6 +169,9 @@ class TokenSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     refresh_token_lifetime: float = 7 * 86400.0
     hook_timeout: float = 30.0
+    company: bool = False
+    """A company token (``resource_owner_type: company``): its link asks an admin for a
+    token of the whole company, which the server issues without an expiry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,25 +235,29 @@ class Token:
     """An access token and its refresh token, exactly as the server issued them.
 
     Expiry is ``created_at + expires_in``: the lifetime is whatever the server
-    says, never a constant. ``repr`` and ``str`` never show the token strings.
+    says, never a constant. ``expires_in`` is ``None`` when the server gave none: a
+    company token, which never expires and is never refreshed. ``repr`` and ``str``
+    never show the token strings.
     """
 
     access_token: str
     token_type: str
-    expires_in: int
+    expires_in: int | None
     refresh_token: str
     scope: str
     created_at: int
 
     @property
-    def expires_at(self) -> datetime:
-        """When the access token stops working (aware, UTC)."""
+    def expires_at(self) -> datetime | None:
+        """When the access token stops working (aware, UTC); ``None``: never."""
+        if self.expires_in is None:
+            return None
         return datetime.fromtimestamp(self.created_at + self.expires_in, tz=UTC)
 
     def __repr__(self) -> str:
         return (
             f"Token(token_type={self.token_type!r}, scope={self.scope!r}, "
-            f"expires_at={self.expires_at.isoformat()!r})"
+            f"expires_at={None if self.expires_at is None else self.expires_at.isoformat()!r})"
         )
 
     __str__ = __repr__

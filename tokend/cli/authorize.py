@@ -22,9 +22,10 @@ from tokend.engine.publish import Publisher
 from tokend.engine.refresher import lease_seconds
 from tokend.engine.workers import Workers
 from tokend.errors import ConfigError, NetworkError, OutputError, TokendError
-from tokend.factorial import PROMPT, AsyncFactorial, Factorial
+from tokend.factorial import PROMPT, AsyncFactorial
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenSpec
+from tokend.oauth import protocol as oauth
 from tokend.store.interface import StateStore, TokenRecord, Written, wait_for_claim
 from tokend.store.lock import owner_id, owner_is_dead
 from tokend.timing import Clock
@@ -36,12 +37,13 @@ log = structlog.get_logger(__name__)
 def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = None) -> str:
     """The link a person opens to grant ``spec``'s application access for ``spec``'s scope."""
     app = config.applications[spec.name.app]
-    return Factorial.obtain_authorization_link(
+    return oauth.authorization_link(
         client_id=app.client_id,
         redirect_uri=app.redirect_uri,
         scope=spec.name.scope,
         base_url=app.base_url,
         state=state,
+        resource_owner_type="company" if spec.company else None,
     )
 
 

@@ -77,7 +77,7 @@ class CheckReport:
 
 
 def check_config(
-    config: Config, *, lifetimes: Callable[[], Mapping[TokenName, int]]
+    config: Config, *, lifetimes: Callable[[], Mapping[TokenName, int | None]]
 ) -> CheckReport:
     """Check everything ``config`` points at; ``lifetimes`` gives stored tokens' ``expires_in``.
 
@@ -258,13 +258,17 @@ def _check_urls(app: ApplicationSpec, report: CheckReport) -> None:
 def _check_rate(
     app: ApplicationSpec,
     tokens: Iterable[TokenSpec],
-    lifetimes: Mapping[TokenName, int],
+    lifetimes: Mapping[TokenName, int | None],
     report: CheckReport,
 ) -> None:
-    """Each token refreshes every ``refresh_at * lifetime`` seconds; their sum must fit."""
+    """Each token refreshes every ``refresh_at * lifetime`` seconds; their sum must fit.
+
+    A company token, or any stored without a lifetime, never expires: it needs none."""
     per_minute = 0.0
     assumed = 0
     for spec in tokens:
+        if spec.company or (spec.name in lifetimes and lifetimes[spec.name] is None):
+            continue
         lifetime = lifetimes.get(spec.name)
         if lifetime is None:
             lifetime, assumed = int(ASSUMED_LIFETIME), assumed + 1

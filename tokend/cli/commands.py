@@ -151,8 +151,11 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         record = authorize_token(config, spec, key=key, listen=args.listen,
                                  timeout=args.timeout, out=sys.stdout, read_key=read_key,
                                  store=store, clock=SystemClock(), masker=masker)
-        until = "?" if record.expires_at is None else format_utc(record.expires_at)
-        print(f"{spec.name} authorized; access token valid until {until}")
+        if record.token is not None and record.token.expires_in is None:
+            print(f"{spec.name} authorized; the access token does not expire")
+        else:
+            until = "?" if record.expires_at is None else format_utc(record.expires_at)
+            print(f"{spec.name} authorized; access token valid until {until}")
         return EXIT_OK
 
     return _with_store(args, work)

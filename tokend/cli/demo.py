@@ -216,6 +216,8 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
 
 def _print_line(out: TextIO, spec: TokenSpec, token: Token, verb: str) -> None:
     now = datetime.now().strftime("%H:%M:%S")
-    expires = token.expires_at.astimezone().strftime("%H:%M:%S")
+    expires_at = token.expires_at
+    until = ("(does not expire)" if expires_at is None
+             else f"until {expires_at.astimezone().strftime('%H:%M:%S')}")
     paths = ", ".join(output.path.name for output in spec.outputs)
-    print(f"{now}  {spec.name} {verb} until {expires} -> {paths}", file=out, flush=True)
+    print(f"{now}  {spec.name} {verb} {until} -> {paths}", file=out, flush=True)

@@ -128,6 +128,7 @@ class Builder:
                         for index, output in enumerate(token.outputs))
         return TokenSpec(name=name, outputs=outputs, on_refresh=tuple(token.on_refresh),
                          on_failure=tuple(token.on_failure),
+                         company=token.resource_owner_type == "company",
                          retry=inherited[0] if token.retry is None
                          else self.retry(where, token, *layers),
                          **{**inherited[1], **_layered(_TUNING, token)})

@@ -26,7 +26,7 @@ from pydantic import (
     SecretStr,
 )
 
-from tokend.model import OOB, SCOPES, OutputFormat
+from tokend.model import OOB, SCOPE_RULE, OutputFormat, scope_name
 from tokend.timing import parse_duration, parse_rate
 
 MODE_HINT = ('must be an octal mode in quotes such as "0640" (YAML reads an unquoted 640 '
@@ -51,6 +51,13 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[object], object]:
             raise ValueError("must be one of " + ", ".join(choices))
         return value
     return check
+
+
+def _scope(value: object) -> str:
+    """The token name's form of a scope (``employees+time_off``), by the one rule."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be {SCOPE_RULE}")  # noqa: TRY004 -- pydantic reports ValueError, not TypeError
+    return scope_name(value)
 
 
 def _duration(value: object) -> float:
@@ -221,7 +228,8 @@ class Output(_Model):
 class Token(Tuning):
     user: Annotated[str, AfterValidator(_matching(
         _USER, "user names start with a letter or digit and hold only letters, digits, . _ @ -"))]
-    scope: Annotated[str, BeforeValidator(_one_of(SCOPES))] = "read+write"
+    scope: Annotated[str, BeforeValidator(_scope)] = "read+write"
+    resource_owner_type: Annotated[str, BeforeValidator(_one_of(("user", "company")))] = "user"
     outputs: Annotated[list[Output], BeforeValidator(_empty_list)] = Field(default_factory=list)
     on_refresh: Argv = Field(default_factory=list)
     on_failure: Argv = Field(default_factory=list)

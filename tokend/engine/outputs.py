@@ -44,11 +44,12 @@ _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def render(spec: OutputSpec, token: Token, *, expires_at: float) -> bytes:
+def render(spec: OutputSpec, token: Token, *, expires_at: float | None) -> bytes:
     """The bytes of one output file; the refresh token never appears in any format.
 
     ``expires_at`` is the expiry on this host's clock (the record's, not the
-    server's ``created_at``): consumers compare it with the same clock.
+    server's ``created_at``): consumers compare it with the same clock. ``None``
+    (JSON ``null``): the token never expires.
     """
     if spec.format == "token":
         return token.access_token.encode()
@@ -59,7 +60,7 @@ def render(spec: OutputSpec, token: Token, *, expires_at: float) -> bytes:
             "access_token": token.access_token,
             "token_type": token.token_type,
             "scope": token.scope,
-            "expires_at": format_utc(expires_at),
+            "expires_at": None if expires_at is None else format_utc(expires_at),
         }
         return (json.dumps(document, sort_keys=True) + "\n").encode()
     raise OutputError(f"{spec.path}: unknown output format {spec.format!r}")
@@ -102,7 +103,7 @@ def write_atomic(
 
 
 def write_outputs(
-    outputs: Iterable[OutputSpec], token: Token, *, expires_at: float
+    outputs: Iterable[OutputSpec], token: Token, *, expires_at: float | None
 ) -> list[Path]:
     """Write every output; return the paths (re)written.
 

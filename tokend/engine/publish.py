@@ -248,9 +248,9 @@ def settle_files(
     wanted = tuple(str(output.path) for output in outputs)
     errors: list[str] = []
     rewritten: list[Path] = []
-    has_token = record.token is not None and record.expires_at is not None
+    has_token = record.has_token
     try:
-        if record.token is not None and record.expires_at is not None:
+        if record.token is not None and record.has_token:
             rewritten = write_outputs(outputs, record.token, expires_at=record.expires_at)
             if rewritten:
                 log.debug("outputs_written", token=name, paths=[str(p) for p in rewritten])

@@ -150,7 +150,8 @@ def parse_token_response(
     """Turn any answer of the token endpoint into a :class:`Token` or an :class:`OAuthError`.
 
     A success body that is not a complete token is transient: the server may have
-    been cut off mid-answer, and the refresh token we sent still works.
+    been cut off mid-answer, and the refresh token we sent still works. ``expires_in``
+    absent or ``null`` is a token that never expires (Factorial's company tokens).
     """
     _raise_for_error(status_code, headers, body, secrets=secrets, now=now)
     data = _json_object(body)
@@ -162,9 +163,12 @@ def parse_token_response(
         name: _field(data, name, status_code)
         for name in ("access_token", "token_type", "refresh_token", "scope")
     }
-    expires_in = _int_field(data, "expires_in", status_code)
+    expires_in = (None if data.get("expires_in") is None
+                  else _int_field(data, "expires_in", status_code))
     created_at = _int_field(data, "created_at", status_code)
-    if expires_in <= 0 or created_at < 0 or created_at + expires_in > _MAX_EPOCH:
+    if created_at < 0 or (expires_in is not None and (
+        expires_in <= 0 or created_at + expires_in > _MAX_EPOCH
+    )):
         raise TransientOAuthError(
             "invalid_response", "token response has an impossible lifetime", status_code=status_code
         )

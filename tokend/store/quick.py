@@ -22,6 +22,7 @@ _COLUMNS = "app, user, scope, access_token, issued_at, expires_in, state"
 _ROWS = {2: f"SELECT {_COLUMNS}, NULL FROM tokens",  # noqa: S608 -- constants only
          3: f"SELECT {_COLUMNS}, unconfigured_at FROM tokens"}  # noqa: S608
 _KEYS = ("app", "user", "scope")
+_NEVER = float("inf")
 # Why an expired token was not refreshed, for the states that say so.
 _HINTS = {
     "needs_authorization": "it needs a new authorization",
@@ -89,7 +90,10 @@ def _find(path: Path, text: str) -> _Row:
         conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         raise StateError(f"cannot open the state store {path}: {exc}") from None
-    parts = text.split("/")
+    # The rule of resolve_token: only two slashes separate, a scope may be written with spaces.
+    parts = text.split("/", 2)
+    if len(parts) == 3:
+        parts[2] = parts[2].replace(" ", "+")
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version not in _ROWS:
@@ -119,9 +123,10 @@ def _rows(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[_Row]
     where = " AND ".join(f"{column} = ?" for column in _KEYS[: len(parts)])
     query = select + (f" WHERE {where}" if where else "") + " ORDER BY app, user, scope"
     return [
+        # A token without expires_in (a company token) never expires.
         _Row(f"{app}/{user}/{scope}", access,
-             None if issued is None or lifetime is None else float(issued + lifetime), state,
-             unconfigured_at)
+             None if issued is None else _NEVER if lifetime is None else float(issued + lifetime),
+             state, unconfigured_at)
         for app, user, scope, access, issued, lifetime, state, unconfigured_at
         in conn.execute(query, parts)
     ]
