@@ -1,4 +1,5 @@
-"""What an authorization grants in the sandbox: which scopes, and to which kind of owner.
+"""What an authorization grants in the sandbox: which scopes, to which kind of owner, and the
+refusal of a grant that is not (or no longer) valid.
 
 Factorial's applications either know the seed library's ``read``/``write`` or carry
 resource scopes of their own (``employees time_off``), and an admin may authorize a
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokend.sandbox.replies import refuse
+from tokend.sandbox.replies import Refusal, refuse
 
 OLD_SCOPES = frozenset({"read", "write"})
 """What a client registered without scopes may ask for: the seed library's scopes."""
@@ -55,3 +56,12 @@ def is_company(resource_owner_type: str) -> bool:
     if resource_owner_type not in ("", *OWNER_TYPES):
         raise refuse(400, "invalid_request", "The resource_owner_type must be user or company.")
     return resource_owner_type == "company"
+
+
+def invalid_grant() -> Refusal:
+    """Doorkeeper's one answer for a code or refresh token it will not honour, whatever why."""
+    return refuse(
+        400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
+        "does not match the redirection URI used in the authorization request, or was "
+        "issued to another client.",
+    )

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokend.model import OOB
-from tokend.sandbox.grants import allowed_scopes, granted_scope, is_company
+from tokend.sandbox.grants import allowed_scopes, granted_scope, invalid_grant, is_company
 from tokend.sandbox.replies import Refusal, Reply, error_reply, refuse
 from tokend.timing import Clock
 
@@ -234,15 +234,15 @@ class SandboxModel:
             raise refuse(400, "invalid_request", "The request is missing code or redirect_uri.")
         entry = self._codes.get(code)
         if entry is None or entry.client_id != client_id:
-            raise self._invalid_grant()
+            raise invalid_grant()
         if self._clock.now() >= entry.issued_at + CODE_LIFETIME:
-            raise self._invalid_grant()
+            raise invalid_grant()
         if entry.redirect_uri != redirect_uri:
-            raise self._invalid_grant()
+            raise invalid_grant()
         if entry.refresh_token is not None:
             pair = self._pairs[entry.refresh_token]
             if pair.status not in ("fresh", "used"):
-                raise self._invalid_grant()
+                raise invalid_grant()
             return pair
         pair = self._issue(client_id, entry.user, entry.scope, parent=None, company=entry.company)
         self._codes[code] = replace(entry, refresh_token=pair.refresh_token)
@@ -255,9 +255,9 @@ class SandboxModel:
         pair = self._pairs.get(refresh_token)
         # A company token never expires, so Doorkeeper has nothing to refresh.
         if pair is None or pair.client_id != client_id or pair.company:
-            raise self._invalid_grant()
+            raise invalid_grant()
         if self.refresh_token_state(refresh_token) != "live":
-            raise self._invalid_grant()
+            raise invalid_grant()
         previous = self._pairs.get(self._child.get(refresh_token, ""))
         if previous is not None and previous.status == "fresh":
             self._set_status(previous, "revoked")
@@ -301,11 +301,3 @@ class SandboxModel:
             "scope": pair.scope,
             "created_at": pair.reported_at,
         }
-
-    @staticmethod
-    def _invalid_grant() -> Refusal:
-        return refuse(
-            400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
-            "does not match the redirection URI used in the authorization request, or was "
-            "issued to another client.",
-        )
