@@ -137,5 +137,5 @@ def test_demo_authorizes_and_refreshes_on_its_own() -> None:
     result = tokend("demo", "--duration", "7", "--lifetime", "3", timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert sum(" authorized " in line for line in lines) == 3
+    assert sum(" authorized " in line for line in lines) == 4  # three users and a company
     assert sum(" refreshed " in line for line in lines) >= 3
