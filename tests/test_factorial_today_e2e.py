@@ -90,9 +90,13 @@ def test_a_resource_scope_token_from_authorization_to_outputs_and_status(
     daemon = start_daemon(setup.config)
     wait_for(lambda: refreshed(daemon, SCOPED) >= 1 and refreshed(daemon, OLD) >= 1, 20,
              "a refresh of both tokens")
-    token = _current(setup, SCOPED)
-    wait_for(lambda: setup.output("alice", "employees time_off", "token").read_text() == token,
-             10, "the token file to hold the current token")
+    # The token rotates every ~1.5 s: compare reads made one right after the other.
+    spaced = "app/alice/employees time_off"
+    wait_for(lambda: _current(setup, spaced) == _current(setup, SCOPED), 10,
+             "the scope written with a space to name the same token")
+    token_file = setup.output("alice", "employees time_off", "token")
+    wait_for(lambda: token_file.read_text() == _current(setup, SCOPED), 10,
+             "the token file to hold the current token")
     document = json.loads(setup.output("alice", "employees time_off", "json").read_text())
     assert document["scope"] == "employees time_off"
     assert _me(factorial, _current(setup, SCOPED)).json()["scope"] == "employees time_off"
