@@ -28,8 +28,8 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from tokend.errors import TokenFileError
+from tokend.formats import DEFAULT_ENV_VARIABLE
 
-DEFAULT_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 _ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 _Identity = tuple[int, int, int, int]
 # One entry per path and variable, replaced when the file changes: a program calling
@@ -113,7 +113,7 @@ def _from_json(text: str, name: str) -> str:
 
 def _from_env(values: dict[str, str], name: str, variable: str | None) -> str:
     if variable is None:
-        variable = next(iter(values)) if len(values) == 1 else DEFAULT_VARIABLE
+        variable = next(iter(values)) if len(values) == 1 else DEFAULT_ENV_VARIABLE
     if variable not in values:
         raise TokenFileError(f"{name}: the env file does not set {variable}")
     if not values[variable]:

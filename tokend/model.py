@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 from tokend.errors import NotFoundError
+from tokend.formats import DEFAULT_ENV_VARIABLE
 
 SCOPES = ("read", "write", "read+write")
 OutputFormat = Literal["token", "env", "json"]
-DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 DEFAULT_BASE_URL = "https://api.factorialhr.com"
 """Factorial's API: where the seed client and every application talk unless told otherwise."""
 OOB = "urn:ietf:wg:oauth:2.0:oob"
