@@ -48,16 +48,17 @@ def test_doubled_braces_are_literal_braces() -> None:
                            "user"),
         ("{refresh_token}", "at character 1; tokend never writes the refresh token or a secret"),
         ("{client_secret}", "never writes the refresh token or a secret"),
-        ("{access_token.__class__}", r"unknown placeholder \{access_token.__class__\}"),
-        ("{access_token:>50}", "unknown placeholder"),
-        ("{access_token!r}", "unknown placeholder"),
-        ("{}", r"unknown placeholder \{\} at character 1"),
+        ("{access_token.__class__}", "unknown placeholder at character 1"),
+        ("{access_token:>50}", "unknown placeholder at character 1"),
+        ("{access_token!r}", "unknown placeholder at character 1"),
+        ("{}", "unknown placeholder at character 1"),
+        ("x{tok-3fA9/xyz=}", "unknown placeholder at character 2; placeholders are"),
         ("a } b", "stray '}' at character 3"),
         ("a { b", "'{' at character 3 is not closed"),
         ("{user {app}", "'{' at character 1 is not closed"),
     ],
     ids=["unknown", "refresh-token", "secret", "attribute", "format-spec", "conversion",
-         "empty", "stray-close", "unclosed", "nested"],
+         "empty", "not-a-name-not-quoted", "stray-close", "unclosed", "nested"],
 )
 def test_a_bad_template_names_the_problem_and_where(template: str, message: str) -> None:
     """Unknown placeholders and stray braces are refused with their position in the template."""

@@ -26,6 +26,7 @@ _NEVER = ("refresh_token", "client_secret", "client_id")
 # only characters that none of them treat specially are allowed.
 _ENV_SAFE_VALUE = re.compile(r"[A-Za-z0-9._~+/=-]+")
 _ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
 
 def placeholders(*, access_token: str, token_type: str, scope: str, expires_at: float,
@@ -129,4 +130,6 @@ def template_parts(template: str) -> list[tuple[str, str]]:
 def _unknown(field: str, at: int) -> str:
     why = ("tokend never writes the refresh token or a secret" if field.strip() in _NEVER
            else f"placeholders are {', '.join(PLACEHOLDERS)}")
-    return f"unknown placeholder {{{field}}} at character {at + 1}; {why}"
+    # Only a name is quoted: whatever else sits between braces might be a pasted secret.
+    shown = f" {{{field}}}" if _NAME.fullmatch(field) else ""
+    return f"unknown placeholder{shown} at character {at + 1}; {why}"

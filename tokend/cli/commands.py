@@ -188,15 +188,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """Print the current access token; exit 1 when there is no valid one."""
+    """Print the current access token (or --format json, env, header, template); exit 1 when
+    there is no valid one."""
     import time
 
-    from tokend.config.quick import quick_state_dir
-    from tokend.store.quick import current_access_token
+    from tokend.cli.handout import token_text
 
-    state_dir = quick_state_dir(_config_path(args))
-    print(current_access_token(state_dir, args.name, now=time.time()))
+    sys.stdout.write(token_text(_config_path(args), args.name, args.format, now=time.time()))
     return EXIT_OK
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Run a command with the current token(s) in its environment, in tokend's place (its exit
+    status, signals and output are the command's); exit 1 without running it when a token is
+    missing or expired."""
+    import os
+    import time
+
+    from tokend.cli.handout import exec_environment, replace_with
+
+    if "--" not in args.argv:
+        raise UsageError("put -- between the token names and the command: "
+                         "tokend exec NAME [NAME...] -- COMMAND [ARGS...]")
+    split = args.argv.index("--")
+    names, command = args.argv[:split], args.argv[split + 1:]
+    if not names or not command:
+        raise UsageError(f"name {'a command after --' if names else 'at least one token'}: "
+                         "tokend exec NAME [NAME...] -- COMMAND [ARGS...]")
+    options = [name for name in names if name.startswith("-")]
+    if options:
+        raise UsageError(f"{options[0]}: tokend's options go before the token names")
+    environment = exec_environment(_config_path(args), names, now=time.time())
+    return replace_with(command, {**os.environ, **environment})
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:

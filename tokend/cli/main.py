@@ -25,6 +25,7 @@ from tokend.cli.commands import (
     cmd_authorize,
     cmd_check,
     cmd_demo,
+    cmd_exec,
     cmd_refresh,
     cmd_revoke,
     cmd_run,
@@ -36,6 +37,7 @@ from tokend.errors import ConfigError, NotFoundError, TokendError
 from tokend.timing import parse_duration, parse_rate
 
 _NAME_HELP = "APP/USER/SCOPE (the scope may be left out if unique)"
+TOKEN_FORMATS = ("token", "json", "env", "header", "template")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 _FROM_ENVIRONMENT = (("log_level", "TOKEND_LOG_LEVEL", LOG_LEVELS, "info"),
@@ -157,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     token = verb("token", cmd_token,
                  'curl -H "Authorization: Bearer $(tokend token payroll/alice)" ...')
     token.add_argument("name", help=_NAME_HELP)
+    token.add_argument("--format", choices=TOKEN_FORMATS, default="token",
+                       help="token (the bare token), json, env or template as the token's "
+                            "outputs write them, header (Authorization: Bearer ...)")
+
+    run_with = verb("exec", cmd_exec, "tokend exec payroll/alice -- ./sync --all\n"
+                    "  tokend exec payroll/alice payroll/bob -- ./compare")
+    run_with.add_argument("argv", nargs=argparse.REMAINDER, metavar="NAME... -- COMMAND ...",
+                          help="the tokens (each as FACTORIAL_ACCESS_TOKEN, or its env output's "
+                               "variable:), then -- and the command")
 
     refresh = verb("refresh", cmd_refresh, "tokend refresh --force payroll/alice/read")
     refresh.add_argument("names", nargs="*", metavar="NAME", help="only these tokens")

@@ -14,11 +14,12 @@ which validates the whole file: a mistake after ``state_dir`` does not stop
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tokend.config.reader import NOT_TEXT, UNSURE, read_yaml, top_level_scalar
 from tokend.errors import ConfigError
+from tokend.formats import DEFAULT_ENV_VARIABLE
 
 # Mirror tokend.config.load's constants; importing that module would import pydantic.
 DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")
@@ -69,3 +70,73 @@ def quick_config_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml`` (as ``default_config_path``)."""
     env = os.environ if environ is None else environ
     return Path(env["TOKEND_CONFIG"]) if env.get("TOKEND_CONFIG") else DEFAULT_CONFIG_PATH
+
+
+class QuickOutput:
+    """One output of a token as the config writes it: format, env variable, template text."""
+
+    __slots__ = ("kind", "template", "variable")
+
+    def __init__(self, kind: str, variable: str, template: str) -> None:
+        self.kind = kind
+        self.variable = variable
+        self.template = template
+
+
+def quick_outputs(path: Path, names: Sequence[str]) -> dict[str, list[QuickOutput]]:
+    """The outputs the config file gives each token of ``names`` (``APP/USER/SCOPE``),
+    without pydantic: for ``tokend token --format env|template`` and ``tokend exec``.
+
+    Only the keys these read are looked at, with the loader's defaults (format
+    ``token``, variable ``FACTORIAL_ACCESS_TOKEN``, scope ``read+write``); a
+    ``template_file`` is read relative to the config file's folder. A token the
+    config does not name has no outputs. Anything unexpected is a
+    :class:`ConfigError` that points at ``tokend check``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    applications = _mapping(_mapping(read_yaml(raw.decode("utf-8-sig"), str(path)).data,
+                                     path).get("applications"), path)
+    found: dict[str, list[QuickOutput]] = {}
+    for name in names:
+        app, user, scope = name.split("/", 2)
+        found[name] = []
+        for item in _list(_mapping(applications.get(app), path).get("tokens"), path):
+            entry = _mapping(item, path)
+            if entry.get("user") == user and entry.get("scope", "read+write") == scope:
+                found[name] = [_output(_mapping(output, path), path)
+                               for output in _list(entry.get("outputs"), path)]
+                break
+    return found
+
+
+def _output(output: Mapping[str, object], path: Path) -> QuickOutput:
+    kind, variable = output.get("format", "token"), output.get("variable", DEFAULT_ENV_VARIABLE)
+    template, file = output.get("template", ""), output.get("template_file")
+    if file is not None:
+        try:
+            template = (path.absolute().parent / str(file)).read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            raise ConfigError(f"{path}: cannot read the template_file {file}; run `tokend check`"
+                              ) from None
+    if not all(isinstance(value, str) for value in (kind, variable, template)):
+        raise ConfigError(f"{path}: an output of this token is not valid; run `tokend check`")
+    return QuickOutput(str(kind), str(variable), str(template))
+
+
+def _mapping(value: object, path: Path) -> Mapping[str, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: is not a valid config file; run `tokend check`")
+    return value
+
+
+def _list(value: object, path: Path) -> list[object]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: is not a valid config file; run `tokend check`")
+    return value

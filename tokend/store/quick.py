@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import cast
 
 from tokend.errors import NotFoundError, StateError, TokendError
 from tokend.store import DATABASE_NAME
@@ -18,7 +19,8 @@ from tokend.timing import format_utc
 
 # Expiry counts from this host's clock when the request was sent (``issued_at``); version 3
 # knows when a token left the config.
-_COLUMNS = "app, user, scope, access_token, issued_at, expires_in, state"
+_COLUMNS = ("app, user, scope, access_token, issued_at, expires_in, state, token_type, "
+            "granted_scope")
 _ROWS = {2: f"SELECT {_COLUMNS}, NULL FROM tokens",  # noqa: S608 -- constants only
          3: f"SELECT {_COLUMNS}, unconfigured_at FROM tokens"}  # noqa: S608
 _KEYS = ("app", "user", "scope")
@@ -34,15 +36,19 @@ class _Row:
     """One stored token. A plain class: importing dataclasses would cost ``tokend token``
     a tenth of its run; no repr either, since it holds the access token."""
 
-    __slots__ = ("access_token", "expires_at", "name", "state", "unconfigured_at")
+    __slots__ = ("access_token", "expires_at", "granted_scope", "name", "state", "token_type",
+                 "unconfigured_at")
 
     def __init__(self, name: str, access_token: str | None, expires_at: float | None,
-                 state: str, unconfigured_at: float | None) -> None:
+                 state: str, unconfigured_at: float | None, *, token_type: str | None,
+                 granted_scope: str | None) -> None:
         self.name = name
         self.access_token = access_token
         self.expires_at = expires_at
         self.state = state
         self.unconfigured_at = unconfigured_at
+        self.token_type = token_type or "Bearer"
+        self.granted_scope = granted_scope or name.rsplit("/", 1)[-1]
 
 
 class NoValidTokenError(TokendError):
@@ -50,7 +56,13 @@ class NoValidTokenError(TokendError):
 
 
 def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
-    """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``).
+    """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``);
+    raises as :func:`current_token`."""
+    return cast(str, current_token(state_dir, text, now=now).access_token)  # never None there
+
+
+def current_token(state_dir: Path, text: str, *, now: float) -> _Row:
+    """The stored token ``text`` names, with a usable access token and its expiry.
 
     Raises :class:`NoValidTokenError` when there is no such token in the store
     (never authorized, or a typo: without loading the config the two look alike),
@@ -73,7 +85,7 @@ def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
         when = format_utc(row.expires_at)
         hint = _HINTS.get(row.state, "is the daemon running? see `tokend status`")
         raise NoValidTokenError(f"the access token of {row.name} expired at {when}; {hint}")
-    return row.access_token
+    return row
 
 
 def _find(path: Path, text: str) -> _Row:
@@ -121,7 +133,7 @@ def _rows(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[_Row]
     return [
         _Row(f"{app}/{user}/{scope}", access,
              None if issued is None or lifetime is None else float(issued + lifetime), state,
-             unconfigured_at)
-        for app, user, scope, access, issued, lifetime, state, unconfigured_at
-        in conn.execute(query, parts)
+             unconfigured_at, token_type=token_type, granted_scope=granted_scope)
+        for app, user, scope, access, issued, lifetime, state, token_type, granted_scope,
+        unconfigured_at in conn.execute(query, parts)
     ]
