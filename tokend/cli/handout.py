@@ -11,7 +11,6 @@ use (:mod:`tokend.formats`). Neither imports httpx, pydantic or structlog.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -80,8 +79,11 @@ def _variable(outputs: Sequence[QuickOutput]) -> str:
 def replace_with(command: Sequence[str], environment: Mapping[str, str]) -> int:
     """Become ``command`` (same pid: its exit status, signals and stdio are the caller's);
     returns only when it cannot be run, with the status a shell would give."""
+    import signal  # noqa: PLC0415 -- exec only: `tokend token` shares this module
+
     # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec:
-    # `tokend exec … -- yes | head` would never end.
+    # in `tokend exec … -- producer | head`, the producer would get write errors instead
+    # of the quiet SIGPIPE every Unix tool expects when head exits.
     for number in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(number, signal.SIG_DFL)
     sys.stdout.flush()
