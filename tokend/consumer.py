@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from tokend.errors import TokenFileError
-from tokend.formats import DEFAULT_ENV_VARIABLE
+from tokend.model import DEFAULT_ENV_VARIABLE
 
 _ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 _Identity = tuple[int, int, int, int]

@@ -3,8 +3,8 @@ for ``tokend token``/``tokend exec`` alike, and the rules of ``format: template`
 
 The outputs (:mod:`tokend.engine.outputs`) and the command line render through the same
 function, so a file and ``tokend token --format`` can never disagree. This module stays
-light (no dataclasses, pydantic or httpx): ``tokend token`` renders with it on its fast
-path. No format can show the refresh token or a secret: they are not among the values
+light (no pydantic or httpx): ``tokend token`` renders with it on its fast path. No
+format can show the refresh token or a secret: they are not among the values
 (:func:`placeholders`) a renderer is given.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
+from tokend.model import DEFAULT_ENV_VARIABLE, ENV_VARIABLE
 from tokend.timing import format_utc
 
-DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 PLACEHOLDERS = ("access_token", "token_type", "scope", "expires_at", "expires_in", "name",
                 "app", "user")
 """What a template may show; ``expires_at`` is ISO 8601 UTC, ``expires_in`` whole seconds."""
@@ -24,7 +24,6 @@ _NEVER = ("refresh_token", "client_secret", "client_id")
 # --env-file (which keeps quotes literally) and a POSIX shell's ``. file``, so
 # only characters that none of them treat specially are allowed.
 _ENV_SAFE_VALUE = re.compile(r"[A-Za-z0-9._~+/=-]+")
-_ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
 
@@ -60,7 +59,7 @@ def _token(values: Mapping[str, str], _variable: str, _template: str) -> str:
 
 
 def _env(values: Mapping[str, str], variable: str, _template: str) -> str:
-    if not _ENV_VARIABLE.fullmatch(variable):
+    if not ENV_VARIABLE.fullmatch(variable):
         raise ValueError(f"{variable!r} is not a valid variable name")
     token = values["access_token"]
     # A leading "~" would be tilde-expanded by a shell in an assignment.

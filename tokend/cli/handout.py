@@ -3,9 +3,10 @@ environment of a command that replaces tokend.
 
 Both run inside other programs (``$(…)``, a service's ``ExecStart=``, a credential
 helper) many times a minute, so both keep to the fast path: the token straight from
-the store with sqlite3 (:mod:`tokend.store.quick`), the config read only for what a
-format needs (:mod:`tokend.config.quick`), the text from the renderer the output files
-use (:mod:`tokend.formats`). Neither imports httpx, pydantic or structlog.
+the store with sqlite3 (:func:`tokend.store.sqlite_schema.current_token`), the config
+read only for what a format needs (:mod:`tokend.config.quick`), the text from the
+renderer the output files use (:mod:`tokend.formats`). Neither imports httpx, pydantic
+or structlog.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 from tokend.config.quick import QuickOutput, quick_outputs, quick_state_dir
 from tokend.errors import ConfigError, OutputError
-from tokend.formats import DEFAULT_ENV_VARIABLE, placeholders, render
-from tokend.store.quick import current_token
+from tokend.formats import placeholders, render
+from tokend.model import DEFAULT_ENV_VARIABLE
+from tokend.store.sqlite_schema import current_token
 
 EXIT_CANNOT_RUN = 126
 EXIT_NOT_FOUND = 127
@@ -31,24 +33,25 @@ def token_text(config: Path, name: str, kind: str, *, now: float) -> str:
     ``env`` uses the variable of the token's first env output, ``template`` the
     template of its first template output (a token without one is a usage error).
     """
-    row = current_token(quick_state_dir(config), name, now=now)
-    outputs = quick_outputs(config, [row.name])[row.name] if kind in ("env", "template") else []
+    found = current_token(quick_state_dir(config), name, now=now)
+    full = str(found.name)
+    outputs = quick_outputs(config, [full])[full] if kind in ("env", "template") else []
     template = ""
     if kind == "template":
         templates = [output.template for output in outputs if output.kind == "template"]
         if not templates:
-            raise ConfigError(f"{row.name} has no output with format: template in {config}")
+            raise ConfigError(f"{full} has no output with format: template in {config}")
         template = templates[0]
-    values = placeholders(access_token=str(row.access_token), token_type=row.token_type,
-                          scope=row.granted_scope, expires_at=float(row.expires_at or 0),
-                          name=row.name, now=now)
+    values = placeholders(access_token=found.token.access_token,
+                          token_type=found.token.token_type, scope=found.token.scope,
+                          expires_at=found.expires_at, name=full, now=now)
     try:
         text = render(kind, values, variable=_variable(outputs), template=template)
     except ValueError as error:
         if kind == "template":
-            raise ConfigError(f"{config}: the template of {row.name}: {error}; run "
+            raise ConfigError(f"{config}: the template of {full}: {error}; run "
                               "`tokend check`") from None
-        raise OutputError(f"{row.name} cannot be shown as {kind}: {error}") from None
+        raise OutputError(f"{full} cannot be shown as {kind}: {error}") from None
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -56,18 +59,19 @@ def exec_environment(config: Path, names: Sequence[str], *, now: float) -> dict[
     """The variables ``tokend exec`` adds: each token under its env output's ``variable:``
     (else ``FACTORIAL_ACCESS_TOKEN``); two tokens under one name are a config error."""
     state_dir = quick_state_dir(config)
-    rows = {row.name: row for row in (current_token(state_dir, name, now=now) for name in names)}
-    outputs = quick_outputs(config, list(rows))
+    tokens = {str(found.name): found.token
+              for found in (current_token(state_dir, name, now=now) for name in names)}
+    outputs = quick_outputs(config, list(tokens))
     environment: dict[str, str] = {}
     owners: dict[str, str] = {}
-    for name, row in rows.items():
+    for name, token in tokens.items():
         variable = _variable(outputs[name])
         if variable in owners:
             raise ConfigError(
                 f"{owners[variable]} and {name} would both be {variable} in the command's "
                 "environment; give their env outputs distinct `variable:` names")
         owners[variable] = name
-        environment[variable] = str(row.access_token)
+        environment[variable] = token.access_token
     return environment
 
 
