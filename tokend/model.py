@@ -18,7 +18,7 @@ from typing import Literal, Protocol, TypeVar
 from tokend.errors import NotFoundError
 
 SCOPES = ("read", "write", "read+write")
-OutputFormat = Literal["token", "env", "json"]
+OutputFormat = Literal["token", "env", "json", "template"]
 DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 DEFAULT_BASE_URL = "https://api.factorialhr.com"
 """Factorial's API: where the seed client and every application talk unless told otherwise."""
@@ -114,6 +114,8 @@ class OutputSpec:
     mode: int = 0o600
     owner: int | None = None
     group: int | None = None
+    template: str = ""
+    """The text of a ``template`` output (``template_file``'s, read when the config loads)."""
 
 
 @dataclass(frozen=True, slots=True)

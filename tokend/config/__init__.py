@@ -7,6 +7,6 @@ the one YAML reader (``reader``, its pass over the parser's events in ``events``
 paths (``document``), the pydantic schema at the boundary (``schema``), the specs built
 from it (``build``) and, for ``tokend token``, the default paths and the ``state_dir``
 scan that stops at that key (``quick``). May import only ``tokend.model``,
-``tokend.errors`` and ``tokend.timing``. Kept empty so ``quick`` (which needs only the
-reader) loads without pydantic.
+``tokend.errors``, ``tokend.timing`` and ``tokend.formats`` (a template's rules). Kept
+empty so ``quick`` (which needs only the reader) loads without pydantic.
 """

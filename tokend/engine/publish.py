@@ -251,7 +251,8 @@ def settle_files(
     has_token = record.token is not None and record.expires_at is not None
     try:
         if record.token is not None and record.expires_at is not None:
-            rewritten = write_outputs(outputs, record.token, expires_at=record.expires_at)
+            rewritten = write_outputs(outputs, record.token, name=record.name,
+                                      expires_at=record.expires_at)
             if rewritten:
                 log.debug("outputs_written", token=name, paths=[str(p) for p in rewritten])
         else:  # revoked: no file may keep a dead token
