@@ -1,4 +1,4 @@
-"""Find the state directory without loading the whole configuration.
+"""Find the state directory, and a token's outputs, without loading the whole configuration.
 
 ``tokend token`` runs inside other programs' ``$(…)``, often many times a
 minute, so it must start fast: no pydantic, no httpx, no structlog. It needs
@@ -9,7 +9,9 @@ layer's one YAML reader (:mod:`tokend.config.reader`, which needs PyYAML only): 
 pass over the parser's events, stopped at that key.
 Anything unexpected is a :class:`ConfigError` that points at ``tokend check``,
 which validates the whole file: a mistake after ``state_dir`` does not stop
-``tokend token``.
+``tokend token``. ``tokend token --format env|template`` and ``tokend exec`` also
+need the token's outputs (:func:`quick_outputs`), read from the whole file by the
+same reader (a test keeps them in agreement with the loader's too).
 """
 
 from __future__ import annotations
