@@ -89,6 +89,47 @@ def test_a_key_on_the_command_line_is_not_asked_for(tmp_path: Path, sandbox: San
     assert len(result.stdout.splitlines()) == 1, result.stdout
 
 
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_a_key_from_stdin_or_a_file_stays_off_the_command_line(
+    tmp_path: Path, sandbox: Sandbox, source: str
+) -> None:
+    """--key - reads the key from stdin and --key-file PATH from a file, so it never shows
+    in ps or shell history; the outcome is the same as with --key=KEY."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")])
+    setup.write()
+    key = sandbox.authorize(client_id=CLIENT_ID, redirect_uri="urn:ietf:wg:oauth:2.0:oob",
+                            scope="read", user="alice")
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    args = ["--key", "-"] if source == "stdin" else ["--key-file", str(key_file)]
+    result = subprocess.run(
+        [sys.executable, "-m", "tokend", "--config", str(setup.config), "authorize",
+         "app/alice/read", *args],
+        input=key + "\n" if source == "stdin" else "", capture_output=True, text=True,
+        timeout=30, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("app/alice/read authorized; access token valid until ")
+    on_command_line = any(key in arg for arg in result.args)
+    assert not on_command_line
+    assert setup.output("alice", "read", "token").exists()
+
+
+def test_an_empty_or_unreadable_key_source_is_a_usage_error(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Nothing on stdin, or a --key-file that cannot be read: exit 2 naming the source."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")])
+    setup.write()
+    empty = tokend("authorize", "app/alice/read", "--key", "-", config=setup.config)
+    missing = tokend("authorize", "app/alice/read", "--key-file", str(tmp_path / "nope"),
+                     config=setup.config)
+    assert (empty.returncode, missing.returncode) == (2, 2)
+    assert "--key - (stdin) is empty" in empty.stderr
+    assert f"cannot read --key-file {tmp_path / 'nope'}" in missing.stderr
+    assert sandbox.stats()["authorization_code"] == 0
+
+
 def _listen_setup(tmp_path: Path, sandbox: Sandbox) -> tuple[Setup, str]:
     setup = Setup(tmp_path, sandbox, [("alice", "read")])
     redirect = f"http://127.0.0.1:{free_port()}/callback"
