@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -26,6 +27,8 @@ from tests.e2e import (
     wait_for,
     with_app_settings,
 )
+from tokend.errors import PermanentOAuthError
+from tokend.factorial import Factorial
 from tokend.sandbox import Sandbox
 
 PROMPT = "Authorization required. Follow this link and store your authorization key:"
@@ -163,6 +166,38 @@ def test_listen_flow_the_browser_brings_the_code_and_forgeries_are_refused(
     assert "app/alice/read authorized" in out
     assert sandbox.stats()["authorization_code"] == 1
     assert setup.output("alice", "read", "token").exists()
+
+
+def test_listen_flow_a_code_caught_on_its_way_is_useless_without_the_verifier(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The link carries a PKCE S256 challenge: a program that catches the redirect's code
+    (a squatter, a log) and exchanges it with the client secret is refused, and tokend,
+    which holds the verifier, still gets the token with that same code."""
+    setup, redirect = _listen_setup(tmp_path, sandbox)
+    process = _start(setup.config, "app/alice/read", "--listen", "--timeout", "20")
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        link = process.stdout.readline().strip()
+        assert "code_challenge_method=S256" in link and "code_challenge=" in link
+        approval = httpx.get(f"{link}&user=alice", timeout=10)
+        assert approval.status_code == 302
+        location = approval.headers["location"]
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        with Factorial(access_token="", base_url=sandbox.url, timeout=5) as thief, \
+                pytest.raises(PermanentOAuthError) as refused:
+            thief.obtain_access_token(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                                      redirect_uri=redirect, authorization_key=code)
+        assert refused.value.error == "invalid_grant"
+        page = httpx.get(location, timeout=30)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert page.status_code == 200
+    assert process.returncode == 0, err
+    assert "app/alice/read authorized" in out
 
 
 @pytest.mark.parametrize("secret_is_right", [True, False], ids=["right-secret", "wrong-secret"])
