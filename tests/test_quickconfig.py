@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from tokend.config.load import default_config_path, load_config
-from tokend.config.quick import quick_config_path, quick_state_dir
+from tokend.config.quick import quick_state_dir
 from tokend.errors import ConfigError, NotFoundError
 from tokend.model import Token, TokenName
 from tokend.store.interface import Written
-from tokend.store.quick import NoValidTokenError, current_access_token
 from tokend.store.sqlite import SqliteStateStore
+from tokend.store.sqlite_schema import NoValidTokenError, current_access_token
 
 APP = """\
 applications:
@@ -61,10 +61,12 @@ def test_state_dir_agrees_with_load_config(
     assert quick_state_dir(path, environ=environ) == load_config(path, environ=environ).state_dir
 
 
-@pytest.mark.parametrize("environ", [{}, {"TOKEND_CONFIG": "/x/c.yaml"}, {"TOKEND_CONFIG": ""}])
-def test_default_config_path_agrees(environ: dict[str, str]) -> None:
-    """--config's default is the same for the fast path and the full loader."""
-    assert quick_config_path(environ) == default_config_path(environ)
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, "/etc/tokend/config.yaml"), ({"TOKEND_CONFIG": "/x/c.yaml"}, "/x/c.yaml"),
+    ({"TOKEND_CONFIG": ""}, "/etc/tokend/config.yaml")])
+def test_default_config_path(environ: dict[str, str], expected: str) -> None:
+    """--config's default: $TOKEND_CONFIG when set and not empty."""
+    assert default_config_path(environ) == Path(expected)
 
 
 @pytest.mark.parametrize("text", ["state_dir: [a]\n", "- a list\n", "state_dir: '  '\n", "{"])

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokend.engine.schedule import (
-    MAX_REFRESH_FRACTION,
     REFRESH_TOKEN_MARGIN_MAX,
     Scheduler,
     backoff_delay,
@@ -24,7 +23,7 @@ from tokend.engine.schedule import (
     jitter_fraction,
     refresh_token_deadline,
 )
-from tokend.model import RetryPolicy, Token, TokenName, TokenSpec
+from tokend.model import MAX_REFRESH_FRACTION, RetryPolicy, Token, TokenName, TokenSpec
 from tokend.store.interface import TokenRecord, TokenState
 
 NAME = TokenName("payroll", "alice", "read")

@@ -27,9 +27,13 @@ from tokend.store.interface import (
     TokenState,
     Written,
 )
-from tokend.store.quick import NoValidTokenError, current_access_token
 from tokend.store.sqlite import SqliteStateStore
-from tokend.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from tokend.store.sqlite_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    NoValidTokenError,
+    current_access_token,
+)
 
 NAME = TokenName("payroll", "alice", "read")
 OTHER = TokenName("payroll", "bob", "write")

@@ -8,11 +8,12 @@ them. They compare by value, which is what makes a reload a simple diff.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from tokend.errors import NotFoundError
 
@@ -23,6 +24,17 @@ DEFAULT_BASE_URL = "https://api.factorialhr.com"
 """Factorial's API: where the seed client and every application talk unless told otherwise."""
 OOB = "urn:ietf:wg:oauth:2.0:oob"
 """The out-of-band redirect URI: the server shows the authorization key in the browser."""
+MIN_REFRESH_FRACTION = 0.1
+MAX_REFRESH_FRACTION = 0.95
+"""Never later than this fraction of the access token's lifetime, whatever ``refresh_at`` says:
+the remaining 5% is the headroom for a slow server, a retry and the rate limit."""
+ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""What an ``env`` output's variable may be called: a name every shell and env file reads."""
+
+
+def is_port(text: str) -> bool:
+    """Whether ``text`` is a TCP port number, 0 to 65535 (0 picks a free port)."""
+    return text.isdigit() and int(text) <= 65535
 
 
 def is_loopback(host: str) -> bool:
@@ -166,23 +178,46 @@ class Config:
     ``previous``); opaque to everything else."""
 
 
+class _HasName(Protocol):
+    @property
+    def name(self) -> TokenName: ...
+
+
+_Named = TypeVar("_Named", bound=_HasName)
+
+
+def name_matches(name: TokenName, parts: list[str]) -> bool:
+    """Whether ``name`` begins with ``parts``, a name split at ``/`` (see :func:`pick_named`)."""
+    return [name.app, name.user, name.scope][: len(parts)] == parts
+
+
+def pick_named(text: str, matches: list[_Named]) -> _Named | None:
+    """The one of ``matches`` (those :func:`name_matches` ``text``) that ``text`` names.
+
+    The rule for every command taking a name: ``APP/USER/SCOPE``, or ``APP/USER`` when
+    that user has one token. ``None`` when ``text`` names nothing (the caller lists what
+    exists); ``NotFoundError`` listing the candidates when it is ambiguous.
+    """
+    parts = len(text.split("/"))
+    if parts in (2, 3) and len(matches) == 1:
+        return matches[0]
+    if parts == 3 or not matches:
+        return None
+    listed = ", ".join(str(match.name) for match in matches)
+    raise NotFoundError(f"{text!r} is ambiguous; say which one: {listed}")
+
+
 def resolve_token(config: Config, text: str) -> TokenSpec:
     """Find the token an operator means by ``APP/USER/SCOPE`` or, when unambiguous, ``APP/USER``.
 
     Raises ``NotFoundError`` listing the candidates, so a typo is one step from fixed.
     """
     parts = text.split("/")
-    matches = [
-        spec for spec in config.tokens
-        if [spec.name.app, spec.name.user, spec.name.scope][: len(parts)] == parts
-    ]
-    if len(parts) in (2, 3) and len(matches) == 1:
-        return matches[0]
-    if len(parts) == 3 or not matches:
+    found = pick_named(text, [spec for spec in config.tokens if name_matches(spec.name, parts)])
+    if found is None:
         candidates = ", ".join(str(spec.name) for spec in config.tokens) or "none configured"
         raise NotFoundError(f"no token named {text!r}; configured tokens: {candidates}")
-    listed = ", ".join(str(spec.name) for spec in matches)
-    raise NotFoundError(f"{text!r} is ambiguous; say which one: {listed}")
+    return found
 
 
 @dataclass(frozen=True, repr=False, slots=True)

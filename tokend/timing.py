@@ -7,6 +7,7 @@ rates (``180/min``) are parsed here for the YAML and the command line alike.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -47,6 +48,14 @@ def parse_duration(value: str | float) -> float:
         raise ValueError("must be a duration such as 90s, 5m, 1h or 7d")
     if seconds < 0:
         raise ValueError("must not be negative")
+    return seconds
+
+
+def parse_positive_duration(value: str | float) -> float:
+    """:func:`parse_duration`, refusing zero and infinity: for a wait or a lifetime."""
+    seconds = parse_duration(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be longer than zero")
     return seconds
 
 

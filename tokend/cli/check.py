@@ -36,10 +36,10 @@ import httpx
 from tokend.config.document import Document, KeyPath, format_key_path, read_document
 from tokend.config.exposure import config_exposure
 from tokend.engine.metrics import HOOKS
-from tokend.engine.schedule import MAX_REFRESH_FRACTION
 from tokend.errors import ConfigError, NetworkError, OAuthError
 from tokend.factorial import Factorial
 from tokend.model import (
+    MAX_REFRESH_FRACTION,
     OOB,
     ApplicationSpec,
     Config,

@@ -31,9 +31,9 @@ class UsageError(Exception):
 def _config_path(args: argparse.Namespace) -> Path:
     if args.config is not None:
         return Path(args.config)
-    from tokend.config.quick import quick_config_path  # not tokend.config.load: no pydantic here
+    from tokend.config.quick import default_config_path  # not tokend.config.load: no pydantic
 
-    return quick_config_path()
+    return default_config_path()
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -205,7 +205,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     import time
 
     from tokend.config.quick import quick_state_dir
-    from tokend.store.quick import current_access_token
+    from tokend.store.sqlite_schema import current_access_token
 
     state_dir = quick_state_dir(_config_path(args))
     print(current_access_token(state_dir, args.name, now=time.time()))

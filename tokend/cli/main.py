@@ -10,7 +10,6 @@ settings also come from the environment, so a systemd drop-in needs no ``ExecSta
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,7 +32,8 @@ from tokend.cli.commands import (
     cmd_token,
 )
 from tokend.errors import ConfigError, NotFoundError, TokendError
-from tokend.timing import parse_duration, parse_rate
+from tokend.model import is_port
+from tokend.timing import parse_positive_duration, parse_rate
 
 _NAME_HELP = "APP/USER/SCOPE (the scope may be left out if unique)"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -57,14 +57,12 @@ def _option_value(parse: Callable[[str], _T]) -> Callable[[str], _T]:
 
 
 def _positive_duration(value: str) -> float:
-    seconds = 0.0 if value.strip().startswith("-") else parse_duration(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("must be longer than zero")
-    return seconds
+    # "-5m" reads as a duration too short, not as one written wrong.
+    return parse_positive_duration("0" if value.strip().startswith("-") else value)
 
 
 def _port(value: str) -> int:
-    if not (value.isdigit() and int(value) <= 65535):
+    if not is_port(value):
         raise ValueError("must be a port number from 0 to 65535 (0 picks a free port)")
     return int(value)
 

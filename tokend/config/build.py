@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from tokend.config.quick import state_dir_of
 from tokend.config.reader import KeyPath, Mark, format_key_path
 from tokend.config.schema import (
     MODE_HINT,
@@ -38,7 +39,6 @@ from tokend.model import (
 )
 from tokend.timing import format_duration
 
-DEFAULT_STATE_DIR = Path("/var/lib/tokend")
 ENV_SETTINGS = ("state_dir",)
 """Top-level scalars an environment variable ``TOKEND_<NAME>`` may override."""
 SECRET_KEYS = ("client_secret", "client_secret_file", "client_secret_env",
@@ -101,10 +101,7 @@ class Builder:
     def state_dir(self, settings: Settings, overrides: Mapping[str, str]) -> Path:
         if "state_dir" in overrides:
             return Path(overrides["state_dir"]).absolute()
-        if settings.state_dir is not None:
-            return self._path.absolute().parent / settings.state_dir
-        systemd = self._environ.get("STATE_DIRECTORY", "").split(":")[0]
-        return Path(systemd).absolute() if systemd else DEFAULT_STATE_DIR
+        return state_dir_of(self._path, settings.state_dir, self._environ)
 
     def retry(self, where: KeyPath, *layers: Tuning) -> RetryPolicy:
         """Merge ``initial`` and ``max`` separately, so a token can change just one of them."""

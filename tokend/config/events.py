@@ -18,10 +18,8 @@ from typing import Any
 import yaml
 from yaml.events import (
     AliasEvent,
-    MappingEndEvent,
     MappingStartEvent,
     ScalarEvent,
-    SequenceEndEvent,
     SequenceStartEvent,
     StreamEndEvent,
 )
@@ -36,12 +34,10 @@ from tokend.config.frames import (
     MERGE,
     MERGE_KEY,
     NO_KEY,
-    NOT_TEXT,
     PLAIN,
     SOURCE,
     SOURCES,
     STR,
-    UNSURE,
     VALUE,
     VALUE_MARK,
     Anchor,
@@ -104,34 +100,6 @@ class EventReader(Repeats):
                     keys=tables[KEY_MARK], spans=self._spans,
                     aliased=MAX_ALIASED + len(self._text) - self._budget, shared=self._shared,
                     anchors=self._anchored)
-
-    def scan(self, wanted: str) -> Any:
-        """See :func:`top_level_scalar`: other keys' values are skipped, not built."""
-        get = self._loader.get_event
-        get()  # StreamStartEvent
-        if self._loader.check_event(StreamEndEvent):
-            return None  # an empty file
-        get()  # DocumentStartEvent
-        root = get()
-        if type(root) is not MappingStartEvent or root.tag not in DEFAULT_TAGS[MappingStartEvent]:
-            return UNSURE
-        while True:
-            key = get()
-            if type(key) is not ScalarEvent:
-                return None if type(key) is MappingEndEvent else UNSURE
-            if key.tag is not None or self._tag(key) == MERGE:  # a merge may bring the key
-                return UNSURE
-            value = get()
-            if key.value == wanted:
-                if type(value) is ScalarEvent:
-                    tag = self._tag(value)
-                    return value.value if tag == STR else self._construct(tag, value, ())
-                return UNSURE if type(value) is AliasEvent else NOT_TEXT
-            depth = int(type(value) in (MappingStartEvent, SequenceStartEvent))
-            while depth:
-                kind = type(get())
-                depth += (kind in (MappingStartEvent, SequenceStartEvent)) - (
-                    kind in (MappingEndEvent, SequenceEndEvent))
 
     def _node(self) -> Any:  # noqa: PLR0912 -- the loop over every event, inlined for speed
         """The root collection, read without recursion."""

@@ -31,6 +31,7 @@ then validates only the tokens whose text changed.
 
 from __future__ import annotations
 
+import difflib
 import gc
 import os
 from collections.abc import Iterator, Mapping
@@ -42,22 +43,14 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from tokend.config.build import DEFAULT_STATE_DIR, Builder, environment_overrides
+from tokend.config.build import Builder, environment_overrides
 from tokend.config.document import Problems, parse_document, read_text
-from tokend.config.hints import APPLICATION_SETTING, settings_as_applications, unknown_key
+from tokend.config.quick import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, default_config_path
 from tokend.config.reader import KeyPath
 from tokend.config.reread import Reread, reread, reuse
-from tokend.config.schema import Settings
+from tokend.config.schema import Settings, known_keys
 from tokend.errors import ConfigError
 from tokend.model import ApplicationSpec, Config, TokenSpec
-
-DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")
-
-
-def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml``."""
-    env = os.environ if environ is None else environ
-    return Path(env["TOKEND_CONFIG"]) if env.get("TOKEND_CONFIG") else DEFAULT_CONFIG_PATH
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None,
@@ -135,9 +128,9 @@ def _validate(document: dict[str, Any], problems: Problems,
               overrides: Mapping[str, str]) -> Settings:
     # Top-level x-* keys hold anchors for the rest of the file (as in docker compose).
     data = {key: value for key, value in document.items() if not key.startswith("x-")}
-    misplaced = settings_as_applications(data.get("applications"))
+    misplaced = _settings_as_applications(data.get("applications"))
     for name in misplaced:
-        problems.add(("applications", name), APPLICATION_SETTING, key=True)
+        problems.add(("applications", name), _APPLICATION_SETTING, key=True)
     if misplaced:
         data["applications"] = {name: app for name, app in data["applications"].items()
                                 if name not in misplaced}
@@ -158,7 +151,7 @@ def _report(error: ErrorDetails, problems: Problems, overrides: Mapping[str, str
     if kind == "missing":
         problems.add(loc, "required key is missing", anchor=loc[:-1], key=True, location=location)
     elif kind == "extra_forbidden":
-        problems.add(loc, unknown_key(loc), key=True, location=location)
+        problems.add(loc, _unknown_key(loc), key=True, location=location)
     elif loc and loc[-1] == "[key]":
         problems.add(loc[:-1], _describe(error), key=True, location=location)
     else:
@@ -193,6 +186,48 @@ def _describe(error: ErrorDetails) -> str:
             isinstance(item, dict) for item in value):
         quote = "; remove the '- ' in front of its keys"  # a list of mappings: "- key: value"
     return f"must be {expected}, not {kind}{quote}"
+
+
+# A key indented too little or too much is still valid YAML: it just lands in another
+# mapping, where pydantic calls it unknown, or, one level under ``applications:``, takes it
+# for the name of an application. These hints say where the key belongs, so the message
+# leads to the line's indentation.
+_LEVELS: tuple[tuple[str, KeyPath], ...] = (
+    ("the top level", ()),
+    ("defaults", ("defaults",)),
+    ("an application", ("applications", "")),
+    ("a token (an item under tokens:)", ("applications", "", "tokens", 0)),
+    ("an output (an item under outputs:)", ("applications", "", "tokens", 0, "outputs", 0)),
+    ("retry", ("defaults", "retry")),
+    ("metrics", ("metrics",)),
+)
+_APPLICATION_SETTING = ("is an application setting, not an application: indent it under its "
+                       "application, in line with client_id")
+
+
+def _unknown_key(path: KeyPath) -> str:
+    """The message for an unknown key: where it belongs if it is known elsewhere, else a typo."""
+    key = str(path[-1])
+    places = [place for place, level in _LEVELS if key in known_keys(level)]
+    if places:
+        where = " or ".join(filter(None, (", ".join(places[:-1]), places[-1])))
+        return f"unknown key here; {key} belongs in {where}: check its indentation"
+    close = difflib.get_close_matches(key, known_keys(path[:-1]), n=1, cutoff=0.6)
+    return f"unknown key; did you mean {close[0]}?" if close else "unknown key"
+
+
+def _settings_as_applications(applications: Any) -> list[str]:
+    """Names under ``applications:`` that are an application's settings indented too little.
+
+    ``tokens:`` two spaces in reads as an application named ``tokens``. A
+    mapping holding application settings is taken for a real application of
+    that name; anything else under such a name is a misplaced setting.
+    """
+    if not isinstance(applications, dict):
+        return []
+    settings = known_keys(("applications", ""))
+    return [name for name, value in applications.items() if name in settings and not (
+        isinstance(value, dict) and any(key in settings for key in value))]
 
 
 __all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_STATE_DIR", "ConfigError", "default_config_path",

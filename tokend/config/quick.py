@@ -5,7 +5,8 @@ minute, so it must start fast: no pydantic, no httpx, no structlog. It needs
 exactly one thing from the config file, ``state_dir``, and this module finds
 it with the same rules as :func:`tokend.config.load.load_config` (a test keeps the
 two in agreement), reading the file only up to that key with the config
-layer's one YAML reader (:mod:`tokend.config.reader`, which needs PyYAML only).
+layer's one YAML reader (:mod:`tokend.config.reader`, which needs PyYAML only): its
+pass over the parser's events, stopped at that key.
 Anything unexpected is a :class:`ConfigError` that points at ``tokend check``,
 which validates the whole file: a mistake after ``state_dir`` does not stop
 ``tokend token``.
@@ -16,11 +17,25 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from tokend.config.reader import NOT_TEXT, UNSURE, read_yaml, top_level_scalar
+import yaml
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+
+from tokend.config.events import EventReader
+from tokend.config.frames import DEFAULT_TAGS, MERGE, NOT_TEXT, STR, UNSURE, Options, Retry
+from tokend.config.reader import read_yaml
 from tokend.errors import ConfigError
 
-# Mirror tokend.config.load's constants; importing that module would import pydantic.
+# Here, not in tokend.config.load, which imports pydantic: both loaders read them from here.
 DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/tokend")
 
@@ -44,11 +59,21 @@ def quick_state_dir(path: Path, *, environ: Mapping[str, str] | None = None) -> 
                 value = _state_dir_of(file.read(), path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if value is not None and (not isinstance(value, str) or not value.strip() or "\0" in value):
+        raise ConfigError(f"{path}: state_dir must be a non-empty string; run `tokend check`")
+    return state_dir_of(path, value, env)
+
+
+def state_dir_of(path: Path, value: str | None, environ: Mapping[str, str]) -> Path:
+    """The state directory of the config at ``path`` whose ``state_dir`` is ``value``.
+
+    Relative to the file's folder; without one, the first entry of systemd's
+    ``$STATE_DIRECTORY``, else ``/var/lib/tokend``. (``$TOKEND_STATE_DIR`` wins over
+    all of these; each loader reads it first, the quick one before it opens the file.)
+    """
     if value is not None:
-        if not isinstance(value, str) or not value.strip() or "\0" in value:
-            raise ConfigError(f"{path}: state_dir must be a non-empty string; run `tokend check`")
         return path.absolute().parent / value
-    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(systemd).absolute() if systemd else DEFAULT_STATE_DIR
 
 
@@ -65,7 +90,56 @@ def _state_dir_of(raw: bytes, path: Path) -> object:
     return NOT_TEXT if isinstance(value, dict | list) else value
 
 
-def quick_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml`` (as ``default_config_path``)."""
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$TOKEND_CONFIG``, else ``/etc/tokend/config.yaml``."""
     env = os.environ if environ is None else environ
     return Path(env["TOKEND_CONFIG"]) if env.get("TOKEND_CONFIG") else DEFAULT_CONFIG_PATH
+
+
+def top_level_scalar(stream: Any, key: str) -> Any:
+    """The value of the top-level ``key``, read from the start of ``stream`` up to it only.
+
+    ``None`` when the file has no such key, :data:`NOT_TEXT` when it holds a
+    mapping or list, :data:`UNSURE` whenever something before it could change
+    the answer (a merge key, a tag, an alias, a file libyaml refuses).
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(stream)
+    try:
+        return _Scan(loader, Options("", "")).scan(key)
+    except (yaml.YAMLError, Retry, ValueError, TypeError, OverflowError):
+        return UNSURE
+    finally:
+        loader.dispose()
+
+
+class _Scan(EventReader):
+    """The reader's pass, over the top-level mapping only: it tags and constructs a scalar
+    as a full read does, so the value found is the one the daemon reads."""
+
+    def scan(self, wanted: str) -> Any:
+        """See :func:`top_level_scalar`: other keys' values are skipped, not built."""
+        get = self._loader.get_event
+        get()  # StreamStartEvent
+        if self._loader.check_event(StreamEndEvent):
+            return None  # an empty file
+        get()  # DocumentStartEvent
+        root = get()
+        if type(root) is not MappingStartEvent or root.tag not in DEFAULT_TAGS[MappingStartEvent]:
+            return UNSURE
+        while True:
+            key = get()
+            if type(key) is not ScalarEvent:
+                return None if type(key) is MappingEndEvent else UNSURE
+            if key.tag is not None or self._tag(key) == MERGE:  # a merge may bring the key
+                return UNSURE
+            value = get()
+            if key.value == wanted:
+                if type(value) is ScalarEvent:
+                    tag = self._tag(value)
+                    return value.value if tag == STR else self._construct(tag, value, ())
+                return UNSURE if type(value) is AliasEvent else NOT_TEXT
+            depth = int(type(value) in (MappingStartEvent, SequenceStartEvent))
+            while depth:
+                kind = type(get())
+                depth += (kind in (MappingStartEvent, SequenceStartEvent)) - (
+                    kind in (MappingEndEvent, SequenceEndEvent))

@@ -42,7 +42,7 @@ from tokend.config.syntax import TracingLoader, explain
 from tokend.errors import ConfigError
 
 __all__ = ["MAX_ALIASED", "NOT_TEXT", "UNSURE", "KeyPath", "Mark", "Read", "Span",
-           "format_key_path", "read_yaml", "top_level_scalar"]
+           "format_key_path", "read_yaml"]
 
 
 def read_yaml(text: str, source: str, *, expect: type = dict, positions: bool = False,
@@ -111,19 +111,3 @@ def _character_error(text: str, source: str, exc: yaml.YAMLError) -> ConfigError
         where = f":{line}:{column}"
     return ConfigError("YAML syntax error: the file holds a character YAML does not allow",
                        location=f"{source}{where}")
-
-
-def top_level_scalar(stream: Any, key: str) -> Any:
-    """The value of the top-level ``key``, read from the start of ``stream`` up to it only.
-
-    ``None`` when the file has no such key, :data:`NOT_TEXT` when it holds a
-    mapping or list, :data:`UNSURE` whenever something before it could change
-    the answer (a merge key, a tag, an alias, a file libyaml refuses).
-    """
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(stream)
-    try:
-        return EventReader(loader, Options("", "")).scan(key)
-    except (yaml.YAMLError, Retry, ValueError, TypeError, OverflowError):
-        return UNSURE
-    finally:
-        loader.dispose()

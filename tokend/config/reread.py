@@ -24,22 +24,19 @@ close, open or continue anything outside it.
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from tokend.config.build import Builder, Inherited, environment_overrides, lookup_id
 from tokend.config.document import Document
-from tokend.config.reader import MAX_ALIASED, KeyPath, Mark, Span, read_yaml
+from tokend.config.edits import Stale, changed_lines, item_starts, read_items, shifted
+from tokend.config.reader import MAX_ALIASED, KeyPath, Mark, Span
 from tokend.config.schema import Settings, Token
 from tokend.errors import ConfigError
 from tokend.model import ApplicationSpec, Config, TokenName, TokenSpec
-
-_BREAKS = ("\x85", "\u2028", "\u2029")  # line breaks to YAML, not to a regex's ^ and $
 
 
 @dataclass(frozen=True)
@@ -76,10 +73,6 @@ class Reread:
                    frozenset(builder.outputs), config.tokens)
 
 
-class _Stale(Exception):
-    """This load could differ from a full one: load the whole file."""
-
-
 class _Strict:
     """A reporter for a load that must find no problem: the first one sends it to a full load."""
 
@@ -89,13 +82,13 @@ class _Strict:
         self.plain = plain
 
     def add(self, path: KeyPath, message: str, *, key: bool = False) -> None:
-        raise _Stale
+        raise Stale
 
     def location(self, path: KeyPath) -> str:
-        raise _Stale
+        raise Stale
 
     def mark(self, path: KeyPath, *, key: bool = False) -> Mark | None:
-        raise _Stale
+        raise Stale
 
 
 def reread(path: Path, text: str, mode: int, env: Mapping[str, str],
@@ -109,7 +102,7 @@ def reread(path: Path, text: str, mode: int, env: Mapping[str, str],
         return None
     try:
         return _Reload(memo, previous, path=path, text=text, mode=mode, env=env).config()
-    except (_Stale, ConfigError, ValidationError):
+    except (Stale, ConfigError, ValidationError):
         return None
 
 
@@ -150,7 +143,7 @@ class _Reload:
             spec, inherited[name] = builder.application(name, app, settings.defaults)
             old = previous.applications.get(name)
             applications[name] = old if old == spec else spec
-        edit = _edit(memo.text, self._text)
+        edit = changed_lines(memo.text, self._text)
         items = _Items(previous.tokens, dict(memo.lists), dict(memo.offsets), memo.names,
                        memo.paths, memo.anchors) if edit is None else self._items(edit, inherited)
         concurrency = settings.defaults.concurrency
@@ -171,7 +164,7 @@ class _Reload:
         app, span = next(((app, span) for app, span in memo.lists.items()
                           if span.starts[0] <= start and old_end <= span.end), (None, None))
         if app is None or span is None:
-            raise _Stale  # not confined to the items of one list
+            raise Stale  # not confined to the items of one list
         bounds = [*span.starts, span.end]
         first = bisect.bisect_right(span.starts, start) - 1
         if start == span.starts[first] and first > 0:
@@ -181,11 +174,11 @@ class _Reload:
         delta = new_end - old_end
         if bisect.bisect_left(memo.anchors, bounds[first]) != bisect.bisect_left(
                 memo.anchors, bounds[last]):
-            raise _Stale  # an anchor there may be what values elsewhere repeat
+            raise Stale  # an anchor there may be what values elsewhere repeat
         offset = memo.offsets[app]
         replaced = previous.tokens[offset + first:offset + last]
         segment = self._text[bounds[first]:bounds[last] + delta]
-        chunks = _chunks(segment, span.column)
+        chunks = item_starts(segment, span.column)
         fresh, dropped, added = self._read(
             app, segment, chunks, inherited[app], first=first, replaced={
                 memo.text[bounds[index]:bounds[index + 1]]: spec
@@ -196,16 +189,16 @@ class _Reload:
         new_paths = [out.path for spec in added for out in spec.outputs]
         if len(set(new_names)) != len(new_names) or not names.isdisjoint(new_names) or (
                 len(set(new_paths)) != len(new_paths) or not paths.isdisjoint(new_paths)):
-            raise _Stale  # a name or path written twice: a full load words it
+            raise Stale  # a name or path written twice: a full load words it
         shift = len(fresh) - len(replaced)
-        lists = {name: other if other.end <= start else _shifted(other, delta)
+        lists = {name: other if other.end <= start else shifted(other, delta)
                  for name, other in memo.lists.items()}
         lists[app] = Span(span.column, [*span.starts[:first],
                                         *(bounds[first] + at for at in chunks),
                                         *(at + delta for at in span.starts[last:])],
                           span.end + delta)
         if not lists[app].starts:
-            raise _Stale  # no item is left: ``tokens:`` is now empty
+            raise Stale  # no item is left: ``tokens:`` is now empty
         return _Items(
             (*previous.tokens[:offset + first], *fresh, *previous.tokens[offset + last:]),
             lists, {name: at + shift if at > offset else at for name, at in memo.offsets.items()},
@@ -223,7 +216,7 @@ class _Reload:
         found = [replaced.get(segment[at:bounds[index + 1]]) for index, at in enumerate(chunks)]
         kept = {id(spec) for spec in found if spec is not None}
         if len(kept) != len(found) - found.count(None):
-            raise _Stale  # one item written twice
+            raise Stale  # one item written twice
         unmatched = {spec.name: spec for spec in replaced.values() if id(spec) not in kept}
         added: list[TokenSpec] = []
         index = 0
@@ -251,7 +244,7 @@ class _Reload:
         """The specs of the consecutive changed items in ``run``, the first at index ``first``."""
         settings = self._memo.settings
         where: KeyPath = ("applications", app, "tokens")
-        items, plain = _items(run, starts, str(self._path))
+        items, plain = read_items(run, starts, str(self._path))
         builder = self._builder({(*where, first + int(path[0]), *path[1:]): raw
                                  for path, raw in plain.items()})
         specs = [builder.token(app, Token.model_validate(item), (*where, first + at), inherited,
@@ -259,80 +252,6 @@ class _Reload:
                  for at, item in enumerate(items)]
         self._ids.update(builder.ids)
         return specs
-
-
-def _shifted(span: Span, delta: int) -> Span:
-    return Span(span.column, [at + delta for at in span.starts], span.end + delta)
-
-
-def _chunks(segment: str, column: int) -> list[int]:
-    """Where the items of ``segment`` start: at a line whose ``-`` is in ``column``."""
-    starts = [match.start() for match in re.finditer(rf"^ {{{column}}}-(?: |\r?$)", segment,
-                                                         re.MULTILINE)]
-    if segment.strip() and starts[:1] != [0]:
-        raise _Stale
-    return starts
-
-
-def _items(run: str, starts: list[int], source: str) -> tuple[list[Any], dict[KeyPath, str]]:
-    """The items of ``run``, read on their own, if that reads them as they read in place.
-
-    It does when every line is blank, a comment, an item's ``-`` at the list's
-    column or indented deeper (nothing in an item then reaches outside it), the
-    items start where their ``-`` lines say, and no anchor, alias or merge key
-    ties them to the rest of the file.
-    """
-    column = len(run) - len(run.lstrip(" "))
-    text = run.replace("\r\n", "\n")
-    if "\r" in text or (not text.isascii() and any(mark in text for mark in _BREAKS)) or (
-            re.search(rf"^(?! {{{column + 1}}}| {{{column}}}-(?: |$)| *(?:#|$))", text,
-                      re.MULTILINE)):
-        raise _Stale
-    found = read_yaml(run, source, expect=list, spans_at=())
-    span = found.spans.get(())
-    if found.data is None or found.shared or span is None or span.starts != starts:
-        raise _Stale
-    return found.data, found.plain
-
-
-def _edit(old: str, new: str) -> tuple[int, int, int] | None:
-    """``(start, old_end, new_end)``: the whole lines of ``old`` that ``new`` replaces."""
-    if old == new:
-        return None
-    start = _common_prefix(old, new)
-    start = old.rfind("\n", 0, start) + 1
-    cap = min(len(old), len(new)) - start
-    old_end = len(old) - _common_suffix(old, new, cap)
-    new_end = old_end + len(new) - len(old)
-    if (old_end > start and old[old_end - 1] != "\n") or (
-            new_end > start and new[new_end - 1] != "\n"):  # a line both texts end alike
-        after = old.find("\n", old_end)
-        old_end = len(old) if after < 0 else after + 1
-    return start, old_end, old_end + len(new) - len(old)
-
-
-_BLOCK = 4096
-
-
-def _common_prefix(a: str, b: str) -> int:
-    size = min(len(a), len(b))
-    at = 0
-    while at < size and a[at:at + _BLOCK] == b[at:at + _BLOCK]:
-        at += _BLOCK
-    while at < size and a[at] == b[at]:
-        at += 1
-    return min(at, size)
-
-
-def _common_suffix(a: str, b: str, cap: int) -> int:
-    """How many characters ``a`` and ``b`` end with alike, at most ``cap``."""
-    length = 0
-    while length + _BLOCK <= cap and a[len(a) - length - _BLOCK:len(a) - length] == b[
-            len(b) - length - _BLOCK:len(b) - length]:
-        length += _BLOCK
-    while length < cap and a[len(a) - length - 1] == b[len(b) - length - 1]:
-        length += 1
-    return length
 
 
 def reuse(config: Config, previous: Config) -> Config:

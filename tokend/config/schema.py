@@ -8,7 +8,6 @@ the value, which may be a secret.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import types
@@ -26,14 +25,21 @@ from pydantic import (
     SecretStr,
 )
 
-from tokend.model import OOB, SCOPES, OutputFormat
-from tokend.timing import parse_duration, parse_rate
+from tokend.model import (
+    ENV_VARIABLE,
+    MAX_REFRESH_FRACTION,
+    MIN_REFRESH_FRACTION,
+    OOB,
+    SCOPES,
+    OutputFormat,
+    is_port,
+)
+from tokend.timing import parse_positive_duration, parse_rate
 
 MODE_HINT = ('must be an octal mode in quotes such as "0640" (YAML reads an unquoted 640 '
              "as a decimal number)")
 _APP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
-_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OCTAL = re.compile(r"(?:0o)?([0-7]{1,4})")
 
 
@@ -56,10 +62,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[object], object]:
 def _duration(value: object) -> float:
     if not isinstance(value, str | int | float):
         raise ValueError("must be a duration such as 90s, 5m, 1h or 7d")  # noqa: TRY004 -- pydantic reports ValueError, not TypeError
-    seconds = parse_duration(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("must be longer than zero")
-    return seconds
+    return parse_positive_duration(value)
 
 
 def _rate(value: object) -> float:
@@ -69,8 +72,9 @@ def _rate(value: object) -> float:
 
 
 def _fraction(value: float) -> float:
-    if not 0.1 <= value <= 0.95:
-        raise ValueError("must be a fraction of the token lifetime between 0.1 and 0.95")
+    if not MIN_REFRESH_FRACTION <= value <= MAX_REFRESH_FRACTION:
+        raise ValueError("must be a fraction of the token lifetime between "
+                         f"{MIN_REFRESH_FRACTION} and {MAX_REFRESH_FRACTION}")
     return value
 
 
@@ -124,7 +128,7 @@ def split_listen(value: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         host = ""  # an IPv6 address without brackets: which colon starts the port?
-    if not sep or not host or not port.isdigit() or int(port) > 65535 or "\0" in host:
+    if not sep or not host or not is_port(port) or "\0" in host:
         raise ValueError(LISTEN_HINT)
     return host, int(port)
 
@@ -175,7 +179,8 @@ def _empty_mapping(value: object) -> object:
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 EnvName = Annotated[str, AfterValidator(_matching(
-    _ENV, "must be an environment variable name (letters, digits and _, not starting with a digit)",
+    ENV_VARIABLE,
+    "must be an environment variable name (letters, digits and _, not starting with a digit)",
 ))]
 Argv = Annotated[list[NonEmpty], BeforeValidator(_argv)]
 UserOrId = Annotated[int | str, PlainValidator(_user_or_id)]

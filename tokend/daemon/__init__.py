@@ -1,8 +1,9 @@
 """The daemon: lifecycle, config watching, systemd, the metrics listener, the doorbell.
 
-``lifecycle`` runs the engine for one config until stopped; ``watch`` follows the
-config's folder; ``systemd`` speaks sd_notify; ``metrics_http`` serves ``/metrics`` and
-the health checks; ``status_file`` is what the daemon publishes about itself for
-``tokend status``; ``doorbell`` is the socket the CLI rings. May import the engine and
-every layer below it; never the CLI or the sandbox.
+``lifecycle`` runs the engine for one config until stopped; ``state_dir`` locks and
+opens the state directory; ``watch`` follows the config's folder; ``systemd`` speaks
+sd_notify; ``watchdog`` pings systemd's watchdog while the store makes progress;
+``metrics_http`` serves ``/metrics`` and the health checks; ``status_file`` is what the
+daemon publishes about itself for ``tokend status``; ``doorbell`` is the socket the CLI
+rings. May import the engine and every layer below it; never the CLI or the sandbox.
 """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import time
@@ -22,30 +21,30 @@ import httpx
 import structlog
 
 from tokend.config.load import load_config
-from tokend.daemon.doorbell import Doorbell
-from tokend.daemon.metrics_http import MetricsServer, serve_metrics
-from tokend.daemon.status_file import DaemonStatus, daemon_tokens, write_daemon_status
+from tokend.daemon.metrics_http import MetricsServer, move_metrics
+from tokend.daemon.state_dir import open_state
+from tokend.daemon.status_file import DaemonStatus, write_running_status
 from tokend.daemon.systemd import Notifier
 from tokend.daemon.watch import watch_config
+from tokend.daemon.watchdog import watchdog
 from tokend.engine.attention import CREDENTIALS_RECHECK
 from tokend.engine.metrics import Metrics
 from tokend.engine.refresher import RefreshedCallback, Refresher
 from tokend.engine.supervisor import Supervisor
 from tokend.engine.workers import Workers
-from tokend.errors import AlreadyRunningError, ConfigError, StateError, TokendError
+from tokend.errors import ConfigError, TokendError
 from tokend.log import SecretMasker
-from tokend.model import Config, MetricsSpec, TokenName
+from tokend.model import Config, TokenName
 from tokend.store.interface import StateStore
-from tokend.store.lock import StateDirLock, owner_id
-from tokend.store.sqlite import SqliteStateStore
+from tokend.store.lock import owner_id
 from tokend.timing import Clock, SystemClock
 
 log = structlog.get_logger(__name__)
 
 MAX_SLEEP = 60.0
 SHUTDOWN_GRACE = 10.0
-STATE_RETRY_INITIAL, STATE_RETRY_MAX = 1.0, 30.0
-# Whether load_config takes the running config (``previous=``): the one place that asks.
+
+
 class Daemon:
     """Keeps every configured token fresh until told to stop."""
 
@@ -91,41 +90,12 @@ class Daemon:
         self._install_signal_handlers()
         with contextlib.ExitStack() as stack:
             stack.callback(self._workers.close)
-            store = await self._open_state(stack)
+            store = await open_state(self._state_dir, stack, on_ring=self._on_ring,
+                                     notifier=self._notifier, stop=self._stop_event)
             if store is None:
                 return 0
             async with httpx.AsyncClient() as http:
                 return await self._serve(config, store, http)
-
-    async def _open_state(self, stack: contextlib.ExitStack) -> StateStore | None:
-        """Lock the state directory and open the store, waiting while they are unusable.
-
-        A full or read-only disk at start is logged and retried with backoff
-        instead of exiting, so the daemon comes up by itself once it clears;
-        another daemon on the same state is an error at once. ``None`` when
-        told to stop while waiting.
-        """
-        delay = STATE_RETRY_INITIAL
-        while not self._stop_event.is_set():
-            try:
-                with contextlib.ExitStack() as attempt:
-                    lock = attempt.enter_context(StateDirLock(self._state_dir))
-                    store = SqliteStateStore(self._state_dir)
-                    attempt.callback(store.close)
-                    doorbell = Doorbell(lock)
-                    attempt.callback(doorbell.close)
-                    doorbell.attach(asyncio.get_running_loop(), self._on_ring)
-                    stack.push(attempt.pop_all())
-                    return store
-            except AlreadyRunningError:
-                raise
-            except StateError as error:
-                log.error("state_unavailable", error=str(error), retry_in=delay)
-                self._notifier.status(f"waiting for the state directory: {error}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_event.wait(), delay)
-                delay = min(delay * 2, STATE_RETRY_MAX)
-        return None
 
     def request_stop(self) -> None:
         """Stop scheduling, let in-flight refreshes commit, then return from ``run``."""
@@ -147,9 +117,10 @@ class Daemon:
         self._store = store
         self._supervisor = Supervisor(
             store=store, refresher=refresher, clock=self._clock, masker=self._masker,
-            on_settled=self._settled, metrics=self._metrics,
+            on_settled=self._wake.set, metrics=self._metrics,
         )
-        await self._apply_metrics(config.metrics)
+        self._metrics_server = await move_metrics(self._metrics_server, self._metrics,
+                                                  config.metrics)
         try:
             return await self._run_supervisor(config)
         finally:
@@ -162,9 +133,12 @@ class Daemon:
         )
         # Before the outputs: the file's transient peak then passes before every token's
         # record is held, instead of adding to them.
-        await asyncio.to_thread(self._write_status, config)
+        await asyncio.to_thread(
+            write_running_status, self._state_dir, self._status, config.tokens)
         await self._supervisor.apply(config)
-        background = [asyncio.create_task(self._watchdog())]
+        background = [
+            asyncio.create_task(watchdog(self._notifier, self._workers, self._store))
+        ]
         if self._watch:
             background.append(
                 asyncio.create_task(watch_config(self._config_path, self._on_file_change))
@@ -212,42 +186,8 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _watchdog(self) -> None:
-        """Ping systemd's watchdog while the loop runs and the store makes progress.
-
-        A stalled event loop stops the pings by itself. A store call stuck
-        for longer than one interval (a hung disk: commits cannot land) stops
-        them too, so systemd restarts the daemon instead of watching it hold
-        new refresh tokens it cannot commit. Each interval sends a trivial
-        probe, so a store stuck while idle is noticed as well.
-        """
-        interval = self._notifier.watchdog_interval
-        if interval is None:
-            return
-        probe: asyncio.Task[None] | None = None
-        withheld = False
-        while True:
-            stalled = self._workers.store_stalled_for()
-            if stalled < interval:
-                self._notifier.watchdog()
-                withheld = False
-            elif not withheld:
-                withheld = True
-                log.error("watchdog_withheld", store_stalled_for=round(stalled, 1))
-            if probe is None or probe.done():
-                probe = asyncio.create_task(self._probe_store())
-            await asyncio.sleep(interval)
-
-    async def _probe_store(self) -> None:
-        # An error is an answer: only a call that never returns counts as a stall.
-        with contextlib.suppress(TokendError):
-            await self._workers.store(self._store.ping)
-
     async def _on_file_change(self) -> None:
         self._request_reload()
-
-    def _settled(self) -> None:
-        self._wake.set()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -331,7 +271,8 @@ class Daemon:
         added, removed, changed = await self._supervisor.apply(config, heal=heal)
         log.info("config_reloaded", added=added, removed=removed, changed=changed)
         self._metrics.reload_finished(ok=True)
-        await self._apply_metrics(config.metrics)
+        self._metrics_server = await move_metrics(self._metrics_server, self._metrics,
+                                                  config.metrics)
         await self._record_reload(None)
         self._notifier.ready(self._supervisor.status_line())
 
@@ -353,49 +294,10 @@ class Daemon:
         config = self._supervisor.config
         assert config is not None  # noqa: S101 -- applied before the loop starts
         try:
-            await asyncio.to_thread(self._write_status, config)
+            await asyncio.to_thread(
+                write_running_status, self._state_dir, self._status, config.tokens)
         except TokendError as failure:
             log.error("daemon_status_write_failed", error=str(failure))
-
-    def _write_status(self, config: Config) -> None:
-        """Write the daemon's status with the tokens of ``config``, the last good one.
-
-        The token list, as large as the config, lives only for this write, and
-        is built with the cycle collector paused: it then dies young instead of
-        being promoted to the oldest generation, where a few reloads' worth of
-        it made the next reload pay for a full collection (over 100 ms at
-        10,000 tokens).
-        """
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            tokens = daemon_tokens(config.tokens)
-            write_daemon_status(self._state_dir, replace(self._status, tokens=tokens))
-        finally:
-            if paused:
-                gc.enable()
-
-    async def _apply_metrics(self, spec: MetricsSpec | None) -> None:
-        """Start, move or stop the metrics listener as the config says, without a restart.
-
-        A new address is bound before the old one closes, so a busy port keeps
-        the old listener serving (and logs ``metrics_listen_failed``).
-        """
-        current = self._metrics_server
-        if current is not None and spec is not None and (
-            (current.spec.host, current.spec.port) == (spec.host, spec.port)
-        ):
-            current.spec = spec
-            return
-        if spec is not None:
-            started = await serve_metrics(self._metrics, spec)
-            if started is None and current is not None:
-                return
-            self._metrics_server = started
-        else:
-            self._metrics_server = None
-        if current is not None:
-            await current.close()
 
     @staticmethod
     def _warn(config: Config) -> None:

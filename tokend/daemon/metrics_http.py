@@ -236,4 +236,28 @@ async def serve_metrics(metrics: Metrics, spec: MetricsSpec) -> MetricsServer | 
     return server
 
 
-__all__ = ["MetricsServer", "serve_metrics"]
+async def move_metrics(
+    current: MetricsServer | None, metrics: Metrics, spec: MetricsSpec | None
+) -> MetricsServer | None:
+    """Start, move or stop the metrics listener as the config says, without a restart;
+    return the listener serving now.
+
+    A new address is bound before the old one closes, so a busy port keeps
+    the old listener serving (and logs ``metrics_listen_failed``).
+    """
+    if current is not None and spec is not None and (
+        (current.spec.host, current.spec.port) == (spec.host, spec.port)
+    ):
+        current.spec = spec
+        return current
+    started = None
+    if spec is not None:
+        started = await serve_metrics(metrics, spec)
+        if started is None and current is not None:
+            return current
+    if current is not None:
+        await current.close()
+    return started
+
+
+__all__ = ["MetricsServer", "move_metrics", "serve_metrics"]

@@ -10,6 +10,7 @@ Nothing secret is in it.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -62,6 +63,25 @@ def write_daemon_status(state_dir: Path, status: DaemonStatus) -> None:
         document["tokens"] = [vars(token) for token in status.tokens]
     content = json.dumps(document, sort_keys=True).encode() + b"\n"
     write_atomic(state_dir / STATUS_NAME, content)
+
+
+def write_running_status(state_dir: Path, status: DaemonStatus,
+                         specs: Iterable[TokenSpec]) -> None:
+    """Write ``status`` with the tokens of ``specs``, those of the last good config.
+
+    The token list, as large as the config, lives only for this write, and
+    is built with the cycle collector paused: it then dies young instead of
+    being promoted to the oldest generation, where a few reloads' worth of
+    it made the next reload pay for a full collection (over 100 ms at
+    10,000 tokens).
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        write_daemon_status(state_dir, replace(status, tokens=daemon_tokens(specs)))
+    finally:
+        if paused:
+            gc.enable()
 
 
 def read_daemon_status(state_dir: Path) -> DaemonStatus | None:

@@ -31,14 +31,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokend.errors import OutputError
-from tokend.model import OutputSpec, Token
+from tokend.model import ENV_VARIABLE, OutputSpec, Token
 from tokend.timing import format_utc
 
 # One unquoted line must mean the same to systemd's EnvironmentFile=, docker's
 # --env-file (which keeps quotes literally) and a POSIX shell's ``. file``, so
 # only characters that none of them treat specially are allowed.
 _ENV_SAFE_VALUE = re.compile(r"[A-Za-z0-9._~+/=-]+")
-_ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DIR_MODE = 0o755
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -66,7 +65,7 @@ def render(spec: OutputSpec, token: Token, *, expires_at: float) -> bytes:
 
 
 def _render_env(spec: OutputSpec, token: Token) -> bytes:
-    if not _ENV_VARIABLE.fullmatch(spec.variable):
+    if not ENV_VARIABLE.fullmatch(spec.variable):
         raise OutputError(f"{spec.path}: {spec.variable!r} is not a valid variable name")
     value = token.access_token
     # A leading "~" would be tilde-expanded by a shell in an assignment.

@@ -14,7 +14,7 @@ import heapq
 import time
 from collections.abc import Callable
 
-from tokend.model import RetryPolicy, TokenName, TokenSpec
+from tokend.model import MAX_REFRESH_FRACTION, RetryPolicy, TokenName, TokenSpec
 from tokend.store.interface import TokenRecord, TokenState
 
 REFRESH_TOKEN_MARGIN_MAX = 86400.0
@@ -23,10 +23,6 @@ REFRESH_TOKEN_MARGIN_MAX = 86400.0
 JITTER = 0.05
 """Each token's refresh point moves by up to this fraction of its lifetime, so tokens issued
 together (a restart, a bulk authorization) do not all come due in the same second."""
-
-MAX_REFRESH_FRACTION = 0.95
-"""Never later than this fraction of the access token's lifetime, whatever ``refresh_at`` says:
-the remaining 5% is the headroom for a slow server, a retry and the rate limit."""
 
 _MAX_DOUBLINGS = 64  # 2**64 times any sane initial delay is far past any cap; avoids float overflow
 

@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 LOCK_NAME = "tokend.pid"
 PRIVATE_DIR_MODE = 0o700
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 # HOST may itself hold colons; the four fields after it never do.
 _OWNER = re.compile(
@@ -122,6 +123,43 @@ def make_private_dir(path: Path) -> None:
     log.warning("state_dir_tightened", **fields, now=f"{PRIVATE_DIR_MODE:04o}")
 
 
+def make_private_file(path: Path) -> None:
+    """Create the file ``path`` 0600 before SQLite opens it, so it is never readable by others."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def narrow_sidecar_modes(path: Path) -> None:
+    """Keep ``-wal``/``-shm`` no more open than the database (SQLite copies its mode; belt)."""
+    try:
+        wanted = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    for suffix in ("-wal", "-shm"):
+        sidecar = path.with_name(path.name + suffix)
+        try:
+            mode = stat.S_IMODE(sidecar.stat().st_mode)
+            if mode & ~wanted:
+                sidecar.chmod(mode & wanted)
+        except OSError:
+            continue  # absent, or not ours to change: SQLite already matched the db's mode
+
+
+def boot_id() -> str | None:
+    """This boot's id from the kernel, or ``None`` when ``/proc`` cannot tell: a lease or an
+    owner of another boot has ended."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return None
+
+
 def running_daemon_pid(state_dir: Path) -> int | None:
     """The pid of the daemon holding ``state_dir``, or ``None`` when none runs."""
     path = state_dir / LOCK_NAME
@@ -195,11 +233,11 @@ def _local_view() -> tuple[str, str] | None:
     try:
         if os.readlink("/proc/self") != str(os.getpid()):
             return None
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         namespace = re.fullmatch(r"pid:\[([0-9]+)\]", os.readlink("/proc/self/ns/pid"))
     except OSError:
         return None
-    if namespace is None or not re.fullmatch(r"[0-9a-f-]{36}", boot):
+    boot = boot_id()
+    if namespace is None or boot is None or not re.fullmatch(r"[0-9a-f-]{36}", boot):
         return None
     return boot, namespace[1]
 

@@ -7,9 +7,7 @@ WAL lets the CLI read beside a running daemon; every token write is one
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +29,7 @@ from tokend.store.interface import (
     Written,
     nobody_is_dead,
 )
-from tokend.store.lock import make_private_dir
+from tokend.store.lock import boot_id, make_private_dir, make_private_file, narrow_sidecar_modes
 
 BUSY_TIMEOUT = 10.0
 """The longest a store call waits for another process's write: part of every commit's budget."""
@@ -40,13 +38,6 @@ def boot_clock() -> float:
     """Seconds since this machine booted, suspend included: no wall-clock step moves it."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
-
-def boot_id() -> str:
-    """Which boot :func:`boot_clock` counts from: a lease of an earlier boot has ended."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown-boot"
 
 
 class SqliteStateStore(StateStore):
@@ -69,10 +60,12 @@ class SqliteStateStore(StateStore):
         self.path = state_dir / filename
         self._lock = threading.Lock()
         self._lease_clock = lease_clock
-        self._clock_id = boot_id() if clock_id is None else clock_id
+        # Which boot boot_clock counts from: a lease of an earlier boot has ended.
+        clock = boot_id() if clock_id is None else clock_id
+        self._clock_id = "unknown-boot" if clock is None else clock
         try:
             make_private_dir(state_dir)
-            _make_private_file(self.path)
+            make_private_file(self.path)
         except OSError as exc:
             raise StateError(f"cannot create state store {self.path}: {exc.strerror}") from exc
         try:
@@ -86,7 +79,7 @@ class SqliteStateStore(StateStore):
         except BaseException:
             self._conn.close()
             raise
-        _narrow_sidecar_modes(self.path)
+        narrow_sidecar_modes(self.path)
 
     def _error(self, what: str, exc: BaseException) -> StateError:
         return StateError(f"state store {self.path}: {what}: {exc}")
@@ -117,29 +110,8 @@ class SqliteStateStore(StateStore):
         self._conn.execute("PRAGMA synchronous = FULL")
         # Read first without a lock: a CLI opening an up-to-date store next to a running
         # daemon must not wait for the write lock.
-        if self._version() != sql.SCHEMA_VERSION:
-            self._migrate()
-
-    def _version(self) -> int:
-        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > sql.SCHEMA_VERSION:
-            raise StateError(
-                f"state store {self.path} has schema version {version}, written by a newer "
-                f"tokend; this one knows up to {sql.SCHEMA_VERSION}"
-            )
-        return version
-
-    def _migrate(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statements in sql.MIGRATIONS[self._version():]:  # re-read under the lock
-                for statement in statements:
-                    self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION:d}")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        if sql.version(self._conn, self.path) != sql.SCHEMA_VERSION:
+            sql.migrate(self._conn, self.path)
 
     @contextmanager
     def _write(self, what: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -331,30 +303,3 @@ class SqliteStateStore(StateStore):
         with self._lock:
             self._conn.close()
 
-
-def _make_private_file(path: Path) -> None:
-    """Create the database 0600 before SQLite opens it, so it is never readable by others."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        return
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _narrow_sidecar_modes(path: Path) -> None:
-    """Keep ``-wal``/``-shm`` no more open than the database (SQLite copies its mode; belt)."""
-    try:
-        wanted = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return
-    for suffix in ("-wal", "-shm"):
-        sidecar = path.with_name(path.name + suffix)
-        try:
-            mode = stat.S_IMODE(sidecar.stat().st_mode)
-            if mode & ~wanted:
-                sidecar.chmod(mode & wanted)
-        except OSError:
-            continue  # absent, or not ours to change: SQLite already matched the db's mode

@@ -1,17 +1,24 @@
-"""The SQLite store's schema and statements: what the tables hold and how rows map to records.
+"""The SQLite store's schema and statements, how rows map to records, and the read-only
+lookup of ``tokend token``.
 
 Kept apart from :mod:`tokend.store.sqlite` (connection, transactions, the
-lease rules) so the SQL can be read in one place. Statements bind every value;
-only constants are formatted in.
+lease rules) so the SQL can be read in one place, and so ``tokend token`` reads
+its one row by the same statements without that module's imports. Statements
+bind every value; only constants are formatted in.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
-from tokend.model import Token, TokenName
+from tokend.errors import StateError, TokendError
+from tokend.model import Token, TokenName, pick_named
+from tokend.store import DATABASE_NAME
 from tokend.store.interface import TokenRecord, TokenState
+from tokend.timing import format_utc
 
 # Each migration is a list of statements applied in one transaction; its index + 1 is the
 # schema version it leads to (PRAGMA user_version). Append only: never edit a released one.
@@ -52,11 +59,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 KEY = "app = ? AND user = ? AND scope = ?"
-COLUMNS = """app, user, scope, access_token, token_type, expires_in, refresh_token,
+KEY_COLUMNS = ("app", "user", "scope")
+_COLUMNS_2 = """app, user, scope, access_token, token_type, expires_in, refresh_token,
     granted_scope, created_at, issued_at, state, last_attempt_at, last_refresh_at,
-    last_error, consecutive_failures, next_attempt_at, generation, output_error, outputs,
-    unconfigured_at"""
-SELECT = f"SELECT {COLUMNS} FROM tokens"  # noqa: S608 -- constants only, values are bound
+    last_error, consecutive_failures, next_attempt_at, generation, output_error"""
+SELECT = f"SELECT {_COLUMNS_2}, outputs, unconfigured_at FROM tokens"  # noqa: S608 -- constants
+# What `tokend token` reads: it never migrates, and a version-2 store lacks only what
+# version 3 added (no token of it has left the config).
+READABLE = {2: f"SELECT {_COLUMNS_2}, NULL, NULL FROM tokens",  # noqa: S608 -- constants
+            3: SELECT}
 GET = f"{SELECT} WHERE {KEY}"
 ALL = f"{SELECT} ORDER BY app, user, scope"
 TOKEN_VALUES = """access_token = ?, token_type = ?, expires_in = ?, refresh_token = ?,
@@ -101,6 +112,31 @@ LEASE_RELEASE = f"""UPDATE leases SET owner = '', expires_at = 0
     WHERE {KEY} AND epoch = ? AND owner = ?"""  # noqa: S608 -- constants
 
 
+def version(conn: sqlite3.Connection, path: Path) -> int:
+    """The store's schema version; a newer one than this tokend knows is refused."""
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise StateError(
+            f"state store {path} has schema version {found}, written by a newer "
+            f"tokend; this one knows up to {SCHEMA_VERSION}"
+        )
+    return found
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the store to :data:`SCHEMA_VERSION` in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statements in MIGRATIONS[version(conn, path):]:  # re-read under the lock
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def key(name: TokenName) -> tuple[str, str, str]:
     return (name.app, name.user, name.scope)
 
@@ -128,3 +164,91 @@ def outputs_value(paths: tuple[str, ...]) -> str | None:
 def token_values(token: Token) -> tuple[Any, ...]:
     return (token.access_token, token.token_type, token.expires_in, token.refresh_token,
             token.scope, token.created_at)
+
+
+# --- `tokend token`: one token read-only, without the store's connection or its imports -------
+
+# Why an expired token was not refreshed, for the states that say so.
+_HINTS = {
+    "needs_authorization": "it needs a new authorization",
+    "client_rejected": "the server rejects its application's client credentials (no new "
+                       "authorization needed); see `tokend status`",
+}
+
+
+class NoValidTokenError(TokendError):
+    """The token exists in config or store, but there is no usable access token right now."""
+
+
+def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
+    """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``).
+
+    Raises :class:`NoValidTokenError` when there is no such token in the store
+    (never authorized, or a typo: without loading the config the two look alike),
+    when it is not authorized or has expired; :class:`NotFoundError` when the
+    name is ambiguous.
+    A token in ``needs_authorization`` is still returned while its access token
+    lasts: the server may accept it until then. A token the daemon found gone
+    from the config is not: nobody refreshes it, so a consumer must not start
+    depending on it.
+    """
+    found = _find(state_dir / DATABASE_NAME, text)
+    expires_at = found.expires_at
+    if found.token is None or expires_at is None:
+        raise NoValidTokenError(
+            f"{found.name} is not authorized; run `tokend authorize {found.name}`")
+    if found.unconfigured_at is not None:
+        raise NoValidTokenError(
+            f"{found.name} is no longer in the config (since {format_utc(found.unconfigured_at)}), "
+            "so tokend does not refresh it or hand it out; add it back to the config, or see "
+            "`tokend status` to revoke it")
+    if expires_at <= now:
+        when = format_utc(expires_at)
+        hint = _HINTS.get(found.state, "is the daemon running? see `tokend status`")
+        raise NoValidTokenError(f"the access token of {found.name} expired at {when}; {hint}")
+    return found.token.access_token
+
+
+def _find(path: Path, text: str) -> TokenRecord:
+    """The record ``text`` names, by the rule of :func:`tokend.model.pick_named`.
+
+    Read-only (a store is migrated by the daemon or another command, never by
+    this one; it never writes, so a consumer calling it in a loop cannot disturb
+    the daemon), and only the rows ``text`` can match are read, through the
+    primary key: a store of 10,000 tokens is otherwise read whole on every call.
+    All names are read only to list them in an error.
+    """
+    if not path.exists():
+        raise NoValidTokenError(f"no token has been authorized yet (no store at {path})")
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open the state store {path}: {exc}") from None
+    parts = text.split("/")
+    try:
+        schema = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if schema not in READABLE:
+            known = " and ".join(map(str, READABLE))
+            raise StateError(f"state store {path} has schema version {schema}; this "
+                             f"`tokend token` reads versions {known}")
+        select = READABLE[schema]
+        matches = _records(conn, select, parts) if len(parts) <= len(KEY_COLUMNS) else []
+        found = pick_named(text, matches)
+        if found is None:
+            known = ", ".join(str(row.name) for row in _records(conn, select, [])) or "none"
+            raise NoValidTokenError(
+                f"no token named {text!r} has been authorized (or it is not configured); "
+                f"stored tokens: {known}"
+            )
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read the state store {path}: {exc}") from None
+    finally:
+        conn.close()
+    return found
+
+
+def _records(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[TokenRecord]:
+    """The records whose first ``len(parts)`` key columns equal ``parts``, in key order."""
+    where = " AND ".join(f"{column} = ?" for column in KEY_COLUMNS[: len(parts)])
+    query = select + (f" WHERE {where}" if where else "") + " ORDER BY app, user, scope"
+    return [record(row) for row in conn.execute(query, parts)]
