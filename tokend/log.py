@@ -80,13 +80,6 @@ class SecretMasker:
                 heapq.heappush(self._expiries, (until, secret))
             self._forget_expired()
 
-    def discard(self, *secrets: str) -> None:
-        """Forget secrets that no longer exist (rotated tokens), so the set stays small."""
-        with self._lock:
-            for secret in secrets:
-                self._secrets.discard(secret)
-                self._short.discard(secret)
-
     def mask(self, text: str) -> str:
         """``text`` with every known secret replaced by ``**********``."""
         if self._retired:

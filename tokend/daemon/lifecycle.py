@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import structlog
 
+from tokend.config.exposure import config_exposure
 from tokend.config.load import load_config
 from tokend.daemon.metrics_http import MetricsServer, move_metrics
 from tokend.daemon.state_dir import open_state
@@ -301,5 +302,6 @@ class Daemon:
 
     @staticmethod
     def _warn(config: Config) -> None:
-        for warning in config.warnings:
+        # Its hooks run with our rights: whoever else may write the config may run code as us.
+        for warning in (*config.warnings, *config_exposure(config.source)):
             log.warning("config_warning", message=warning)

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from tokend.log import mask_token_shaped
 from tokend.model import TokenSpec
 from tokend.timing import format_utc
 
@@ -150,7 +151,9 @@ class _Capture:
             self._dropped = self._dropped or len(chunk) > room
 
     def text(self) -> str:
-        text = self._kept.decode(errors="replace")
+        """The head, every token-shaped word masked before it is cut: a hook may print a
+        token tokend does not know (read elsewhere, or long forgotten)."""
+        text = mask_token_shaped(self._kept.decode(errors="replace"))
         if self._dropped or len(text) > _OUTPUT_CHARS:
             return text[:_OUTPUT_CHARS] + _TRUNCATED
         return text
