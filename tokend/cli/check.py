@@ -80,11 +80,8 @@ class CheckReport:
 def check_config(
     config: Config, *, lifetimes: Callable[[], Mapping[TokenName, int]]
 ) -> CheckReport:
-    """Check everything ``config`` points at; ``lifetimes`` gives stored tokens' ``expires_in``.
-
-    ``lifetimes`` is called once the state directory has been looked at:
-    reading the store tightens the directory to 0700, which would hide its mode.
-    """
+    """Check everything ``config`` points at; ``lifetimes`` gives stored tokens' ``expires_in``
+    (read-only: a check changes nothing in the state directory)."""
     report = CheckReport()
     report.notes.append(f"config {config.source}: {len(config.applications)} application(s), "
                         f"{len(config.tokens)} token(s), state in {config.state_dir}")
@@ -123,7 +120,7 @@ def _state_dir_exposure(path: Path) -> str | None:
     if not stat.S_ISDIR(info.st_mode) or not mode & 0o077:
         return None
     return (f"state_dir {path} is open to other users (mode {mode:04o}); it holds every "
-            f"refresh token and must be {PRIVATE_DIR_MODE:04o}: tokend tightens it whenever it "
+            f"refresh token and must be {PRIVATE_DIR_MODE:04o}: the daemon tightens it when it "
             f"opens the store, or chmod {PRIVATE_DIR_MODE:o} {path}")
 
 
