@@ -6,7 +6,8 @@ import os
 import signal
 from pathlib import Path
 
-from tests.e2e import Setup, StartDaemon, wait_for
+from tests.e2e import NOBODY, Setup, StartDaemon, wait_for
+from tokend.engine.outputs import remove_temp_files
 from tokend.sandbox import Sandbox
 
 
@@ -38,6 +39,9 @@ def test_a_second_sigint_kills_the_running_hooks_and_leaves_no_temp_file(
              "the daemon's on_refresh hook to start")
     pgid = int(pid_file.read_text())
     assert _group_alive(pgid)
+    # What a write of the token's output cut short by the exit leaves behind.
+    token = setup.output("alice", "read", "token")
+    (token.parent / f".{token.name}.0123456789abcdef.tmp").write_text("half a token")
     daemon.process.send_signal(signal.SIGINT)
     # Two signals sent at once may arrive as one: the second goes once the first was seen.
     wait_for(lambda: daemon.named("daemon_stopping"), 10, "the first SIGINT to be seen")
@@ -52,3 +56,20 @@ def test_a_second_sigint_kills_the_running_hooks_and_leaves_no_temp_file(
     leftovers = [path.name for path in (tmp_path / "out").iterdir()
                  if path.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_only_our_temporary_files_beside_our_outputs_are_removed(tmp_path: Path) -> None:
+    """The cleanup takes the temporary files a write of one of our outputs leaves, and
+    nothing else: not another file's, not one shaped otherwise, not another user's."""
+    output = tmp_path / "app.token"
+    output.write_text("the token")
+    ours = tmp_path / ".app.token.0123456789abcdef.tmp"
+    kept = [tmp_path / ".other.token.0123456789abcdef.tmp", tmp_path / ".app.token.tmp",
+            tmp_path / "app.token.0123456789abcdef.tmp", tmp_path / ".app.token.notahex.tmp"]
+    theirs = tmp_path / ".app.token.fedcba9876543210.tmp"
+    for path in (ours, *kept, theirs):
+        path.write_text("x")
+    os.chown(theirs, NOBODY, NOBODY)
+    remove_temp_files([output, tmp_path / "missing" / "x.token"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (output, *kept, theirs))
