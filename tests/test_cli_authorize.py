@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import socket
 import subprocess
 import sys
 import time
@@ -198,6 +199,29 @@ def test_listen_flow_a_code_caught_on_its_way_is_useless_without_the_verifier(
     assert page.status_code == 200
     assert process.returncode == 0, err
     assert "app/alice/read authorized" in out
+
+
+def test_listen_refuses_to_start_when_another_program_holds_the_port_on_ipv6_loopback(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A localhost redirect whose port another local program holds on ::1 (where a browser
+    may knock) is refused before any link is shown, naming that address."""
+    try:
+        squatter = socket.socket(socket.AF_INET6)
+        squatter.bind(("::1", 0))
+    except OSError as error:
+        pytest.skip(f"this host has no IPv6 loopback address (::1): {error.strerror}")
+    with squatter:
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        setup = Setup(tmp_path, sandbox, [("alice", "read")])
+        with_app_settings(setup, f"    redirect_uri: http://localhost:{port}/callback\n")
+        result = tokend("authorize", "app/alice/read", "--listen", "--timeout", "2",
+                        config=setup.config)
+    assert result.returncode == 1
+    assert f"cannot listen on [::1]:{port}" in result.stderr, result.stderr
+    assert "oauth/authorize" not in result.stdout
+    assert sandbox.stats()["authorization_code"] == 0
 
 
 @pytest.mark.parametrize("secret_is_right", [True, False], ids=["right-secret", "wrong-secret"])
