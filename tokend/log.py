@@ -29,8 +29,9 @@ _SEPARATOR = re.compile(r"([/.])")
 # The pieces of a candidate between its separators: a secret inside a path or dotted name.
 _PIECE = re.compile(r"[A-Za-z0-9_~+-]+=*")
 _MIN_SECRET_LENGTH = 8
-# Rotated tokens kept until they expire: with 10,000 tokens rotating every 45 minutes
-# about 27,000 are alive at once. Past the cap, those closest to their expiry go first.
+# Replaced tokens kept until the old access token expires: two per token at most at the
+# default refresh_at (that is before the next rotation), so 20,000 for 10,000 tokens.
+# Past the cap, those closest to their expiry go first.
 MAX_RETIRED = 100_000
 # A word that may be a token: 20 or more characters of the base64url alphabet that mix
 # at least two of lower case, upper case and digits. Random tokens always do; words,

@@ -1,5 +1,5 @@
 """The SQLite store's schema and statements, how rows map to records, and the read-only
-lookup of ``tokend token``.
+reads of ``tokend token``, ``status`` and ``check``, which never write or migrate.
 
 Kept apart from :mod:`tokend.store.sqlite` (connection, transactions, the
 lease rules) so the SQL can be read in one place, and so ``tokend token`` reads
@@ -166,7 +166,7 @@ def token_values(token: Token) -> tuple[Any, ...]:
             token.scope, token.created_at)
 
 
-# --- `tokend token`: one token read-only, without the store's connection or its imports -------
+# --- Readers (`tokend token`, status, check): read-only, without the store's connection ------
 
 # Why an expired token was not refreshed, for the states that say so.
 _HINTS = {
