@@ -124,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the temporary folder (config, secret, state, outputs) at exit")
     demo.add_argument("--verbose", action="store_true", help="also show the daemon's log")
 
-    sandbox = verb("sandbox", cmd_sandbox, "tokend sandbox --port 8000 --client app:secret")
+    sandbox = verb("sandbox", cmd_sandbox, "tokend sandbox --port 8000 --client-file clients.txt")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sandbox.add_argument("--allow-remote", action="store_true", help="allow a --host other "
+                         "hosts can reach (its admin API has no authentication)")
     sandbox.add_argument("--port", type=_option_value(_port), default=0,
                          help="0 picks a free port")
     sandbox.add_argument("--access-token-lifetime", type=_option_value(_positive_duration),
@@ -136,14 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="RATE", help="POST limit such as 200/min, or 'off' (200/min)")
     sandbox.add_argument("--client", action="append", metavar="ID:SECRET",
                          help=f"register clients (default: {SANDBOX_DEFAULT_CLIENT})")
+    sandbox.add_argument("--client-file", action="append", metavar="PATH",
+                         help="register the clients in PATH, one ID:SECRET a line (kept out of "
+                         "ps, as is $TOKEND_SANDBOX_CLIENTS: ID:SECRET entries)")
 
     authorize = verb("authorize", cmd_authorize, "tokend authorize payroll/alice/read\n"
-                     "  tokend authorize payroll/alice --key=-KEY-STARTING-WITH-A-DASH\n"
+                     "  tokend authorize payroll/alice --key-file /run/keys/alice\n"
+                     "  printf %s \"$KEY\" | tokend authorize payroll/alice --key -\n"
                      "  tokend authorize payroll/alice/read --listen --timeout 120")
     authorize.add_argument("name", help=_NAME_HELP)
     key_source = authorize.add_mutually_exclusive_group()
-    key_source.add_argument("--key", help="the authorization key, instead of a prompt; write "
-                            "--key=KEY when it starts with '-'")
+    key_source.add_argument("--key", help="the authorization key, instead of a prompt: - reads "
+                            "it from stdin; --key=KEY (visible in ps) when it starts with '-'")
+    key_source.add_argument("--key-file", metavar="PATH", help="read the authorization key from "
+                            "PATH")
     key_source.add_argument("--listen", action="store_true",
                             help="catch the key with a local listener on the http://127.0.0.1:"
                             "PORT or http://localhost:PORT redirect_uri")

@@ -35,6 +35,7 @@ from tokend.model import OutputSpec, Token, TokenName
 
 _DIR_MODE = 0o755
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -139,7 +140,7 @@ def _prepare(
     if _is_unchanged(path, content, mode, owner, group):
         return None
     _ensure_directory(path)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"  # as _TEMP_NAME says
     try:
         fd = os.open(temp, _TEMP_FLAGS, 0o600)
     except OSError as exc:
@@ -302,3 +303,27 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         return
+
+
+def remove_temp_files(paths: Iterable[Path]) -> None:
+    """Delete the temporary files left beside ``paths`` by a write that never finished (ours,
+    cut short by an emergency exit, or a crashed one's), if they are this user's.
+
+    One listing per folder, whatever the number of outputs in it; never raises.
+    """
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    for folder, wanted in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.fullmatch(entry.name)
+            try:
+                if (match and match["name"] in wanted and entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_uid == os.geteuid()):
+                    os.unlink(entry.path)
+            except OSError:
+                continue

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokend.model import OOB
+from tokend.sandbox.pkce import Challenge
 from tokend.sandbox.replies import Refusal, Reply, error_reply, refuse
 from tokend.timing import Clock
 
@@ -46,6 +47,7 @@ class _Code:
     user: str
     issued_at: float
     refresh_token: str | None = None  # set once exchanged, so a repeat returns the same pair
+    challenge: Challenge | None = None  # PKCE: the exchange must bring the verifier
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ class SandboxModel:
         self._clients[client_id] = client_secret
 
     def authorize(
-        self, *, client_id: str, redirect_uri: str, response_type: str, scope: str, user: str
+        self, *, client_id: str, redirect_uri: str, response_type: str, scope: str, user: str,
+        challenge: Challenge | None = None,
     ) -> str:
         """Auto-approve an authorization request and return its code (or raise ``Refusal``)."""
         if not client_id:
@@ -121,7 +124,8 @@ class SandboxModel:
             raise refuse(400, "invalid_request", "The redirect_uri is not a valid URI.")
         code = secrets.token_urlsafe(32)
         self._codes[code] = _Code(
-            client_id, redirect_uri, normalize_scope(scope), user or "demo", self._clock.now()
+            client_id, redirect_uri, normalize_scope(scope), user or "demo", self._clock.now(),
+            challenge=challenge,
         )
         return code
 
@@ -234,6 +238,8 @@ class SandboxModel:
         if self._clock.now() >= entry.issued_at + CODE_LIFETIME:
             raise self._invalid_grant()
         if entry.redirect_uri != redirect_uri:
+            raise self._invalid_grant()
+        if entry.challenge is not None and not entry.challenge.verifies(form):
             raise self._invalid_grant()
         if entry.refresh_token is not None:
             pair = self._pairs[entry.refresh_token]
