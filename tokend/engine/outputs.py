@@ -23,6 +23,7 @@ Errors carry the path and the OS reason, never the file's content.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 import time
