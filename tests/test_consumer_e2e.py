@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import Setup, StartDaemon, refreshed, sandbox_with_lifetime, wait_for
+from tests.e2e import Setup, StartDaemon, refreshed, sandbox_with_lifetime, tokend, wait_for
 from tests.requests_like import Adapter, Request, call
 from tokend.consumer import TokenAuth
 from tokend.sandbox import Sandbox
@@ -150,3 +150,50 @@ def test_requests_through_token_auth_survive_every_rotation(
         assert tally.failed == [], style
         assert tally.calls >= 50, style
         assert tally.retries <= rotations, style
+
+
+def _rotate_and_use(setup: Setup, url: str) -> None:
+    """What another consumer does at the worst moment: the token is refreshed and the new
+    one used at once, which kills the one the request in flight carries."""
+    assert tokend("refresh", "--force", "app/alice/read", config=setup.config).returncode == 0
+    fresh = setup.output("alice", "read", "token").read_text()
+    status = httpx.get(url, headers={"Authorization": f"Bearer {fresh}"}).status_code
+    assert status == 200  # on its own line: a failure must not print the headers
+
+
+def test_a_token_killed_in_flight_is_retried_once_with_httpx(
+    tmp_path: Path, hour_sandbox: Sandbox
+) -> None:
+    """The request left with the old token, the server refused it (401), the file now holds
+    the new one: one retry, and the caller sees only the success."""
+    setup = Setup(tmp_path, hour_sandbox, [("alice", "read")]).authorized()
+    url = f"{hour_sandbox.url}/api/v1/me"
+    sent: list[int] = []
+
+    def on_request(_request: httpx.Request) -> None:
+        sent.append(1)
+        if len(sent) == 1:
+            _rotate_and_use(setup, url)
+
+    auth = TokenAuth(setup.output("alice", "read", "token"))
+    with httpx.Client(auth=auth, event_hooks={"request": [on_request]}) as client:
+        answer = client.get(url)
+    assert (answer.status_code, len(sent)) == (200, 2)
+
+
+def test_a_token_killed_in_flight_is_retried_once_requests_style(
+    tmp_path: Path, hour_sandbox: Sandbox
+) -> None:
+    """The same through the requests-style callable and its response hook."""
+    setup = Setup(tmp_path, hour_sandbox, [("alice", "read")]).authorized()
+    url = f"{hour_sandbox.url}/api/v1/me"
+
+    def send(request: Request) -> int:
+        if adapter.sent == 1:
+            _rotate_and_use(setup, url)
+        return httpx.get(url, headers=dict(request.headers)).status_code
+
+    adapter = Adapter(send)
+    response = call(TokenAuth(setup.output("alice", "read", "env")), adapter)
+    assert (response.status_code, adapter.sent) == (200, 2)
+    assert [earlier.status_code for earlier in response.history] == [401]
