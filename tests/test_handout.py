@@ -160,8 +160,10 @@ def test_token_formats_match_the_output_files(two: Setup) -> None:
     token = two.output("alice", "read", "token").read_text()
     header = tokend("token", "app/alice", "--format", "header", config=two.config).stdout
     assert all(same.values()), [key for key, ok in same.items() if not ok]
-    assert header == f"Authorization: Bearer {token}\n", "the header line differs"
-    assert two.output("bob", "read", "env").read_text().startswith("BOB_TOKEN=")
+    header_right = header == f"Authorization: Bearer {token}\n"
+    bob_named = two.output("bob", "read", "env").read_text().startswith("BOB_TOKEN=")
+    assert header_right, "the header line differs"
+    assert bob_named, "bob's env output does not use its variable"
 
 
 def test_template_format_needs_a_template_output(two: Setup) -> None:
