@@ -116,7 +116,7 @@ def test_the_json_output_says_it_has_no_expiry(tmp_path: Path) -> None:
     """``expires_at`` is null in the json format; the token and env formats are as ever."""
     token = company_token()
     spec = OutputSpec(tmp_path / "t.json", format="json")
-    document = json.loads(render(spec, token, expires_at=None))
+    document = json.loads(render(spec, token, name=NAME, expires_at=None, now=ISSUED))
     assert document == {"access_token": token.access_token, "token_type": "Bearer",
                         "scope": "employees", "expires_at": None}
 
@@ -131,3 +131,11 @@ def test_check_counts_no_refreshes_for_tokens_that_never_expire(tmp_path: Path) 
     company = dataclasses.replace(cfg, tokens=tuple(
         dataclasses.replace(spec, company=True) for spec in cfg.tokens))
     assert check_config(company, lifetimes=dict).warnings == []
+
+
+def test_a_template_shows_no_expiry_for_a_token_that_never_expires(tmp_path: Path) -> None:
+    """``{expires_at}`` and ``{expires_in}`` are empty: there is no time to give."""
+    spec = OutputSpec(tmp_path / "t.txt", format="template",
+                      template="[{expires_at}][{expires_in}] {scope}\n")
+    assert render(spec, company_token(), name=NAME, expires_at=None, now=ISSUED) == (
+        b"[][] employees\n")

@@ -384,7 +384,7 @@ BROKEN: list[tuple[str, str, str]] = [
      "users write the file"),
     ("output format", T + "        outputs: [{path: /x, format: yaml}]\n",
      "config.yaml:7:38: applications.payroll.tokens[0].outputs[0].format: must be one of "
-     "token, env, json"),
+     "token, env, json, template"),
     ("variable name", T + "        outputs: [{path: /x, format: env, variable: 1X}]\n",
      "config.yaml:7:53: applications.payroll.tokens[0].outputs[0].variable: must be an "
      "environment variable name (letters, digits and _, not starting with a digit)"),

@@ -5,6 +5,10 @@ against the sandbox over real HTTP; bad scopes are located errors; old scopes un
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,13 +50,24 @@ def _printed_link(setup: Setup, name: str) -> str:
     return links[0]
 
 
-def _authorize_by_link(setup: Setup, name: str, user: str) -> str:
-    """A person follows the printed link as ``user`` and gives tokend the key; the CLI's
-    one line of outcome."""
-    key = key_from_authorization_page(_printed_link(setup, name), user)
-    result = tokend("authorize", name, f"--key={key}", config=setup.config)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+def _authorize_by_link(setup: Setup, name: str, user: str) -> tuple[str, str]:
+    """A person runs ``tokend authorize NAME`` at a terminal, follows the link as ``user`` and
+    types the key at the prompt; the link, and the CLI's last line (after the prompt)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokend", "--config", str(setup.config), "authorize", name],
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # the seed's sentence
+        link = process.stdout.readline().strip()
+        os.write(master, f"{key_from_authorization_page(link, user)}\n".encode())
+        out, err = process.communicate(timeout=30)
+    finally:
+        os.close(master)
+    assert process.returncode == 0, err
+    return link, out.splitlines()[-1]
 
 
 def _me(sandbox: Sandbox, token: str) -> httpx.Response:
@@ -79,11 +94,11 @@ def test_a_resource_scope_token_from_authorization_to_outputs_and_status(
     with the server's scope; an old-scope token beside it is named and written as ever."""
     setup = Setup(tmp_path, factorial, [("alice", "employees time_off"), ("bob", "read")])
     setup.write()
-    link = _printed_link(setup, "app/alice")
+    assert "&scope=employees+time_off" in _printed_link(setup, "app/alice")
+    link, said = _authorize_by_link(setup, "app/alice/employees time_off", "alice")
     assert "&scope=employees+time_off" in link
     assert "resource_owner_type" not in link
-    said = _authorize_by_link(setup, "app/alice/employees time_off", "alice")
-    assert said.startswith(f"{SCOPED} authorized; access token valid until ")
+    assert f"{SCOPED} authorized; access token valid until " in said
     assert "&scope=read" in _printed_link(setup, OLD)
     authorize(setup, "bob", "read")
 
@@ -121,10 +136,10 @@ def test_a_company_token_is_published_never_refreshed_and_still_revocable(
                   extra_token_yaml={"carol": "        resource_owner_type: company\n" + hook},
                   top_level_yaml=METRICS_YAML)
     setup.write()
-    assert _printed_link(setup, COMPANY).endswith("&resource_owner_type=company")
     assert "resource_owner_type" not in _printed_link(setup, OLD)
-    said = _authorize_by_link(setup, COMPANY, "carol")
-    assert said == f"{COMPANY} authorized; the access token does not expire\n"
+    link, said = _authorize_by_link(setup, COMPANY, "carol")
+    assert link.endswith("&resource_owner_type=company")
+    assert said.endswith(f"{COMPANY} authorized; the access token does not expire")
     assert heard.read_text() == "[]"  # on_refresh ran, and heard of no expiry
     authorize(setup, "bob", "read")
     token = _current(setup, COMPANY)
@@ -145,6 +160,8 @@ def test_a_company_token_is_published_never_refreshed_and_still_revocable(
     assert env_file, "the env file does not hold the company token"
     document = json.loads(setup.output("carol", "employees", "json").read_text())
     assert (document["expires_at"], document["scope"]) == (None, "employees")
+    handed = json.loads(tokend("token", COMPANY, "--format", "json", config=setup.config).stdout)
+    assert handed["expires_at"] is None
     mentions = [event for event in daemon.events() if event.get("token") == COMPANY]
     assert len(mentions) < 5, mentions  # published once, not worked on in a loop
 

@@ -24,7 +24,7 @@ SCOPES = ("read", "write", "read+write")
 _SCOPE_CHARACTER = re.compile(r"[\x21\x23-\x2a\x2c-\x5b\x5d-\x7e]")
 SCOPE_RULE = ("read, write, read+write, or scopes separated by single spaces (such as "
               "employees time_off), each of printable ASCII without \" or \\")
-OutputFormat = Literal["token", "env", "json"]
+OutputFormat = Literal["token", "env", "json", "template"]
 DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 DEFAULT_BASE_URL = "https://api.factorialhr.com"
 """Factorial's API: where the seed client and every application talk unless told otherwise."""
@@ -148,6 +148,8 @@ class OutputSpec:
     mode: int = 0o600
     owner: int | None = None
     group: int | None = None
+    template: str = ""
+    """The text of a ``template`` output (``template_file``'s, read when the config loads)."""
 
 
 @dataclass(frozen=True, slots=True)

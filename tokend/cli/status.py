@@ -38,10 +38,9 @@ from tokend.engine.attention import action
 from tokend.engine.schedule import due_at
 from tokend.errors import ConfigError
 from tokend.model import Config, TokenName, TokenSpec
-from tokend.store import DATABASE_NAME
 from tokend.store.interface import UNCONFIGURED, StateFacts, TokenRecord, TokenState
 from tokend.store.lock import running_daemon_pid
-from tokend.store.sqlite import SqliteStateStore
+from tokend.store.sqlite_schema import read_records
 from tokend.timing import format_duration, format_utc
 
 
@@ -322,12 +321,6 @@ def _daemon_line(daemon: DaemonRow | None, now: float) -> str:
 
 
 def stored_records(state_dir: Path) -> list[TokenRecord]:
-    """Every record in the store, or none when no store exists yet (without creating one:
-    ``status`` and ``check`` only look)."""
-    if not (state_dir / DATABASE_NAME).exists():
-        return []
-    store = SqliteStateStore(state_dir)
-    try:
-        return store.all()
-    finally:
-        store.close()
+    """Every record in the store, or none when no store exists yet: read-only, since
+    ``status`` and ``check`` only look (no store created, migrated or tightened)."""
+    return read_records(state_dir)

@@ -224,8 +224,10 @@ class Pooled(Tuning):
 
 class Output(_Model):
     path: Annotated[str, AfterValidator(_absolute)]
-    format: Annotated[OutputFormat, BeforeValidator(_one_of(("token", "env", "json")))] = "token"
+    format: Annotated[OutputFormat, BeforeValidator(_one_of(get_args(OutputFormat)))] = "token"
     variable: EnvName | None = None
+    template: NonEmpty | None = None
+    template_file: NonEmpty | None = None
     mode: Annotated[int, BeforeValidator(_mode)] = 0o600
     owner: UserOrId | None = None
     group: UserOrId | None = None

@@ -20,7 +20,9 @@ from pathlib import Path
 import httpx
 import structlog
 
+from tokend.config.exposure import config_exposure
 from tokend.config.load import load_config
+from tokend.daemon.emergency import exit_now
 from tokend.daemon.metrics_http import MetricsServer, move_metrics
 from tokend.daemon.state_dir import open_state
 from tokend.daemon.status_file import DaemonStatus, write_running_status
@@ -28,6 +30,7 @@ from tokend.daemon.systemd import Notifier
 from tokend.daemon.watch import watch_config
 from tokend.daemon.watchdog import watchdog
 from tokend.engine.attention import CREDENTIALS_RECHECK
+from tokend.engine.hooks import HookGroups
 from tokend.engine.metrics import Metrics
 from tokend.engine.refresher import RefreshedCallback, Refresher
 from tokend.engine.supervisor import Supervisor
@@ -75,6 +78,7 @@ class Daemon:
         self._rescan: set[TokenName] | None = set()
         self._workers = Workers()
         self._signals = 0
+        self._hooks: HookGroups | None = None
         self._metrics = Metrics(clock=self._clock)
         self._metrics_server: MetricsServer | None = None
         self._credentials_recheck = credentials_recheck
@@ -115,6 +119,7 @@ class Daemon:
             workers=self._workers,
         )
         self._store = store
+        self._hooks = refresher.publisher.hook_groups
         self._supervisor = Supervisor(
             store=store, refresher=refresher, clock=self._clock, masker=self._masker,
             on_settled=self._wake.set, metrics=self._metrics,
@@ -200,7 +205,8 @@ class Daemon:
         self._signals += 1
         if self._signals > 1:
             # A second Ctrl-C means "now": the store is consistent at every commit.
-            os._exit(1)
+            supervisor = getattr(self, "_supervisor", None)  # none before the store opens
+            exit_now(self._hooks, None if supervisor is None else supervisor.config)
         self.request_stop()
 
     def _request_reload(self, heal: bool = False) -> None:
@@ -301,5 +307,6 @@ class Daemon:
 
     @staticmethod
     def _warn(config: Config) -> None:
-        for warning in config.warnings:
+        # Its hooks run with our rights: whoever else may write the config may run code as us.
+        for warning in (*config.warnings, *config_exposure(config.source)):
             log.warning("config_warning", message=warning)

@@ -22,60 +22,51 @@ Errors carry the path and the OS reason, never the file's content.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from tokend import formats
 from tokend.errors import OutputError
-from tokend.model import ENV_VARIABLE, OutputSpec, Token
-from tokend.timing import format_utc
+from tokend.model import OutputSpec, Token, TokenName
 
-# One unquoted line must mean the same to systemd's EnvironmentFile=, docker's
-# --env-file (which keeps quotes literally) and a POSIX shell's ``. file``, so
-# only characters that none of them treat specially are allowed.
-_ENV_SAFE_VALUE = re.compile(r"[A-Za-z0-9._~+/=-]+")
 _DIR_MODE = 0o755
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def render(spec: OutputSpec, token: Token, *, expires_at: float | None) -> bytes:
-    """The bytes of one output file; the refresh token never appears in any format.
+def render(spec: OutputSpec, token: Token, *, name: TokenName, expires_at: float | None,
+           now: float) -> bytes:
+    """The bytes of one output file, by its format's renderer in :mod:`tokend.formats`
+    (``tokend token --format`` uses the same); the refresh token never appears in any.
 
     ``expires_at`` is the expiry on this host's clock (the record's, not the
-    server's ``created_at``): consumers compare it with the same clock. ``None``
-    (JSON ``null``): the token never expires.
+    server's ``created_at``): consumers compare it with the same clock. ``now`` is
+    the moment of writing, from which a template's ``expires_in`` counts. ``None``:
+    the token never expires (a company token).
     """
-    if spec.format == "token":
-        return token.access_token.encode()
-    if spec.format == "env":
-        return _render_env(spec, token)
-    if spec.format == "json":
-        document = {
-            "access_token": token.access_token,
-            "token_type": token.token_type,
-            "scope": token.scope,
-            "expires_at": None if expires_at is None else format_utc(expires_at),
-        }
-        return (json.dumps(document, sort_keys=True) + "\n").encode()
-    raise OutputError(f"{spec.path}: unknown output format {spec.format!r}")
+    return _render(spec, _values(token, name, expires_at, now))
 
 
-def _render_env(spec: OutputSpec, token: Token) -> bytes:
-    if not ENV_VARIABLE.fullmatch(spec.variable):
-        raise OutputError(f"{spec.path}: {spec.variable!r} is not a valid variable name")
-    value = token.access_token
-    # A leading "~" would be tilde-expanded by a shell in an assignment.
-    if not _ENV_SAFE_VALUE.fullmatch(value) or value.startswith("~"):
-        raise OutputError(
-            f"{spec.path}: the access token contains characters that cannot be written "
-            "unquoted to an env file"
-        )
-    return f"{spec.variable}={value}\n".encode()
+def _values(token: Token, name: TokenName, expires_at: float | None, now: float
+            ) -> dict[str, str]:
+    return formats.placeholders(access_token=token.access_token, token_type=token.token_type,
+                                scope=token.scope, expires_at=expires_at, name=str(name),
+                                now=now)
+
+
+def _render(spec: OutputSpec, values: Mapping[str, str]) -> bytes:
+    try:
+        text = formats.render(spec.format, values, variable=spec.variable,
+                              template=spec.template)
+    except ValueError as error:
+        raise OutputError(f"{spec.path}: {error}") from None
+    return text.encode()
 
 
 def write_atomic(
@@ -102,7 +93,7 @@ def write_atomic(
 
 
 def write_outputs(
-    outputs: Iterable[OutputSpec], token: Token, *, expires_at: float | None
+    outputs: Iterable[OutputSpec], token: Token, *, name: TokenName, expires_at: float | None
 ) -> list[Path]:
     """Write every output; return the paths (re)written.
 
@@ -116,9 +107,11 @@ def write_outputs(
     """
     prepared: list[tuple[Path, Path]] = []
     failures: list[str] = []
+    # Now, not when the token was issued: a template's expires_in is what is left at writing.
+    values = _values(token, name, expires_at, time.time())
     for spec in outputs:
         try:
-            content = render(spec, token, expires_at=expires_at)
+            content = _render(spec, values)
             temp = _prepare(Path(spec.path), content, spec.mode, spec.owner, spec.group)
         except OutputError as exc:
             failures.append(str(exc))
@@ -150,7 +143,7 @@ def _prepare(
     if _is_unchanged(path, content, mode, owner, group):
         return None
     _ensure_directory(path)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"  # as _TEMP_NAME says
     try:
         fd = os.open(temp, _TEMP_FLAGS, 0o600)
     except OSError as exc:
@@ -313,3 +306,27 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         return
+
+
+def remove_temp_files(paths: Iterable[Path]) -> None:
+    """Delete the temporary files left beside ``paths`` by a write that never finished (ours,
+    cut short by an emergency exit, or a crashed one's), if they are this user's.
+
+    One listing per folder, whatever the number of outputs in it; never raises.
+    """
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    for folder, wanted in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.fullmatch(entry.name)
+            try:
+                if (match and match["name"] in wanted and entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_uid == os.geteuid()):
+                    os.unlink(entry.path)
+            except OSError:
+                continue

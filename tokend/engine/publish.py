@@ -26,7 +26,7 @@ from typing import Literal
 
 import structlog
 
-from tokend.engine.hooks import hook_environment, run_hook
+from tokend.engine.hooks import HookGroups, hook_environment, run_hook
 from tokend.engine.metrics import Metrics
 from tokend.engine.outputs import remove_outputs, write_outputs
 from tokend.engine.workers import Workers
@@ -77,6 +77,7 @@ class Publisher:
         self._hook_base_env = dict(hook_base_env)
         self._metrics = metrics
         self._in_use: frozenset[Path] | None = None
+        self.hook_groups = HookGroups()
 
     def use_paths(self, in_use: Collection[Path]) -> None:
         """The output paths of every configured token: files a token was written to earlier
@@ -224,7 +225,8 @@ class Publisher:
             base=self._masker.without_secrets(self._hook_base_env),
         )
         argv = spec.on_refresh if hook == "on_refresh" else spec.on_failure
-        result = await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name))
+        result = await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name),
+                                groups=self.hook_groups)
         self._metrics.hook_finished(spec.name, hook, result)
 
 
@@ -251,7 +253,8 @@ def settle_files(
     has_token = record.has_token
     try:
         if record.token is not None and record.has_token:
-            rewritten = write_outputs(outputs, record.token, expires_at=record.expires_at)
+            rewritten = write_outputs(outputs, record.token, name=record.name,
+                                      expires_at=record.expires_at)
             if rewritten:
                 log.debug("outputs_written", token=name, paths=[str(p) for p in rewritten])
         else:  # revoked: no file may keep a dead token

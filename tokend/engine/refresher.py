@@ -235,7 +235,10 @@ class Refresher:
         log.info("token_refreshed", token=str(name),
                  expires_at=None if token.expires_in is None
                  else format_utc(sent_at + token.expires_in))
-        self._masker.discard(current.access_token, current.refresh_token)
+        # The replaced pair stays valid until the old access token expires (a hook may print
+        # it): masked until then, then forgotten. (Only a token that expires is refreshed.)
+        old_expiry = record.expires_at or sent_at + (current.expires_in or 0)
+        self._masker.retire(current.access_token, current.refresh_token, until=old_expiry)
         return RefreshOutcome(name, "ok", fresh)
 
     def _commit(

@@ -20,9 +20,10 @@ import httpx
 
 from tokend.errors import NetworkError, PermanentOAuthError, TransientOAuthError
 from tokend.model import DEFAULT_BASE_URL, SCOPES, Token, scope_name
+from tokend.oauth import pkce
 
 # Fields whose values must never reach a message, even when a server echoes them back.
-_SECRET_FIELDS = ("client_secret", "code", "refresh_token", "token")
+_SECRET_FIELDS = ("client_secret", "code", "code_verifier", "refresh_token", "token")
 _DESCRIPTION_LIMIT = 200
 # Shorter values are not real secrets, and redacting them would shred every message.
 _MIN_SECRET_LENGTH = 4
@@ -48,6 +49,7 @@ def authorization_link(
     scope: str = "read+write",
     base_url: str = DEFAULT_BASE_URL,
     state: str | None = None,
+    code_challenge: str | None = None,
     resource_owner_type: str | None = None,
 ) -> str:
     """The URL a person opens to grant access, with parameters in the seed library's order.
@@ -55,6 +57,7 @@ def authorization_link(
     The scope's ``+`` means a space (``read write``, ``employees time_off``); form-encoding
     the space gives the ``scope=read+write`` the server expects, while ``redirect_uri`` is
     percent-encoded. ``resource_owner_type="company"`` asks an admin for a company token.
+    A ``code_challenge`` (:mod:`tokend.oauth.pkce`) is sent with its method, S256.
     """
     params = [
         ("client_id", client_id),
@@ -64,6 +67,8 @@ def authorization_link(
     ]
     if state is not None:
         params.append(("state", state))
+    if code_challenge is not None:
+        params += [("code_challenge", code_challenge), ("code_challenge_method", pkce.METHOD)]
     if resource_owner_type is not None:
         params.append(("resource_owner_type", resource_owner_type))
     return f"{base_url.rstrip('/')}/oauth/authorize?{urlencode(params)}"
@@ -76,10 +81,12 @@ def seed_authorization_link(
     scope: str = "read+write",
     base_url: str = DEFAULT_BASE_URL,
     state: str | None = None,
+    code_challenge: str | None = None,
 ) -> str:
     """:func:`authorization_link` for the seed client's three scopes only (its contract)."""
     return authorization_link(client_id=client_id, redirect_uri=redirect_uri,
-                              scope=validate_scope(scope), base_url=base_url, state=state)
+                              scope=validate_scope(scope), base_url=base_url, state=state,
+                              code_challenge=code_challenge)
 
 
 @dataclass(frozen=True, repr=False)
@@ -99,19 +106,20 @@ class OAuthRequest:
 
 
 def authorization_code_request(
-    *, base_url: str, client_id: str, client_secret: str, redirect_uri: str, code: str
+    *, base_url: str, client_id: str, client_secret: str, redirect_uri: str, code: str,
+    code_verifier: str | None = None,
 ) -> OAuthRequest:
-    """Exchange an authorization key for the first token."""
-    return OAuthRequest(
-        f"{base_url.rstrip('/')}/oauth/token",
-        {
-            "client_id": client_id,
-            "client_secret": client_secret,
-            "code": code,
-            "grant_type": "authorization_code",
-            "redirect_uri": redirect_uri,
-        },
-    )
+    """Exchange an authorization key for the first token (with the PKCE verifier, if any)."""
+    form = {
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "code": code,
+        "grant_type": "authorization_code",
+        "redirect_uri": redirect_uri,
+    }
+    if code_verifier is not None:
+        form["code_verifier"] = code_verifier
+    return OAuthRequest(f"{base_url.rstrip('/')}/oauth/token", form)
 
 
 def refresh_token_request(

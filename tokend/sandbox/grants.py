@@ -13,8 +13,7 @@ from collections.abc import Iterable
 
 from tokend.sandbox.replies import Refusal, refuse
 
-OLD_SCOPES = frozenset({"read", "write"})
-"""What a client registered without scopes may ask for: the seed library's scopes."""
+# What a client registered without scopes may ask for (the seed library's scopes), as named.
 _OLD_NAMES = {frozenset({"read"}): "read", frozenset({"write"}): "write",
               frozenset({"read", "write"}): "read write"}
 OWNER_TYPES = ("user", "company")

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from tokend.model import OOB
 from tokend.sandbox.grants import allowed_scopes, granted_scope, invalid_grant, is_company
+from tokend.sandbox.pkce import Challenge
 from tokend.sandbox.replies import Refusal, Reply, error_reply, refuse
 from tokend.timing import Clock
 
@@ -37,6 +38,7 @@ class _Code:
     issued_at: float
     company: bool = False
     refresh_token: str | None = None  # set once exchanged, so a repeat returns the same pair
+    challenge: Challenge | None = None  # PKCE: the exchange must bring the verifier
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class SandboxModel:
 
     def authorize(
         self, *, client_id: str, redirect_uri: str, response_type: str, scope: str, user: str,
-        resource_owner_type: str = "",
+        resource_owner_type: str = "", challenge: Challenge | None = None,
     ) -> str:
         """Auto-approve an authorization request and return its code (or raise ``Refusal``)."""
         if not client_id:
@@ -120,7 +122,8 @@ class SandboxModel:
         company = is_company(resource_owner_type)
         code = secrets.token_urlsafe(32)
         self._codes[code] = _Code(
-            client_id, redirect_uri, granted, user or "demo", self._clock.now(), company
+            client_id, redirect_uri, granted, user or "demo", self._clock.now(), company,
+            challenge=challenge,
         )
         return code
 
@@ -238,6 +241,8 @@ class SandboxModel:
         if self._clock.now() >= entry.issued_at + CODE_LIFETIME:
             raise invalid_grant()
         if entry.redirect_uri != redirect_uri:
+            raise invalid_grant()
+        if entry.challenge is not None and not entry.challenge.verifies(form):
             raise invalid_grant()
         if entry.refresh_token is not None:
             pair = self._pairs[entry.refresh_token]
