@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -367,3 +368,33 @@ def test_remove_outputs_deletes_files_only(tmp_path: Path) -> None:
     remove_outputs([OutputSpec(token_file), OutputSpec(missing), OutputSpec(directory)])
     assert not token_file.exists()
     assert directory.is_dir()
+
+
+def test_a_new_tokens_files_are_written_without_reading_the_old_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token the server just issued cannot be in any file yet, so a refresh writes its
+    outputs without opening the old files to compare them; a symlink is still refused."""
+    path = tmp_path / "t"
+    write_outputs([OutputSpec(path)], make_token("a" * 40), name=NAME, expires_at=EXPIRES)
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fspath(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    new = make_token("b" * 40)  # as long as the old one: only reading it back could tell
+    written = write_outputs([OutputSpec(path)], new, name=NAME, expires_at=EXPIRES,
+                            new_token=True)
+    monkeypatch.setattr(os, "open", real_open)
+    holds_new = path.read_bytes() == new.access_token.encode()
+    assert written == [path] and holds_new
+    assert str(path) not in opened, "the old file was read back to compare"
+
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    with pytest.raises(OutputError, match="symlink"):
+        write_outputs([OutputSpec(link)], make_token("c" * 40), name=NAME, expires_at=EXPIRES,
+                      new_token=True)

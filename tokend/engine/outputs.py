@@ -17,7 +17,9 @@ Safety rules, decided once here:
 * The temporary file is created with ``O_EXCL | O_NOFOLLOW``, so a link planted
   at a guessed temporary name cannot redirect it either.
 
-Errors carry the path and the OS reason, never the file's content.
+Errors carry the path and the OS reason, never the file's content. Paths are
+handled as strings inside: a refresh writes a few files several times a second,
+and building ``pathlib`` objects for each step was a good part of its cost.
 """
 
 from __future__ import annotations
@@ -83,19 +85,24 @@ def write_atomic(
     right but whose permissions are wrong is rewritten, which fixes them atomically.
     Skipping identical writes keeps inotify watchers of the file quiet.
     """
-    path = Path(path)
-    temp = _prepare(path, content, mode, owner, group)
+    target = os.fspath(path)
+    temp = _prepare(target, content, mode, owner, group)
     if temp is None:
         return False
-    _rename(temp, path)
-    _fsync_directory(path.parent, path)
+    _rename(temp, target)
+    _fsync_directory(_parent(target), target)
     return True
 
 
 def write_outputs(
-    outputs: Iterable[OutputSpec], token: Token, *, name: TokenName, expires_at: float | None
+    outputs: Iterable[OutputSpec], token: Token, *, name: TokenName, expires_at: float | None,
+    new_token: bool = False,
 ) -> list[Path]:
     """Write every output; return the paths (re)written.
+
+    With ``new_token`` (the server just issued ``token``, so no file can hold it yet)
+    the files are not read back to see whether they already hold it; they are still
+    checked to be safe targets.
 
     All new files are prepared and fsynced first, then renamed one right after
     the other, so the outputs of one token change together: a consumer that uses
@@ -105,29 +112,35 @@ def write_outputs(
     One broken output must not keep the others stale, so every output is tried
     and the failures are reported together in one :class:`OutputError`.
     """
-    prepared: list[tuple[Path, Path]] = []
+    prepared: list[tuple[str, OutputSpec]] = []
     failures: list[str] = []
     # Now, not when the token was issued: a template's expires_in is what is left at writing.
     values = _values(token, name, expires_at, time.time())
     for spec in outputs:
         try:
             content = _render(spec, values)
-            temp = _prepare(Path(spec.path), content, spec.mode, spec.owner, spec.group)
+            temp = _prepare(os.fspath(spec.path), content, spec.mode, spec.owner, spec.group,
+                            compare=not new_token)
         except OutputError as exc:
             failures.append(str(exc))
             continue
         if temp is not None:
-            prepared.append((temp, Path(spec.path)))
+            prepared.append((temp, spec))
     written: list[Path] = []
-    for temp, path in prepared:
+    # One fsync per folder, after the last rename into it.
+    folders: dict[str, str] = {}
+    for temp, spec in prepared:
+        target = os.fspath(spec.path)
         try:
-            _rename(temp, path)
-            written.append(path)
+            _rename(temp, target)
         except OutputError as exc:
             failures.append(str(exc))
-    for directory, path in {path.parent: path for path in written}.items():
+            continue
+        written.append(spec.path)
+        folders[_parent(target)] = target
+    for directory, target in folders.items():
         try:
-            _fsync_directory(directory, path)
+            _fsync_directory(directory, target)
         except OutputError as exc:
             failures.append(str(exc))
     if failures:
@@ -135,20 +148,30 @@ def write_outputs(
     return written
 
 
+def _parent(path: str) -> str:
+    """``Path(path).parent``, as a string."""
+    return os.path.dirname(path) or "."
+
+
 def _prepare(
-    path: Path, content: bytes, mode: int, owner: int | None, group: int | None
-) -> Path | None:
+    path: str, content: bytes, mode: int, owner: int | None, group: int | None,
+    *, compare: bool = True,
+) -> str | None:
     """A fsynced temporary file beside ``path`` holding ``content`` with its final mode and
-    owner, or ``None`` when ``path`` already is exactly that."""
-    if _is_unchanged(path, content, mode, owner, group):
-        return None
+    owner, or ``None`` when ``path`` already is exactly that (looked at with ``compare``)."""
+    if compare:
+        if _is_unchanged(path, content, mode, owner, group):
+            return None
+    else:
+        _inspect_target(path)
     _ensure_directory(path)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"  # as _TEMP_NAME says
+    parent = _parent(path)
+    temp = f"{parent}/.{os.path.basename(path)}.{secrets.token_hex(8)}.tmp"  # as _TEMP_NAME says
     try:
         fd = os.open(temp, _TEMP_FLAGS, 0o600)
     except OSError as exc:
         reason = exc.strerror
-        raise OutputError(f"{path}: cannot create a file in {path.parent}: {reason}") from None
+        raise OutputError(f"{path}: cannot create a file in {parent}: {reason}") from None
     try:
         try:
             _write_all(fd, content)
@@ -168,7 +191,7 @@ def _prepare(
     return temp
 
 
-def _rename(temp: Path, path: Path) -> None:
+def _rename(temp: str, path: str) -> None:
     try:
         os.rename(temp, path)
     except OSError as exc:
@@ -185,7 +208,7 @@ def remove_outputs(outputs: Iterable[OutputSpec]) -> None:
     """
     failures: list[str] = []
     for spec in outputs:
-        path = Path(spec.path)
+        path = os.fspath(spec.path)
         try:
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
@@ -196,7 +219,7 @@ def remove_outputs(outputs: Iterable[OutputSpec]) -> None:
             failures.append(f"{path}: cannot remove: {exc.strerror}")
             continue
         try:
-            _fsync_directory(path.parent, path)
+            _fsync_directory(_parent(path), path)
         except OutputError as exc:
             failures.append(str(exc))
     if failures:
@@ -204,7 +227,7 @@ def remove_outputs(outputs: Iterable[OutputSpec]) -> None:
 
 
 def _is_unchanged(
-    path: Path, content: bytes, mode: int, owner: int | None, group: int | None
+    path: str, content: bytes, mode: int, owner: int | None, group: int | None
 ) -> bool:
     """Whether ``path`` already holds ``content`` with this metadata; refuses unsafe targets."""
     info = _inspect_target(path)
@@ -225,14 +248,15 @@ def _is_unchanged(
     return existing == content
 
 
-def _inspect_target(path: Path) -> os.stat_result | None:
+def _inspect_target(path: str) -> os.stat_result | None:
     """The target's own status (links not followed), ``None`` when missing."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return None
     except NotADirectoryError:
-        raise OutputError(f"{path}: parent {_first_file(path.parent)} is not a directory") from None
+        parent = _first_file(Path(_parent(path)))
+        raise OutputError(f"{path}: parent {parent} is not a directory") from None
     except OSError as exc:
         raise OutputError(f"{path}: cannot inspect: {exc.strerror}") from None
     if stat.S_ISLNK(info.st_mode):
@@ -244,10 +268,15 @@ def _inspect_target(path: Path) -> os.stat_result | None:
     return info
 
 
-def _ensure_directory(path: Path) -> None:
+def _ensure_directory(path: str) -> None:
     """Create the missing parents of ``path`` as 0755 (set explicitly: umask would change it)."""
+    try:
+        if stat.S_ISDIR(os.stat(_parent(path)).st_mode):
+            return
+    except OSError:
+        pass  # looked at again below, where each case gets its message
     missing: list[Path] = []
-    current = path.parent
+    current = Path(path).parent
     while True:
         try:
             info = os.stat(current)
@@ -287,7 +316,7 @@ def _write_all(fd: int, content: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_directory(directory: Path, path: Path) -> None:
+def _fsync_directory(directory: str, path: str) -> None:
     """Make a rename or unlink in ``directory`` survive a crash."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -301,7 +330,7 @@ def _fsync_directory(directory: Path, path: Path) -> None:
         os.close(fd)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:

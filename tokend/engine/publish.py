@@ -119,7 +119,8 @@ class Publisher:
         def settle() -> tuple[list[Files], list[TokenRecord | None]]:
             try:
                 results = [settle_files(spec.outputs, record, in_use=self._in_use,
-                                        name=str(spec.name)) for spec, _lease, record in items]
+                                        name=str(spec.name), new_token=new_token)
+                           for spec, _lease, record in items]
                 return results, self._record(
                     [(lease, record) for _spec, lease, record in items], results,
                     unconfigured_at=lambda _record: None,
@@ -236,10 +237,12 @@ def settle_files(
     *,
     in_use: Collection[Path] | None,
     name: str,
+    new_token: bool = False,
 ) -> Files:
     """Make a token's files match ``record`` (in the calling thread).
 
-    ``outputs`` get its token, or are removed when it has none (revoked). Files
+    ``outputs`` get its token (``new_token``: one just issued, see
+    :func:`write_outputs`), or are removed when it has none (revoked). Files
     it was written to before that ``outputs`` no longer name are removed, except
     those another configured token writes now (``in_use``); with ``in_use``
     ``None`` (a caller that does not know the whole config) they are kept, and
@@ -254,7 +257,7 @@ def settle_files(
     try:
         if record.token is not None and record.has_token:
             rewritten = write_outputs(outputs, record.token, name=record.name,
-                                      expires_at=record.expires_at)
+                                      expires_at=record.expires_at, new_token=new_token)
             if rewritten:
                 log.debug("outputs_written", token=name, paths=[str(p) for p in rewritten])
         else:  # revoked: no file may keep a dead token
