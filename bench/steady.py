@@ -99,7 +99,9 @@ def _steady_once(ctx: Context, root: Path) -> dict[str, Any]:
                                  sizes.steady_lifetime)
         spec = _seed_baseline(root / "baseline", theirs, sizes.steady_tokens,
                               sizes.steady_lifetime)
-        with DaemonProcess(workspace.config, workspace.root, "steady") as daemon, \
+        # The log and the notify socket go beside the workspace, not into the config's
+        # folder: tokend watches that folder, and a user's log goes to the journal.
+        with DaemonProcess(workspace.config, root, "steady") as daemon, \
                 _Baseline(spec) as baseline:
             daemon.wait_ready(READY_TIMEOUT)
             baseline.wait_ready(READY_TIMEOUT)

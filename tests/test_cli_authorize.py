@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pty
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -26,6 +28,8 @@ from tests.e2e import (
     wait_for,
     with_app_settings,
 )
+from tokend.errors import PermanentOAuthError
+from tokend.factorial import Factorial
 from tokend.sandbox import Sandbox
 
 PROMPT = "Authorization required. Follow this link and store your authorization key:"
@@ -89,6 +93,47 @@ def test_a_key_on_the_command_line_is_not_asked_for(tmp_path: Path, sandbox: San
     assert len(result.stdout.splitlines()) == 1, result.stdout
 
 
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_a_key_from_stdin_or_a_file_stays_off_the_command_line(
+    tmp_path: Path, sandbox: Sandbox, source: str
+) -> None:
+    """--key - reads the key from stdin and --key-file PATH from a file, so it never shows
+    in ps or shell history; the outcome is the same as with --key=KEY."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")])
+    setup.write()
+    key = sandbox.authorize(client_id=CLIENT_ID, redirect_uri="urn:ietf:wg:oauth:2.0:oob",
+                            scope="read", user="alice")
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    args = ["--key", "-"] if source == "stdin" else ["--key-file", str(key_file)]
+    result = subprocess.run(
+        [sys.executable, "-m", "tokend", "--config", str(setup.config), "authorize",
+         "app/alice/read", *args],
+        input=key + "\n" if source == "stdin" else "", capture_output=True, text=True,
+        timeout=30, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("app/alice/read authorized; access token valid until ")
+    on_command_line = any(key in arg for arg in result.args)
+    assert not on_command_line
+    assert setup.output("alice", "read", "token").exists()
+
+
+def test_an_empty_or_unreadable_key_source_is_a_usage_error(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Nothing on stdin, or a --key-file that cannot be read: exit 2 naming the source."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")])
+    setup.write()
+    empty = tokend("authorize", "app/alice/read", "--key", "-", config=setup.config)
+    missing = tokend("authorize", "app/alice/read", "--key-file", str(tmp_path / "nope"),
+                     config=setup.config)
+    assert (empty.returncode, missing.returncode) == (2, 2)
+    assert "--key - (stdin) is empty" in empty.stderr
+    assert f"cannot read --key-file {tmp_path / 'nope'}" in missing.stderr
+    assert sandbox.stats()["authorization_code"] == 0
+
+
 def _listen_setup(tmp_path: Path, sandbox: Sandbox) -> tuple[Setup, str]:
     setup = Setup(tmp_path, sandbox, [("alice", "read")])
     redirect = f"http://127.0.0.1:{free_port()}/callback"
@@ -122,6 +167,61 @@ def test_listen_flow_the_browser_brings_the_code_and_forgeries_are_refused(
     assert "app/alice/read authorized" in out
     assert sandbox.stats()["authorization_code"] == 1
     assert setup.output("alice", "read", "token").exists()
+
+
+def test_listen_flow_a_code_caught_on_its_way_is_useless_without_the_verifier(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The link carries a PKCE S256 challenge: a program that catches the redirect's code
+    (a squatter, a log) and exchanges it with the client secret is refused, and tokend,
+    which holds the verifier, still gets the token with that same code."""
+    setup, redirect = _listen_setup(tmp_path, sandbox)
+    process = _start(setup.config, "app/alice/read", "--listen", "--timeout", "20")
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        link = process.stdout.readline().strip()
+        assert "code_challenge_method=S256" in link and "code_challenge=" in link
+        approval = httpx.get(f"{link}&user=alice", timeout=10)
+        assert approval.status_code == 302
+        location = approval.headers["location"]
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        with Factorial(access_token="", base_url=sandbox.url, timeout=5) as thief, \
+                pytest.raises(PermanentOAuthError) as refused:
+            thief.obtain_access_token(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                                      redirect_uri=redirect, authorization_key=code)
+        assert refused.value.error == "invalid_grant"
+        page = httpx.get(location, timeout=30)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert page.status_code == 200
+    assert process.returncode == 0, err
+    assert "app/alice/read authorized" in out
+
+
+def test_listen_refuses_to_start_when_another_program_holds_the_port_on_ipv6_loopback(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A localhost redirect whose port another local program holds on ::1 (where a browser
+    may knock) is refused before any link is shown, naming that address."""
+    try:
+        squatter = socket.socket(socket.AF_INET6)
+        squatter.bind(("::1", 0))
+    except OSError as error:
+        pytest.skip(f"this host has no IPv6 loopback address (::1): {error.strerror}")
+    with squatter:
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        setup = Setup(tmp_path, sandbox, [("alice", "read")])
+        with_app_settings(setup, f"    redirect_uri: http://localhost:{port}/callback\n")
+        result = tokend("authorize", "app/alice/read", "--listen", "--timeout", "2",
+                        config=setup.config)
+    assert result.returncode == 1
+    assert f"cannot listen on [::1]:{port}" in result.stderr, result.stderr
+    assert "oauth/authorize" not in result.stdout
+    assert sandbox.stats()["authorization_code"] == 0
 
 
 @pytest.mark.parametrize("secret_is_right", [True, False], ids=["right-secret", "wrong-secret"])

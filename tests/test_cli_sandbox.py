@@ -186,3 +186,68 @@ def test_the_root_page_says_it_is_a_test_server_and_lists_what_it_serves(
                          "/_sandbox/"):
             assert endpoint in page.text, endpoint
         assert "1m 30s" in page.text  # the access-token lifetime it was started with
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
+def test_a_non_loopback_host_is_refused_without_allow_remote(host: str) -> None:
+    """Its admin API has no authentication: listening where other hosts reach it must be
+    asked for with --allow-remote; otherwise a usage error naming the host and the flag,
+    before anything is bound."""
+    try:
+        result = sandbox_command("--host", host, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the sandbox started serving on {host}")
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert host in result.stderr and "--allow-remote" in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_banner_says_the_admin_api_is_unauthenticated_and_for_testing(
+    tmp_path: Path,
+) -> None:
+    """Whoever reads the banner learns the server is a test tool anyone on it can drive."""
+    with running_sandbox(tmp_path) as (_url, out):
+        text = banner(out)
+    assert "for testing" in text
+    assert "no authentication" in text
+
+
+def test_clients_come_from_a_file_and_the_environment_without_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """--client-file (one ID:SECRET a line) and $TOKEND_SANDBOX_CLIENTS register clients
+    whose secrets never appear in ps; the token endpoint accepts each secret."""
+    clients = tmp_path / "clients"
+    clients.write_text("file-app:f1le-s3cret-value\n\n")
+    clients.chmod(0o600)
+    os.environ["TOKEND_SANDBOX_CLIENTS"] = "env-app:env-s3cret-value"
+    try:
+        with running_sandbox(tmp_path, "--client-file", str(clients)) as (url, out):
+            text = banner(out)
+            answers = {
+                client_id: httpx.post(f"{url}/oauth/token", timeout=5, data={
+                    "grant_type": "refresh_token", "refresh_token": "no-such-token",
+                    "client_id": client_id, "client_secret": secret}).json()["error"]
+                for client_id, secret in (("file-app", "f1le-s3cret-value"),
+                                          ("env-app", "env-s3cret-value"))}
+    finally:
+        del os.environ["TOKEND_SANDBOX_CLIENTS"]
+    assert answers == {"file-app": "invalid_grant", "env-app": "invalid_grant"}
+    assert "file-app" in text and "env-app" in text
+    leaked = "f1le-s3cret-value" in text or "env-s3cret-value" in text
+    assert not leaked, "the banner prints a client secret"
+
+
+def test_an_unreadable_or_malformed_client_file_is_a_usage_error(tmp_path: Path) -> None:
+    """A missing file, or a line that is not ID:SECRET, exits 2 naming the file (and line),
+    never echoing the line (it may hold a secret)."""
+    missing = sandbox_command("--client-file", str(tmp_path / "nope"))
+    bad = tmp_path / "clients"
+    bad.write_text("ok-app:s3cret-value\nno-colon-s3cret\n")
+    malformed = sandbox_command("--client-file", str(bad))
+    assert (missing.returncode, malformed.returncode) == (2, 2)
+    assert str(tmp_path / "nope") in missing.stderr
+    assert f"{bad}:2" in malformed.stderr and "ID:SECRET" in malformed.stderr
+    assert "no-colon-s3cret" not in malformed.stderr

@@ -16,11 +16,11 @@ from tokend.sandbox import Sandbox
 
 
 def _break_scope(setup: Setup) -> str:
-    """Save the config with ``scope: readwrite`` for bob; return where the error is."""
-    lines = setup.render().replace("scope: write", "scope: readwrite").splitlines(keepends=True)
+    """Save the config with ``scope: [readwrite]`` for bob; return where the error is."""
+    lines = setup.render().replace("scope: write", "scope: [readwrite]").splitlines(keepends=True)
     setup.config.write_text("".join(lines))
-    row = next(i for i, line in enumerate(lines) if "scope: readwrite" in line)
-    return f"{setup.config}:{row + 1}:{lines[row].index('readwrite') + 1}"
+    row = next(i for i, line in enumerate(lines) if "scope: [readwrite]" in line)
+    return f"{setup.config}:{row + 1}:{lines[row].index('[readwrite]') + 1}"
 
 
 def _expires_at(setup: Setup, user: str, scope: str) -> str:
@@ -53,7 +53,7 @@ def test_status_with_an_invalid_config_shows_the_running_daemons_tokens(
     assert config["valid"] is False and config["tokens"] is None
     assert config["tokens_from"] == "daemon"
     assert config["error"].startswith(f"{where}: ")
-    assert "must be one of read, write, read+write" in config["error"]
+    assert "must be read, write, read+write, or scopes" in config["error"]
 
     text = tokend("status", config=setup.config)
     assert text.returncode == 1, text.stderr

@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from tokend.config.load import default_config_path, load_config
 from tokend.config.reader import read_yaml
 from tokend.errors import ConfigError
-from tokend.model import Config, MetricsSpec, OutputSpec, RetryPolicy, Secret, TokenName
+from tokend.model import (
+    SCOPE_RULE,
+    Config,
+    MetricsSpec,
+    OutputSpec,
+    RetryPolicy,
+    Secret,
+    TokenName,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 SECRET = "S3CR3T-do-not-show"
@@ -316,9 +324,10 @@ def test_metrics_allow_remote_permits_all_interfaces() -> None:
 
 T = APP  # token-level keys go on line 7 at column 9
 BROKEN: list[tuple[str, str, str]] = [
-    ("scope", T + "        scope: admin\n",
-     "config.yaml:7:16: applications.payroll.tokens[0].scope: must be one of read, write, "
-     "read+write"),
+    ("scope", T + "        scope: read\\write\n",
+     "config.yaml:7:16: applications.payroll.tokens[0].scope: '\\\\' (character 5) cannot be "
+     "in a scope: use read, write, read+write, or scopes separated by single spaces (such as "
+     "employees time_off), each of printable ASCII without \" or \\"),
     ("token concurrency", T + "        concurrency: 2\n",
      "config.yaml:7:22: applications.payroll.tokens[0].concurrency: can only be set under "
      "defaults or an application, not per token"),
@@ -375,7 +384,7 @@ BROKEN: list[tuple[str, str, str]] = [
      "users write the file"),
     ("output format", T + "        outputs: [{path: /x, format: yaml}]\n",
      "config.yaml:7:38: applications.payroll.tokens[0].outputs[0].format: must be one of "
-     "token, env, json"),
+     "token, env, json, template"),
     ("variable name", T + "        outputs: [{path: /x, format: env, variable: 1X}]\n",
      "config.yaml:7:53: applications.payroll.tokens[0].outputs[0].variable: must be an "
      "environment variable name (letters, digits and _, not starting with a digit)"),
@@ -645,10 +654,9 @@ def test_an_error_in_an_anchor_names_where_the_anchor_is_written() -> None:
 
 def test_all_errors_are_listed_first_one_first() -> None:
     """Several mistakes come back together, one per line, in file order."""
-    message = error_of(T + "        scope: admin\n        timeout: soon\n")
+    message = error_of(T + "        scope: [admin]\n        timeout: soon\n")
     assert message.splitlines() == [
-        "config.yaml:7:16: applications.payroll.tokens[0].scope: must be one of read, write, "
-        "read+write",
+        f"config.yaml:7:16: applications.payroll.tokens[0].scope: must be {SCOPE_RULE}",
         "config.yaml:8:18: applications.payroll.tokens[0].timeout: must be a duration such as "
         "90s, 5m, 1h or 7d",
     ]
@@ -657,7 +665,7 @@ def test_all_errors_are_listed_first_one_first() -> None:
 def test_error_carries_location_and_key_path_separately() -> None:
     """Callers (the CLI, the reload logic) can read location and key path as fields."""
     with pytest.raises(ConfigError) as info:
-        load(T + "        scope: admin\n")
+        load(T + "        scope: [admin]\n")
     assert (info.value.location, info.value.key_path) == (
         "config.yaml:7:16", "applications.payroll.tokens[0].scope")
 
@@ -711,7 +719,7 @@ SECRET_LEAKS = [
     T.replace(f"client_secret: {SECRET}", f"client_secret: !vault {SECRET}"),
     T.replace(f"client_secret: {SECRET}", f"client_secret: {SECRET}: x"),
     T.replace("client_id: abc", f"client_id: [{SECRET}]"),
-    T + "        scope: admin\n",
+    T + "        scope: [admin]\n",
     T.replace("    tokens:", "    client_secret_env: X\n    tokens:"),
     T.replace("    tokens:", f"    client_secret: {SECRET}\n    tokens:"),
 ]
@@ -728,7 +736,7 @@ def test_secret_from_file_never_appears_in_errors(workdir: Path) -> None:
     """A secret read from a file stays out of messages about other mistakes."""
     (workdir / "s").write_text(SECRET)
     message = error_of(T.replace(f"client_secret: {SECRET}", "client_secret_file: s")
-                       + "        scope: admin\n")
+                       + "        scope: [admin]\n")
     assert SECRET not in message, "the error message shows the client secret"
 
 
@@ -856,10 +864,10 @@ def test_a_file_with_thirty_thousand_tokens_loads() -> None:
 
 def test_an_error_in_a_large_file_is_located_exactly() -> None:
     """The last of 30,000 tokens has a bad scope: the message points at its line."""
-    message = error_of(big_config(30_000, last_scope="admin"))
+    message = error_of(big_config(30_000, last_scope="[admin]"))
     line = 5 + 3 * 30_000  # 5 lines before the first token, 3 lines per token
     assert message == (f"config.yaml:{line}:16: applications.payroll.tokens[29999].scope: "
-                       "must be one of read, write, read+write")
+                       f"must be {SCOPE_RULE}")
 
 
 def test_an_alias_bomb_is_refused() -> None:

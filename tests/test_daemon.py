@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import signal
@@ -9,8 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e import Setup, StartDaemon, refreshed, tokend, wait_for
+from tokend.daemon.lifecycle import Daemon
+from tokend.engine.supervisor import Supervisor
+from tokend.log import SecretMasker
 from tokend.sandbox import Sandbox
 
 
@@ -137,5 +142,47 @@ def test_demo_authorizes_and_refreshes_on_its_own() -> None:
     result = tokend("demo", "--duration", "7", "--lifetime", "3", timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert sum(" authorized " in line for line in lines) == 3
+    assert sum(" authorized " in line for line in lines) == 4  # three users and a company
     assert sum(" refreshed " in line for line in lines) >= 3
+
+
+def test_the_loop_wakes_once_per_refresh_not_again_when_it_ends(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens rotating all day: the daemon's loop wakes when a refresh is due, not a second
+    time when it ends, which changes nothing the loop must act on (the next due time is
+    another token's, the status line stays): a pass and a new sleep per refresh saved."""
+    users = ["alice", "bob", "carol"]
+    setup = Setup(tmp_path, sandbox, [(user, "read") for user in users]).authorized()
+    passes = 0
+    start_due = Supervisor.start_due
+
+    def counting(self: Supervisor) -> None:
+        nonlocal passes
+        passes += 1
+        start_due(self)
+
+    monkeypatch.setattr(Supervisor, "start_due", counting)
+    daemon = Daemon(setup.config, masker=SecretMasker())
+    samples: list[tuple[int, int]] = []
+
+    async def sample_then_stop() -> None:
+        for target in (3, 12):
+            deadline = time.monotonic() + 60
+            while sandbox.stats()["refresh_token"] < target:
+                assert time.monotonic() < deadline, f"fewer than {target} refreshes in 60 s"
+                await asyncio.sleep(0.02)
+            samples.append((sandbox.stats()["refresh_token"], passes))
+        daemon.request_stop()
+
+    async def run() -> int:
+        sampler = asyncio.create_task(sample_then_stop())
+        try:
+            return await daemon.run()
+        finally:
+            await sampler
+
+    assert asyncio.run(run()) == 0
+    (refreshes_before, passes_before), (refreshes_after, passes_after) = samples
+    refreshes, loop_passes = refreshes_after - refreshes_before, passes_after - passes_before
+    assert loop_passes <= 1.5 * refreshes, f"{loop_passes} passes for {refreshes} refreshes"

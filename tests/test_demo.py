@@ -54,7 +54,7 @@ class RunningDemo:
 
     @property
     def token_names(self) -> list[str]:
-        return re.findall(r"^\S+  (\S+) authorized until", self.text, re.MULTILINE)
+        return re.findall(r"^\S+  (\S+) authorized ", self.text, re.MULTILINE)
 
 
 def demo_env(root: Path, path: str) -> dict[str, str]:
@@ -146,7 +146,7 @@ def test_status_shows_the_refresh_token_lifetime_the_demo_sandbox_enforces(
     result = tokend("status", "--json", config=config)
     tokens = json.loads(result.stdout)["tokens"]
     assert tokens
-    for token in tokens:
+    for token in (token for token in tokens if not token["does_not_expire"]):
         expires_at = datetime.fromisoformat(token["expires_at"]).timestamp()
         refresh_dies_at = datetime.fromisoformat(token["refresh_token_expires_at"]).timestamp()
         # Both count from the same issue time: access lifetime + the gap = refresh lifetime.
@@ -154,12 +154,25 @@ def test_status_shows_the_refresh_token_lifetime_the_demo_sandbox_enforces(
         assert abs(shown - settings["refresh_token_lifetime"]) <= 2, (token["name"], shown)
 
 
+def test_the_demo_shows_a_company_token_that_never_expires(demo: RunningDemo) -> None:
+    """Beside the rotating user tokens, a company token with resource scopes: authorized
+    once, said not to expire, and ``status`` calls it ok without an expiry."""
+    company = "demo/hr/employees+time_off"
+    assert demo.token_names[-1] == company
+    assert f"  {company} authorized (does not expire) -> " in demo.text
+    assert f" {company} refreshed " not in demo.text
+    config = Path(shlex.split(demo.hint)[shlex.split(demo.hint).index("--config") + 1])
+    rows = {row["name"]: row for row in json.loads(
+        tokend("status", "--json", config=config).stdout)["tokens"]}
+    assert (rows[company]["state"], rows[company]["does_not_expire"]) == ("ok", True)
+
+
 def test_the_demo_names_its_output_files_where_they_are(demo: RunningDemo) -> None:
     """Every output file a token line names exists in the folder the demo says holds them."""
     match = re.search(r"outputs: (\S+)", demo.text)
     assert match is not None, demo.text
     folder = Path(match.group(1))
-    named = [name for line in demo.text.splitlines() if " authorized until " in line
+    named = [name for line in demo.text.splitlines() if " authorized " in line
              for name in line.split(" -> ", 1)[1].split(", ")]
     assert len(named) == 3 * len(demo.token_names)
     missing = [name for name in named if not (folder / name).is_file()]

@@ -30,7 +30,7 @@ def free_port() -> int:
     ("uri", "expected"),
     [
         ("http://127.0.0.1:8765/callback", ListenAddress("127.0.0.1", 8765, "/callback")),
-        ("http://localhost:9000", ListenAddress("127.0.0.1", 9000, "/")),
+        ("http://localhost:9000", ListenAddress("localhost", 9000, "/")),
         ("urn:ietf:wg:oauth:2.0:oob", None),
         ("https://127.0.0.1:8765/callback", None),
         ("http://example.com:8765/callback", None),
@@ -40,7 +40,7 @@ def free_port() -> int:
 def test_only_loopback_http_with_a_port_can_be_listened_on(
     uri: str, expected: ListenAddress | None
 ) -> None:
-    """--listen works for a loopback http redirect with a port only; localhost binds 127.0.0.1."""
+    """--listen works for a loopback http redirect with a port only."""
     assert listen_address(uri) == expected
 
 
@@ -93,6 +93,56 @@ def test_a_redirect_to_ipv6_loopback_is_caught_on_ipv6() -> None:
     thread.join(10)
     assert page.status_code == 200
     assert result == ["token-for-c6"]
+
+
+def _ipv6_loopback_port() -> int:
+    """A free port on ::1 that is also free on 127.0.0.1, or skip: no IPv6 loopback here."""
+    for _ in range(20):
+        try:
+            with socket.socket(socket.AF_INET6) as sock:
+                sock.bind(("::1", 0))
+                port: int = sock.getsockname()[1]
+        except OSError as error:
+            pytest.skip(f"this host has no IPv6 loopback address (::1): {error.strerror}")
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no port free on both loopback addresses")
+
+
+def test_a_squatter_on_ipv6_loopback_stops_a_localhost_listener() -> None:
+    """A browser may resolve localhost to ::1: another local user listening there on the
+    redirect's port would receive the code. tokend refuses to start, naming that address."""
+    port = _ipv6_loopback_port()
+    with socket.socket(socket.AF_INET6) as squatter:
+        squatter.bind(("::1", port))
+        squatter.listen()
+        with pytest.raises(TokendError, match=rf"cannot listen on \[::1\]:{port}"):
+            Listener(listen_address(f"http://localhost:{port}/cb") or _none(), STATE)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", port))  # the IPv4 half was released again
+
+
+def test_localhost_is_listened_on_at_every_loopback_address() -> None:
+    """Whichever address the browser picks for localhost, the listener answers there."""
+    port = _ipv6_loopback_port()
+    listener = Listener(listen_address(f"http://localhost:{port}/cb") or _none(), STATE)
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(listener.wait(5.0, _exchanged)))
+    thread.start()
+    forged = httpx.get(f"http://127.0.0.1:{port}/cb", params={"state": "x"}, timeout=5)
+    page = httpx.get(f"http://[::1]:{port}/cb", params={"code": "c7", "state": STATE},
+                     timeout=5)
+    thread.join(10)
+    assert (forged.status_code, page.status_code) == (400, 200)
+    assert result == ["token-for-c7"]
+
+
+def _none() -> ListenAddress:
+    raise AssertionError("not a listenable redirect")
 
 
 def _exchanged(code: str) -> str:

@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from tokend.log import MASK, SecretMasker, configure_logging
+from tokend.log import MASK, SecretMasker, configure_logging, mask_token_shaped
 
 SECRET = "s3cr3t-Value_0123456789abcdef"
 
@@ -70,14 +70,6 @@ def test_a_secret_in_an_exception_is_masked() -> None:
     assert "boom" in stream.getvalue()
 
 
-def test_discarded_secrets_are_no_longer_masked() -> None:
-    """Rotated tokens leave the masker, so it does not grow forever."""
-    masker = SecretMasker()
-    masker.add(SECRET)
-    masker.discard(SECRET)
-    assert masker.mask(SECRET) == SECRET
-
-
 def test_text_without_secrets_is_unchanged() -> None:
     """Ordinary words, paths and numbers pass through untouched."""
     masker = SecretMasker()
@@ -96,3 +88,81 @@ def test_log_level_filters_lower_levels() -> None:
     assert [line["event"] for line in lines] == ["loud"]
     assert lines[0]["level"] == "warning"
     assert "timestamp" in lines[0]
+
+
+class _Clock:
+    """A settable clock for the masker's expiries."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_rotated_token_stays_masked_until_it_expires_then_is_forgotten() -> None:
+    """A token replaced by a refresh is still valid for the rest of its life, so a hook
+    that prints it must not put it in the log; once expired it is dropped from memory."""
+    clock = _Clock()
+    masker = SecretMasker(now=clock)
+    masker.add(SECRET)
+    masker.retire(SECRET, until=1060.0)
+    clock.now = 1059.0
+    assert masker.mask(f"old {SECRET}") == f"old {MASK}"
+    clock.now = 1060.0
+    assert masker.mask(f"old {SECRET}") == f"old {SECRET}"
+
+
+def test_a_token_retired_without_being_known_is_masked_too() -> None:
+    """A process that never saw the old token (it was stored before it started) still masks
+    it once told it was replaced."""
+    clock = _Clock()
+    masker = SecretMasker(now=clock)
+    masker.retire(SECRET, until=1060.0)
+    assert masker.mask(SECRET) == MASK
+
+
+def test_retired_tokens_are_capped_dropping_the_soonest_to_expire() -> None:
+    """Memory stays bounded however many tokens rotate: past the cap, the retired tokens
+    closest to their expiry (the least useful to an attacker) are forgotten first."""
+    clock = _Clock()
+    masker = SecretMasker(now=clock, max_retired=3)
+    olds = [f"{SECRET}-{n}" for n in range(5)]
+    for n, old in enumerate(olds):
+        masker.add(old)
+        masker.retire(old, until=2000.0 - n)  # the later ones expire sooner
+    still_masked = [masker.mask(old) == MASK for old in olds]
+    assert still_masked == [True, True, True, False, False]
+
+
+def test_a_token_added_again_is_no_longer_retired() -> None:
+    """A secret back in use (the same token published again) is masked until retired anew."""
+    clock = _Clock()
+    masker = SecretMasker(now=clock)
+    masker.retire(SECRET, until=1001.0)
+    masker.add(SECRET)
+    clock.now = 5000.0
+    assert masker.mask(SECRET) == MASK
+
+
+TOKENS = ["Xk2_9aQ-4bLmZpR7tYvW3cNdE8fGhJ0sUoI1eKqAzB", "0f3a9c4e1b2d8f7a6c5e4d3b2a1f0e9d8c7b6a5f",
+          "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVPmB92K27uhbUJU1p1rwW1gFWFOEjXk"]
+
+
+def test_token_shaped_words_in_foreign_output_are_masked() -> None:
+    """Output tokend did not write (a hook's) may hold a token tokend never knew: every
+    long word mixing cases or digits goes, inside lines, after "=" or "Bearer"."""
+    for token in TOKENS:
+        text = f"got {token}\nAuthorization: Bearer {token}\nTOKEN={token};"
+        masked = mask_token_shaped(text)
+        leaked = any(part in masked for part in token.split(".") if len(part) >= 20)
+        assert not leaked, "a token-shaped word was left in the output"
+        assert masked.startswith("got ") and "Authorization: Bearer " in masked
+
+
+def test_ordinary_hook_output_is_left_alone() -> None:
+    """Words, identifiers, paths, names and times a hook prints stay readable."""
+    text = ("reloaded payroll.service: TOKEND_TOKEN=payroll/alice/read at "
+            "2025-01-31T14:05:00Z from /run/tokend/payroll-alice.token; "
+            "configuration_reloading_completed OK HTTP/1.1 200")
+    assert mask_token_shaped(text) == text

@@ -27,7 +27,8 @@ NAME = TokenName("app", "alice", "read")
 SPEC = TokenSpec(name=NAME, refresh_token_lifetime=7 * 86400.0)
 ACCESS = "access-token-SECRET-1"
 REFRESH = "refresh-token-SECRET-1"
-TOKEN = Token(ACCESS, "Bearer", 3600, REFRESH, "read", 1_000_000)
+LIFETIME = 3600
+TOKEN = Token(ACCESS, "Bearer", LIFETIME, REFRESH, "read", 1_000_000)
 
 
 class FakeClock:
@@ -81,7 +82,7 @@ def test_expiry_gauges_follow_the_stored_token() -> None:
     metrics, _ = metrics_at()
     metrics.observe_token(SPEC, record(skew=3000.0))
     assert sample(metrics, "tokend_token_expiry_timestamp_seconds", token=str(NAME)) == (
-        TOKEN.created_at + 3000.0 + TOKEN.expires_in)
+        TOKEN.created_at + 3000.0 + LIFETIME)
     assert sample(metrics, "tokend_refresh_token_expiry_timestamp_seconds", token=str(NAME)) == (
         TOKEN.created_at + 3000.0 + 7 * 86400.0)
 
@@ -100,7 +101,7 @@ def test_a_lapsed_token_shows_expired_without_any_event() -> None:
     """Time alone turns an ok token whose access token lapsed into ``expired``."""
     metrics, clock = metrics_at()
     metrics.observe_token(SPEC, record())
-    clock.value = TOKEN.created_at + TOKEN.expires_in + 1
+    clock.value = TOKEN.created_at + LIFETIME + 1
     assert states(metrics)["expired"] == 1.0
     assert [(t.name, t.state) for t in metrics.tokens()] == [(str(NAME), "expired")]
 
@@ -122,7 +123,7 @@ def test_broken_outputs_never_hide_needs_authorization() -> None:
 
 def test_needs_authorization_wins_over_expired() -> None:
     """A lapsed token that needs a person keeps saying so: authorizing is the fix."""
-    late = TOKEN.created_at + TOKEN.expires_in + 1.0
+    late = TOKEN.created_at + LIFETIME + 1.0
     assert token_state(SPEC, record(TokenState.NEEDS_AUTHORIZATION), late) == (
         "needs_authorization")
     assert token_state(SPEC, None, late) == "not_authorized"

@@ -143,7 +143,7 @@ def test_reloads_are_counted_and_removed_tokens_disappear(
         "the removed token still has series")
     assert _value(good, "tokend_config_last_reload_successful") == 1.0
 
-    setup.config.write_text(setup.render().replace("scope: read", "scope: admin"))
+    setup.config.write_text(setup.render().replace("scope: read", "scope: [admin]"))
     wait_for(lambda: _value(_scrape(port), "tokend_config_reload_total", result="error") == 1.0,
              5, "a counted bad reload")
     bad = _scrape(port)

@@ -774,7 +774,8 @@ def test_a_hung_output_mount_does_not_stop_other_tokens_from_being_committed(
 
     async def go() -> bool:
         async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as http:
-            supervisor = _supervisor(store, _refresher(store, http))
+            refresher = _refresher(store, http)
+            supervisor = _supervisor(store, refresher)
             try:
                 await supervisor.apply(_config(tmp_path, [app], [*stuck, other],
                                                concurrency=concurrency))
@@ -783,11 +784,17 @@ def test_a_hung_output_mount_does_not_stop_other_tokens_from_being_committed(
                 in_time = committed()
             finally:
                 release.set()  # the mount comes back: every thread can finish
+                refresher.workers.close()
             await _cancel_the_rest()
             return in_time
 
+    before = set(threading.enumerate())
     try:
         in_time = asyncio.run(go())
     finally:
         release.set()
+        # The released writes finish (and log) here, not in whatever test runs next.
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.startswith("tokend-"):
+                thread.join(10)
     assert in_time, "the new token was not committed within 3 s while other outputs hung"

@@ -10,22 +10,26 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.e2e import NOBODY, as_nobody
 from tokend.engine.outputs import remove_outputs, render, write_atomic, write_outputs
 from tokend.errors import OutputError
-from tokend.model import OutputSpec, Token
+from tokend.formats import PLACEHOLDERS
+from tokend.model import OutputSpec, Token, TokenName
 
 ACCESS = "acc.ess-TOKEN_~+/=9"
 REFRESH = "refresh-secret-value"
 CREATED = int(datetime(2026, 11, 29, 3, 21, 56, tzinfo=UTC).timestamp())
 EXPIRES = CREATED + 3600.0
 """The expiry on this host's clock, as the record counts it (here the server's clock agrees)."""
+NAME = TokenName("payroll", "alice", "read")
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown or drop privileges")
 
@@ -41,6 +45,11 @@ def make_token(access: str = ACCESS) -> Token:
     )
 
 
+def rendered(spec: OutputSpec, token: Token, *, expires_at: float) -> bytes:
+    """What ``render`` writes for ``spec``, an hour before ``expires_at``."""
+    return render(spec, token, name=NAME, expires_at=expires_at, now=expires_at - 3600)
+
+
 @pytest.fixture
 def umask_077() -> Iterator[None]:
     """A strict umask, to prove modes are set explicitly rather than left to umask."""
@@ -51,26 +60,26 @@ def umask_077() -> Iterator[None]:
 
 def test_token_format_is_the_bare_access_token(tmp_path: Path) -> None:
     """A program reading the token file gets exactly the token, with no trailing newline."""
-    content = render(OutputSpec(tmp_path / "t"), make_token(), expires_at=EXPIRES)
+    content = rendered(OutputSpec(tmp_path / "t"), make_token(), expires_at=EXPIRES)
     assert content == ACCESS.encode(), "token differs"
 
 
 def test_env_format_is_one_unquoted_assignment(tmp_path: Path) -> None:
     """The env file is one VAR=token line, as systemd, docker and sh all read it."""
-    content = render(OutputSpec(tmp_path / "e", format="env"), make_token(), expires_at=EXPIRES)
+    content = rendered(OutputSpec(tmp_path / "e", format="env"), make_token(), expires_at=EXPIRES)
     assert content == f"FACTORIAL_ACCESS_TOKEN={ACCESS}\n".encode(), "env line differs"
 
 
 def test_env_format_uses_the_configured_variable(tmp_path: Path) -> None:
     """The operator can choose the variable name the consuming program expects."""
     spec = OutputSpec(tmp_path / "e", format="env", variable="API_TOKEN")
-    content = render(spec, make_token(), expires_at=EXPIRES)
+    content = rendered(spec, make_token(), expires_at=EXPIRES)
     assert content.startswith(b"API_TOKEN="), "variable name not used"
 
 
 def test_json_format_has_sorted_public_fields_and_utc_expiry(tmp_path: Path) -> None:
     """The JSON file holds token, type, scope and the expiry as ISO 8601 UTC, keys sorted."""
-    content = render(OutputSpec(tmp_path / "j", format="json"), make_token(), expires_at=EXPIRES)
+    content = rendered(OutputSpec(tmp_path / "j", format="json"), make_token(), expires_at=EXPIRES)
     assert content.endswith(b"\n")
     document = json.loads(content)
     assert list(document) == ["access_token", "expires_at", "scope", "token_type"]
@@ -83,16 +92,18 @@ def test_json_format_has_sorted_public_fields_and_utc_expiry(tmp_path: Path) -> 
 def test_json_expiry_is_this_hosts_not_the_servers(tmp_path: Path) -> None:
     """A server clock 50 minutes behind does not move the expiry consumers read."""
     host_expiry = CREATED + 3000 + 3600.0
-    content = render(OutputSpec(tmp_path / "j", format="json"), make_token(),
+    content = rendered(OutputSpec(tmp_path / "j", format="json"), make_token(),
                      expires_at=host_expiry)
     assert json.loads(content)["expires_at"] == "2026-11-29T05:11:56Z"
 
 
-@pytest.mark.parametrize("output_format", ["token", "env", "json"])
+@pytest.mark.parametrize("output_format", ["token", "env", "json", "template"])
 def test_no_format_contains_the_refresh_token(tmp_path: Path, output_format: str) -> None:
     """Readers of output files can never steal the refresh token and take over the grant."""
-    spec = OutputSpec(tmp_path / "o", format=output_format)  # type: ignore[arg-type]
-    content = render(spec, make_token(), expires_at=EXPIRES)
+    every = " ".join(f"{{{name}}}" for name in PLACEHOLDERS)
+    spec = OutputSpec(tmp_path / "o", format=output_format,  # type: ignore[arg-type]
+                      template=every if output_format == "template" else "")
+    content = rendered(spec, make_token(), expires_at=EXPIRES)
     assert REFRESH.encode() not in content, "refresh token leaked"
 
 
@@ -103,21 +114,21 @@ UNSAFE_TOKENS = ['ab"c', "ab'c", "a b", "a$b", "a\nb", "a#b", "a\\b", "a`b", "~a
 def test_env_refuses_a_token_that_cannot_be_written_unquoted(tmp_path: Path, bad: str) -> None:
     """A token that would change meaning in some env-file reader is refused, not mangled."""
     with pytest.raises(OutputError) as caught:
-        render(OutputSpec(tmp_path / "e", format="env"), make_token(bad), expires_at=EXPIRES)
+        rendered(OutputSpec(tmp_path / "e", format="env"), make_token(bad), expires_at=EXPIRES)
     assert str(tmp_path / "e") in str(caught.value)
 
 
 def test_env_refuses_an_invalid_variable_name(tmp_path: Path) -> None:
     """A variable name no shell accepts is reported instead of producing a broken file."""
     with pytest.raises(OutputError, match="not a valid variable name"):
-        render(OutputSpec(tmp_path / "e", format="env", variable="1-BAD"), make_token(),
+        rendered(OutputSpec(tmp_path / "e", format="env", variable="1-BAD"), make_token(),
                expires_at=EXPIRES)
 
 
 def test_env_file_sourced_by_sh_gives_back_the_token(tmp_path: Path) -> None:
     """`. file` in a POSIX shell sets the variable to exactly the token."""
     path = tmp_path / "token.env"
-    write_atomic(path, render(OutputSpec(path, format="env"), make_token(), expires_at=EXPIRES))
+    write_atomic(path, rendered(OutputSpec(path, format="env"), make_token(), expires_at=EXPIRES))
     result = subprocess.run(
         ["sh", "-c", '. "$1"; printf %s "$FACTORIAL_ACCESS_TOKEN"', "sh", str(path)],
         capture_output=True,
@@ -264,17 +275,38 @@ def test_write_outputs_writes_the_rest_when_one_fails(tmp_path: Path) -> None:
     good = tmp_path / "good"
     specs = [OutputSpec(broken), OutputSpec(good, format="json")]
     with pytest.raises(OutputError, match=f"1 output\\(s\\) failed: {broken} is a directory"):
-        write_outputs(specs, make_token(), expires_at=EXPIRES)
+        write_outputs(specs, make_token(), name=NAME, expires_at=EXPIRES)
     assert json.loads(good.read_bytes())["scope"] == "read"
     assert json.loads(good.read_bytes())["expires_at"] == "2026-11-29T04:21:56Z"
+
+
+def test_a_template_output_is_written_with_its_placeholders_filled(tmp_path: Path) -> None:
+    """format: template writes its text with the token's values, like any output (0600)."""
+    path = tmp_path / "api.header"
+    template = "Authorization: Bearer {access_token}\n# {name} until {expires_at}\n"
+    spec = OutputSpec(path, format="template", template=template)
+    assert write_outputs([spec], make_token(), name=NAME, expires_at=EXPIRES) == [path]
+    same = path.read_text() == (f"Authorization: Bearer {ACCESS}\n"
+                                "# payroll/alice/read until 2026-11-29T04:21:56Z\n")
+    assert same, "the template output differs"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_templates_expires_in_counts_from_the_write(tmp_path: Path) -> None:
+    """expires_in is the time left when the file is written, not when the token came."""
+    path = tmp_path / "left"
+    spec = OutputSpec(path, format="template", template="{expires_in}")
+    left = 1000.0
+    write_outputs([spec], make_token(), name=NAME, expires_at=time.time() + left)
+    assert left - 5 <= int(path.read_text()) <= left
 
 
 def test_write_outputs_returns_only_rewritten_paths(tmp_path: Path) -> None:
     """The caller learns which files changed, so it can log exactly those."""
     first, second = tmp_path / "a", tmp_path / "b"
-    write_outputs([OutputSpec(first)], make_token(), expires_at=EXPIRES)
+    write_outputs([OutputSpec(first)], make_token(), name=NAME, expires_at=EXPIRES)
     written = write_outputs([OutputSpec(first), OutputSpec(second)], make_token(),
-                            expires_at=EXPIRES)
+                            name=NAME, expires_at=EXPIRES)
     assert written == [second]
 
 
@@ -336,3 +368,33 @@ def test_remove_outputs_deletes_files_only(tmp_path: Path) -> None:
     remove_outputs([OutputSpec(token_file), OutputSpec(missing), OutputSpec(directory)])
     assert not token_file.exists()
     assert directory.is_dir()
+
+
+def test_a_new_tokens_files_are_written_without_reading_the_old_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token the server just issued cannot be in any file yet, so a refresh writes its
+    outputs without opening the old files to compare them; a symlink is still refused."""
+    path = tmp_path / "t"
+    write_outputs([OutputSpec(path)], make_token("a" * 40), name=NAME, expires_at=EXPIRES)
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fspath(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    new = make_token("b" * 40)  # as long as the old one: only reading it back could tell
+    written = write_outputs([OutputSpec(path)], new, name=NAME, expires_at=EXPIRES,
+                            new_token=True)
+    monkeypatch.setattr(os, "open", real_open)
+    holds_new = path.read_bytes() == new.access_token.encode()
+    assert written == [path] and holds_new
+    assert str(path) not in opened, "the old file was read back to compare"
+
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    with pytest.raises(OutputError, match="symlink"):
+        write_outputs([OutputSpec(link)], make_token("c" * 40), name=NAME, expires_at=EXPIRES,
+                      new_token=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tokend.config.load import default_config_path, load_config
-from tokend.config.quick import quick_state_dir
+from tokend.config.quick import quick_outputs, quick_state_dir
 from tokend.errors import ConfigError, NotFoundError
 from tokend.model import Token, TokenName
 from tokend.store.interface import Written
@@ -208,3 +208,39 @@ def test_names_of_other_shapes_are_refused_clearly(
     state = _store(tmp_path, issued_at=int(time.time()))
     with pytest.raises(error, match=message):
         current_access_token(state, name, now=time.time())
+
+
+OUTPUTS = """\
+x-env: &env {format: env, mode: "0640"}
+applications:
+  payroll:
+    client_id: abc
+    client_secret: s3cr3t-value
+    tokens:
+      - user: alice
+        outputs:
+          - {<<: *env, path: /run/a.env, variable: ALICE_TOKEN}
+          - {path: /run/a.tmpl, format: template, template_file: a.tmpl}
+          - {path: /run/a.json, format: json}
+      - user: alice
+        scope: read
+        outputs: [{path: /run/b, format: template, template: "Bearer {access_token}"}]
+      - user: bob
+        scope: write
+"""
+
+
+def test_a_tokens_outputs_agree_with_load_config(tmp_path: Path) -> None:
+    """`tokend token --format` and `exec` see the format, variable and template the daemon
+    writes: defaults, merge keys and template files included."""
+    path = tmp_path / "config.yaml"
+    path.write_text(OUTPUTS)
+    path.chmod(0o600)
+    (tmp_path / "a.tmpl").write_text("{user}: {access_token}\n")
+    config = load_config(path, environ={})
+    names = [str(spec.name) for spec in config.tokens] + ["payroll/carol/read"]
+    quick = quick_outputs(path, names)
+    for spec in config.tokens:
+        assert [(o.kind, o.variable, o.template) for o in quick[str(spec.name)]] == [
+            (o.format, o.variable, o.template) for o in spec.outputs], spec.name
+    assert quick["payroll/carol/read"] == []

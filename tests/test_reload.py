@@ -127,11 +127,11 @@ def test_an_invalid_edit_keeps_the_last_good_config(
 ) -> None:
     """A broken file is reported with its location; a later good edit is applied."""
     setup, daemon = _running(tmp_path / "etc", slow_sandbox, start_daemon)
-    _rename_save(setup.config, setup.render().replace("scope: read", "scope: reed"))
+    _rename_save(setup.config, setup.render().replace("scope: read", "scope: [reed]"))
     wait_for(lambda: daemon.named("config_reload_failed"), 2, "config_reload_failed")
     error = str(daemon.named("config_reload_failed")[0]["error"])
     assert "scope" in error
-    assert "must be one of read, write, read+write" in error
+    assert "must be read, write, read+write, or scopes" in error
     assert daemon.process.poll() is None, "the daemon died on a bad config"
 
     extra = setup.root / "out" / "alice-extra.token"

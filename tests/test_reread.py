@@ -137,7 +137,7 @@ def test_a_reload_reads_client_secrets_again(workdir: Path) -> None:
 
 
 ERRORS = {
-    "bad scope": (13, ["        scope: admin"]),
+    "bad scope": (13, ["        scope: [admin]"]),
     "token twice": (13, ["      - user: u0012", "        scope: read"]),
     "output twice": (13, ["        outputs: [{path: /run/t/u0012}]"]),
     "unclosed quote": (13, ['        hook_timeout: "5s']),

@@ -16,10 +16,15 @@ from tests.e2e import (
     tokend,
     wait_for,
 )
+from tokend.log import MASK
 from tokend.sandbox import Sandbox
 
 HOOK = "        on_refresh: [sh, -c, 'env > {dump}/refresh-env-$$']\n" \
        "        on_failure: [sh, -c, 'env > {dump}/failure-env-$$']\n"
+# Right after each rotation: print the new token and the one it replaced (still valid).
+PRINTING_HOOK = ("        on_refresh: [sh, -c, 'env > {dump}/refresh-env-$$; cat {token}; echo; "
+                 "cat {previous} 2>/dev/null; echo; cp {token} {previous}']\n"
+                 "        on_failure: [sh, -c, 'env > {dump}/failure-env-$$']\n")
 
 
 def _mode(path: Path) -> int:
@@ -34,7 +39,10 @@ def test_no_secret_leaks_anywhere(
     dump.mkdir()
     hooks = HOOK.format(dump=dump)
     setup = Setup(tmp_path, sandbox, [("alice", "read"), ("bob", "read")],
-                  {"alice": hooks, "bob": hooks})
+                  {"bob": hooks})
+    token_file, previous = setup.output("alice", "read", "token"), tmp_path / "out" / "previous"
+    setup.extra_token_yaml["alice"] = PRINTING_HOOK.format(
+        dump=dump, token=token_file, previous=previous)
     setup.write()
     cli: list[subprocess.CompletedProcess[str]] = []
     authorize(setup, "alice", "read")
@@ -42,13 +50,16 @@ def test_no_secret_leaks_anywhere(
     daemon = start_daemon(setup.config, env={"TOKEND_TEST_SECRET_ENV": CLIENT_SECRET})
 
     wait_for(lambda: refreshed(daemon, "app/alice/read") >= 2, 10, "rotations")
+    wait_for(lambda: sum(1 for e in daemon.named("hook_finished")
+                         if e.get("token") == "app/alice/read") >= 2, 10,
+             "the printing hook to run after two rotations")
     for kind in ("malformed_json", "drop", "html"):
         sandbox.inject_fault(kind, grant="refresh_token")
     sandbox.inject_fault("status", status=400, error="invalid_client", grant="refresh_token")
     wait_for(lambda: daemon.named("client_rejected"), 15, "a permanent failure")
     sandbox.revoke_user("bob")
     good = setup.config.read_text()
-    setup.config.write_text(good.replace("scope: read", "scope: nope", 1))
+    setup.config.write_text(good.replace("scope: read", "scope: [nope]", 1))
     wait_for(lambda: daemon.named("config_reload_failed"), 5, "a failed reload")
     setup.config.write_text(good)
     for args in (("status",), ("status", "--json"), ("check",), ("refresh", "--force"),
@@ -80,6 +91,9 @@ def test_no_secret_leaks_anywhere(
         f"CLI outputs, hook environments and files: {len(leaks)} found"
     )
     assert leaks == [], f"secrets found in: {sorted(set(leaks))}"
+    printed = [e["output"] for e in daemon.named("hook_finished")
+               if e.get("token") == "app/alice/read"]
+    assert sum(output.count(MASK) for output in printed) >= 3, "the hook printed no token"
     assert any(dump.iterdir()), "no hook ran, so hook environments were not checked"
     assert searched > 0
 
@@ -101,3 +115,18 @@ def test_a_readable_config_with_an_inline_secret_is_warned_about(tmp_path: Path)
     result = tokend("check", config=config)
     assert "readable by other users" in result.stdout + result.stderr
     assert "inline-Secret-99" not in result.stdout + result.stderr
+
+
+def test_a_config_others_can_write_is_warned_about_at_load_and_the_daemon_runs(
+    tmp_path: Path, sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """Hooks run with the daemon's rights, so whoever can write the config can run code as
+    tokend: the daemon says so at load (naming the file and the fix) and keeps working."""
+    setup = Setup(tmp_path, sandbox, [("alice", "read")]).authorized()
+    setup.config.chmod(0o666)
+    daemon = start_daemon(setup.config)
+    wait_for(lambda: refreshed(daemon, "app/alice/read") >= 1, 15, "a refresh")
+    warnings = [event["message"] for event in daemon.named("config_warning")]
+    assert daemon.stop() == 0
+    assert any(str(setup.config) in message and "writable by" in message
+               and "chmod go-w" in message for message in warnings), warnings

@@ -22,6 +22,7 @@ import json, os, re, sys
 os.nice(19)  # a busy consumer, but the daemon under test keeps its share of the CPU
 paths, stop = sys.argv[1:-1], sys.argv[-1]
 token = re.compile(r"[A-Za-z0-9_-]{43}")
+template = re.compile(r"Bearer [A-Za-z0-9_-]{43} until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n")
 reads = bad = 0
 problems = []
 while not os.path.exists(stop):
@@ -39,6 +40,8 @@ while not os.path.exists(stop):
             name, _, value = data.partition("=")
             ok = name == "FACTORIAL_ACCESS_TOKEN" and value.endswith("\n") \
                 and bool(token.fullmatch(value[:-1]))
+        elif path.endswith(".tmpl"):
+            ok = bool(template.fullmatch(data))
         elif path.endswith(".json"):
             try:
                 document = json.loads(data)
@@ -64,19 +67,25 @@ def test_readers_never_see_a_torn_output(
     tmp_path: Path, fast_sandbox: Sandbox, start_daemon: StartDaemon,
     request: pytest.FixtureRequest, figures: dict[str, str],
 ) -> None:
-    """Hundreds of rotations, every read complete and valid in all three formats."""
+    """Hundreds of rotations, every read complete and valid in all four formats."""
     wanted = 2000 if request.config.getoption("--soak") else 200
     tokens = [(user, "read") for user in USERS]
     # 16 tokens rotating every second need more than the default 180/min.
     setup = Setup(tmp_path, fast_sandbox, tokens,
-                  defaults_yaml="  refresh_at: 0.5\n  rate_limit: 100/s\n").authorized()
+                  defaults_yaml="  refresh_at: 0.5\n  rate_limit: 100/s\n")
+    setup.extra_outputs_yaml = {user: (
+        f"          - path: {setup.output(user, scope, 'tmpl')}\n"
+        "            format: template\n"
+        "            template: \"Bearer {access_token} until {expires_at}\\n\"\n")
+        for user, scope in tokens}
+    setup.authorized()
     daemon = start_daemon(setup.config)
     wait_for(lambda: daemon.named("daemon_started"), 10, "the daemon to start")
     before = fast_sandbox.stats()["refresh_token"]
 
     paths = [
         str(setup.output(user, scope, suffix))
-        for user, scope in tokens for suffix in ("token", "env", "json")
+        for user, scope in tokens for suffix in ("token", "env", "json", "tmpl")
     ]
     stop = tmp_path / "stop-reading"
     reader = subprocess.Popen(

@@ -15,7 +15,8 @@ one-line message and an exit code)::
     ├── StateError                  the state store cannot be opened or written
     │   └── AlreadyRunningError     another daemon holds the state directory
     ├── OutputError                 an output file cannot be written
-    └── NotFoundError               a token name matches nothing (or too much)
+    ├── NotFoundError               a token name matches nothing (or too much)
+    └── TokenFileError              a consumer cannot read a token from a file
 
 Messages never contain a secret: only OAuth error codes, the server's
 description, status codes, file paths and key paths.
@@ -107,3 +108,7 @@ class OutputError(TokendError):
 
 class NotFoundError(TokendError):
     """A token name given by the operator matches no configured token, or several."""
+
+
+class TokenFileError(TokendError):
+    """A file given to :mod:`tokend.consumer` holds no token it can read (or cannot be read)."""

@@ -33,18 +33,27 @@ class _FactorialBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
-    obtain_authorization_link = staticmethod(oauth.authorization_link)
+    obtain_authorization_link = staticmethod(oauth.seed_authorization_link)
 
-    def authorize(self, *, client_id: str, redirect_uri: str, scope: str = "read+write") -> None:
-        """Print the link a person must open to grant access (no I/O, so sync in both clients)."""
-        link = oauth.authorization_link(
-            client_id=client_id, redirect_uri=redirect_uri, scope=scope, base_url=self.base_url
+    def authorize(self, *, client_id: str, redirect_uri: str, scope: str = "read+write",
+                  code_challenge: str | None = None) -> None:
+        """Print the link a person must open to grant access (no I/O, so sync in both clients).
+
+        ``scope`` is ``read``, ``write`` or ``read+write`` (else ``ValueError``), as the seed
+        library documents; ``tokend authorize`` takes any scope the server defines. With a
+        PKCE ``code_challenge`` (:class:`tokend.oauth.pkce.Pkce`), pass its verifier to
+        :meth:`obtain_access_token`.
+        """
+        link = oauth.seed_authorization_link(
+            client_id=client_id, redirect_uri=redirect_uri, scope=scope, base_url=self.base_url,
+            code_challenge=code_challenge,
         )
         print(PROMPT)
         print(link)
 
     def _exchange(
-        self, client_id: str, client_secret: str, redirect_uri: str, authorization_key: str
+        self, client_id: str, client_secret: str, redirect_uri: str, authorization_key: str,
+        code_verifier: str | None,
     ) -> OAuthRequest:
         return oauth.authorization_code_request(
             base_url=self.base_url,
@@ -52,6 +61,7 @@ class _FactorialBase:
             client_secret=client_secret,
             redirect_uri=redirect_uri,
             code=authorization_key,
+            code_verifier=code_verifier,
         )
 
     def _refresh(self, client_id: str, client_secret: str, refresh_token: str) -> OAuthRequest:
@@ -95,10 +105,13 @@ class Factorial(_FactorialBase):
         self._client = client if client is not None else httpx.Client(timeout=timeout)
 
     def obtain_access_token(
-        self, *, client_id: str, client_secret: str, redirect_uri: str, authorization_key: str
+        self, *, client_id: str, client_secret: str, redirect_uri: str, authorization_key: str,
+        code_verifier: str | None = None,
     ) -> Token:
-        """Exchange an authorization key for the first token (the key works once)."""
-        request = self._exchange(client_id, client_secret, redirect_uri, authorization_key)
+        """Exchange an authorization key for the first token (the key works once); give the
+        PKCE ``code_verifier`` when the link carried its challenge."""
+        request = self._exchange(client_id, client_secret, redirect_uri, authorization_key,
+                                 code_verifier)
         return self._accept(request, self._post(request))
 
     def refresh_access_token(
@@ -158,10 +171,13 @@ class AsyncFactorial(_FactorialBase):
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
 
     async def obtain_access_token(
-        self, *, client_id: str, client_secret: str, redirect_uri: str, authorization_key: str
+        self, *, client_id: str, client_secret: str, redirect_uri: str, authorization_key: str,
+        code_verifier: str | None = None,
     ) -> Token:
-        """Exchange an authorization key for the first token (the key works once)."""
-        request = self._exchange(client_id, client_secret, redirect_uri, authorization_key)
+        """Exchange an authorization key for the first token (the key works once); give the
+        PKCE ``code_verifier`` when the link carried its challenge."""
+        request = self._exchange(client_id, client_secret, redirect_uri, authorization_key,
+                                 code_verifier)
         return self._accept(request, await self._post(request))
 
     async def refresh_access_token(

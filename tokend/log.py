@@ -2,16 +2,21 @@
 
 Secrets are kept out of log lines by construction (nothing logs a token), and
 :class:`SecretMasker` is the second line of defence: it replaces any known
-secret value that still slips into an event, wherever it appears.
+secret value that still slips into an event, wherever it appears. A rotated
+token is still valid until it expires, so it stays known until then. Text tokend
+does not write itself (a hook's output) also loses every token-shaped word
+(:func:`mask_token_shaped`): a hook may print a token tokend never saw.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping, MutableMapping
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -24,34 +29,64 @@ _SEPARATOR = re.compile(r"([/.])")
 # The pieces of a candidate between its separators: a secret inside a path or dotted name.
 _PIECE = re.compile(r"[A-Za-z0-9_~+-]+=*")
 _MIN_SECRET_LENGTH = 8
+# Replaced tokens kept until the old access token expires: two per token at most at the
+# default refresh_at (that is before the next rotation), so 20,000 for 10,000 tokens.
+# Past the cap, those closest to their expiry go first.
+MAX_RETIRED = 100_000
+# A word that may be a token: 20 or more characters of the base64url alphabet that mix
+# at least two of lower case, upper case and digits. Random tokens always do; words,
+# identifiers and paths (cut at "/" and ".") rarely reach the length without being one case.
+_TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{20,}=*")
+_CLASSES = (re.compile("[a-z]"), re.compile("[A-Z]"), re.compile("[0-9]"))
+
+
+def mask_token_shaped(text: str) -> str:
+    """``text`` with every token-shaped word masked, for output tokend did not write."""
+    return _TOKEN_SHAPED.sub(_mask_if_token, text)
+
+
+def _mask_if_token(match: re.Match[str]) -> str:
+    word = match.group(0)
+    return MASK if sum(1 for c in _CLASSES if c.search(word)) >= 2 else word
 
 
 class SecretMasker:
     """A structlog processor that masks every registered secret value."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, now: Callable[[], float] = time.time,
+                 max_retired: int = MAX_RETIRED) -> None:
         self._secrets: set[str] = set()
         self._short: set[str] = set()
         self._lock = threading.Lock()
+        self._now = now
+        self._max_retired = max_retired
+        self._retired: dict[str, float] = {}  # secret -> when it expires and is forgotten
+        self._expiries: list[tuple[float, str]] = []  # heap; entries not in _retired are stale
 
     def add(self, *secrets: str) -> None:
-        """Remember secrets to mask (empty strings are ignored)."""
+        """Remember secrets to mask (empty strings are ignored), until they are retired."""
         with self._lock:
             for secret in secrets:
-                if len(secret) >= _MIN_SECRET_LENGTH:
-                    self._secrets.add(secret)
-                elif secret:
-                    self._short.add(secret)
+                self._retired.pop(secret, None)
+                self._remember(secret)
 
-    def discard(self, *secrets: str) -> None:
-        """Forget secrets that no longer exist (rotated tokens), so the set stays small."""
+    def retire(self, *secrets: str, until: float) -> None:
+        """Keep masking secrets that were replaced (rotated tokens) until ``until``, when they
+        expire, then forget them, so the set stays bounded."""
         with self._lock:
             for secret in secrets:
-                self._secrets.discard(secret)
-                self._short.discard(secret)
+                if not self._remember(secret):
+                    continue
+                self._retired[secret] = until
+                heapq.heappush(self._expiries, (until, secret))
+            self._forget_expired()
 
     def mask(self, text: str) -> str:
         """``text`` with every known secret replaced by ``**********``."""
+        if self._retired:
+            with self._lock:
+                if self._expiries and self._expiries[0][0] <= self._now():
+                    self._forget_expired()
         if not self._secrets and not self._short:
             return text
         for short in self._short:
@@ -68,6 +103,28 @@ class SecretMasker:
         """``environ`` minus every variable holding a known secret (``client_secret_env``),
         so a hook's environment never carries one."""
         return {key: value for key, value in environ.items() if self.mask(value) == value}
+
+    def _remember(self, secret: str) -> bool:
+        if len(secret) >= _MIN_SECRET_LENGTH:
+            self._secrets.add(secret)
+        elif secret:
+            self._short.add(secret)
+        return bool(secret)
+
+    def _forget_expired(self) -> None:
+        """Drop retired secrets past their expiry, and the soonest to expire past the cap."""
+        now = self._now()
+        while self._expiries and (self._expiries[0][0] <= now
+                                  or len(self._retired) > self._max_retired):
+            until, secret = heapq.heappop(self._expiries)
+            if self._retired.get(secret) == until:
+                del self._retired[secret]
+                self._secrets.discard(secret)
+                self._short.discard(secret)
+        if len(self._expiries) > 2 * max(len(self._retired), 1024):
+            # Stale entries (retired again, or added back) would pile up otherwise.
+            self._expiries = [(until, s) for s, until in self._retired.items()]
+            heapq.heapify(self._expiries)
 
     def _mask_word(self, match: re.Match[str]) -> str:
         word = match.group(0)

@@ -18,7 +18,13 @@ from typing import Literal, Protocol, TypeVar
 from tokend.errors import NotFoundError
 
 SCOPES = ("read", "write", "read+write")
-OutputFormat = Literal["token", "env", "json"]
+"""The seed client's scopes: all its ``authorize`` takes. Config and CLI take any scope."""
+# RFC 6749 §3.3 scope-token characters (NQCHAR) but '+', which in a token name, on the link
+# and in the seed's ``read+write`` stands for the space between two scope tokens.
+_SCOPE_CHARACTER = re.compile(r"[\x21\x23-\x2a\x2c-\x5b\x5d-\x7e]")
+SCOPE_RULE = ("read, write, read+write, or scopes separated by single spaces (such as "
+              "employees time_off), each of printable ASCII without \" or \\")
+OutputFormat = Literal["token", "env", "json", "template"]
 DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 DEFAULT_BASE_URL = "https://api.factorialhr.com"
 """Factorial's API: where the seed client and every application talk unless told otherwise."""
@@ -50,6 +56,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def scope_name(scope: str) -> str:
+    """The SCOPE part of a token name for ``scope`` as written: its spaces become ``+``.
+
+    The one rule for a scope in config, CLI and authorize link: the seed's three values,
+    or any space-separated list of RFC 6749 scope tokens (``employees time_off``), since
+    applications at the server may carry scopes of their own. Raises ``ValueError`` naming
+    the rule and what breaks it.
+    """
+    if not scope:
+        raise ValueError(f"a scope cannot be empty: use {SCOPE_RULE}")
+    for position, character in enumerate(scope, start=1):
+        if character not in " +" and _SCOPE_CHARACTER.fullmatch(character) is None:
+            raise ValueError(f"{character!r} (character {position}) cannot be in a scope: "
+                             f"use {SCOPE_RULE}")
+    parts = re.split("[ +]", scope)
+    if not parts[0] or not parts[-1]:
+        raise ValueError(f"a scope cannot have a space or + at its start or end: use {SCOPE_RULE}")
+    if not all(parts):
+        raise ValueError(f"a scope cannot have two spaces or + in a row: use {SCOPE_RULE}")
+    return "+".join(parts)
 
 
 class Secret:
@@ -90,10 +118,16 @@ class TokenName:
     @classmethod
     def parse(cls, text: str) -> TokenName:
         """Parse a full ``APP/USER/SCOPE`` name (the CLI resolves partial names itself)."""
-        parts = text.split("/")
+        parts = split_name(text)
         if len(parts) != 3 or not all(parts):
             raise ValueError(f"token name {text!r} is not of the form APP/USER/SCOPE")
         return cls(*parts)
+
+
+def split_name(text: str) -> list[str]:
+    """``APP/USER/SCOPE`` in its parts: application and user names hold no ``/``, a scope
+    token may (RFC 6749), so only the first two slashes separate."""
+    return text.split("/", 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +148,8 @@ class OutputSpec:
     mode: int = 0o600
     owner: int | None = None
     group: int | None = None
+    template: str = ""
+    """The text of a ``template`` output (``template_file``'s, read when the config loads)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +182,9 @@ class TokenSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     refresh_token_lifetime: float = 7 * 86400.0
     hook_timeout: float = 30.0
+    company: bool = False
+    """A company token (``resource_owner_type: company``): its link asks an admin for a
+    token of the whole company, which the server issues without an expiry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +236,22 @@ class _HasName(Protocol):
 _Named = TypeVar("_Named", bound=_HasName)
 
 
+def name_parts(text: str) -> list[str]:
+    """A full or partial name in its parts, for :func:`name_matches`: the scope may be
+    written as in the config, with spaces. ``NotFoundError`` when it is malformed, since
+    no token can have that name."""
+    parts = split_name(text)
+    if len(parts) == 3:
+        try:
+            parts[2] = scope_name(parts[2])
+        except ValueError as error:
+            raise NotFoundError(f"{text!r} names no token, since its scope is malformed: "
+                                f"{error}") from None
+    return parts
+
+
 def name_matches(name: TokenName, parts: list[str]) -> bool:
-    """Whether ``name`` begins with ``parts``, a name split at ``/`` (see :func:`pick_named`)."""
+    """Whether ``name`` begins with ``parts`` (:func:`name_parts`; see :func:`pick_named`)."""
     return [name.app, name.user, name.scope][: len(parts)] == parts
 
 
@@ -209,7 +262,7 @@ def pick_named(text: str, matches: list[_Named]) -> _Named | None:
     that user has one token. ``None`` when ``text`` names nothing (the caller lists what
     exists); ``NotFoundError`` listing the candidates when it is ambiguous.
     """
-    parts = len(text.split("/"))
+    parts = len(split_name(text))
     if parts in (2, 3) and len(matches) == 1:
         return matches[0]
     if parts == 3 or not matches:
@@ -221,9 +274,10 @@ def pick_named(text: str, matches: list[_Named]) -> _Named | None:
 def resolve_token(config: Config, text: str) -> TokenSpec:
     """Find the token an operator means by ``APP/USER/SCOPE`` or, when unambiguous, ``APP/USER``.
 
-    Raises ``NotFoundError`` listing the candidates, so a typo is one step from fixed.
+    Raises ``NotFoundError`` listing the candidates, so a typo is one step from fixed. The
+    scope may be written as in the config, with spaces.
     """
-    parts = text.split("/")
+    parts = name_parts(text)
     found = pick_named(text, [spec for spec in config.tokens if name_matches(spec.name, parts)])
     if found is None:
         candidates = ", ".join(str(spec.name) for spec in config.tokens) or "none configured"
@@ -236,25 +290,29 @@ class Token:
     """An access token and its refresh token, exactly as the server issued them.
 
     Expiry is ``created_at + expires_in``: the lifetime is whatever the server
-    says, never a constant. ``repr`` and ``str`` never show the token strings.
+    says, never a constant. ``expires_in`` is ``None`` when the server gave none: a
+    company token, which never expires and is never refreshed. ``repr`` and ``str``
+    never show the token strings.
     """
 
     access_token: str
     token_type: str
-    expires_in: int
+    expires_in: int | None
     refresh_token: str
     scope: str
     created_at: int
 
     @property
-    def expires_at(self) -> datetime:
-        """When the access token stops working (aware, UTC)."""
+    def expires_at(self) -> datetime | None:
+        """When the access token stops working (aware, UTC); ``None``: never."""
+        if self.expires_in is None:
+            return None
         return datetime.fromtimestamp(self.created_at + self.expires_in, tz=UTC)
 
     def __repr__(self) -> str:
         return (
             f"Token(token_type={self.token_type!r}, scope={self.scope!r}, "
-            f"expires_at={self.expires_at.isoformat()!r})"
+            f"expires_at={None if self.expires_at is None else self.expires_at.isoformat()!r})"
         )
 
     __str__ = __repr__

@@ -22,9 +22,11 @@ from tokend.engine.publish import Publisher
 from tokend.engine.refresher import lease_seconds
 from tokend.engine.workers import Workers
 from tokend.errors import ConfigError, NetworkError, OutputError, TokendError
-from tokend.factorial import PROMPT, AsyncFactorial, Factorial
+from tokend.factorial import PROMPT, AsyncFactorial
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenSpec
+from tokend.oauth import protocol as oauth
+from tokend.oauth.pkce import Pkce
 from tokend.store.interface import StateStore, TokenRecord, Written, wait_for_claim
 from tokend.store.lock import owner_id, owner_is_dead
 from tokend.timing import Clock
@@ -33,15 +35,18 @@ log = structlog.get_logger(__name__)
 
 
 
-def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = None) -> str:
+def authorization_link(config: Config, spec: TokenSpec, *, state: str | None = None,
+                       pkce: Pkce | None = None) -> str:
     """The link a person opens to grant ``spec``'s application access for ``spec``'s scope."""
     app = config.applications[spec.name.app]
-    return Factorial.obtain_authorization_link(
+    return oauth.authorization_link(
         client_id=app.client_id,
         redirect_uri=app.redirect_uri,
         scope=spec.name.scope,
         base_url=app.base_url,
         state=state,
+        code_challenge=None if pkce is None else pkce.challenge,
+        resource_owner_type="company" if spec.company else None,
     )
 
 
@@ -69,17 +74,22 @@ def authorize_token(
     The seed's "store your authorization key" is shown only when a key is asked
     for. The listener is bound before the link is shown, so a quick browser cannot
     arrive before it; the link's random ``state`` is what the listener checks, and
-    the browser is answered once the exchange is done, with its outcome.
+    the browser is answered once the exchange is done, with its outcome. A link
+    shown here carries a PKCE challenge whose verifier only this process holds.
     """
+    pkce = Pkce.new()
+
     def exchange(authorization_key: str) -> TokenRecord:
         return exchange_and_store(config, spec, authorization_key, store=store, clock=clock,
-                                  masker=masker)
+                                  masker=masker, code_verifier=pkce.verifier)
 
     if key is not None:
-        return exchange(key.strip())
+        # The link came from elsewhere, without our challenge.
+        return exchange_and_store(config, spec, key.strip(), store=store, clock=clock,
+                                  masker=masker)
     if not listen:
         print(PROMPT, file=out)
-        print(authorization_link(config, spec), file=out, flush=True)
+        print(authorization_link(config, spec, pkce=pkce), file=out, flush=True)
         return exchange(read_key().strip())
     app = config.applications[spec.name.app]
     address = listen_address(app.redirect_uri)
@@ -91,7 +101,7 @@ def authorize_token(
     state = secrets.token_urlsafe(24)
     listener = Listener(address, state)
     print(LISTEN_PROMPT, file=out)
-    print(authorization_link(config, spec, state=state), file=out, flush=True)
+    print(authorization_link(config, spec, state=state, pkce=pkce), file=out, flush=True)
     print(f"Waiting up to {timeout:g} s for the browser to come back...", file=out, flush=True)
     return listener.wait(timeout, exchange, describe=lambda error: masker.mask(str(error)))
 
@@ -104,9 +114,11 @@ def exchange_and_store(
     store: StateStore,
     clock: Clock,
     masker: SecretMasker,
+    code_verifier: str | None = None,
 ) -> TokenRecord:
-    """Exchange the key, commit the token durably, publish it (outputs, then ``on_refresh``)
-    and tell a running daemon; return the stored record.
+    """Exchange the key (with the PKCE verifier of the link it came from, if any), commit
+    the token durably, publish it (outputs, then ``on_refresh``) and tell a running
+    daemon; return the stored record.
 
     All of it under the token's lease, waiting out a refresh in flight elsewhere:
     the daemon's answer for the old refresh token can then neither overwrite the
@@ -117,7 +129,7 @@ def exchange_and_store(
     app = config.applications[spec.name.app]
     masker.add(app.client_secret.reveal())
     return asyncio.run(_authorize(config, spec, authorization_key, store=store, clock=clock,
-                                  masker=masker))
+                                  masker=masker, code_verifier=code_verifier))
 
 
 async def _authorize(
@@ -128,6 +140,7 @@ async def _authorize(
     store: StateStore,
     clock: Clock,
     masker: SecretMasker,
+    code_verifier: str | None,
 ) -> TokenRecord:
     app = config.applications[spec.name.app]
     workers = Workers()
@@ -149,6 +162,7 @@ async def _authorize(
                             client_secret=app.client_secret.reveal(),
                             redirect_uri=app.redirect_uri,
                             authorization_key=authorization_key,
+                            code_verifier=code_verifier,
                         )
             except TimeoutError:
                 raise NetworkError.deadline(spec.timeout) from None

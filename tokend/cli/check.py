@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tokend.config.document import Document, KeyPath, format_key_path, read_document
+from tokend.config.exposure import config_exposure
 from tokend.engine.metrics import HOOKS
 from tokend.errors import ConfigError, NetworkError, OAuthError, StateError
 from tokend.factorial import Factorial
@@ -77,18 +78,15 @@ class CheckReport:
 
 
 def check_config(
-    config: Config, *, lifetimes: Callable[[], Mapping[TokenName, int]]
+    config: Config, *, lifetimes: Callable[[], Mapping[TokenName, int | None]]
 ) -> CheckReport:
-    """Check everything ``config`` points at; ``lifetimes`` gives stored tokens' ``expires_in``.
-
-    ``lifetimes`` is called once the state directory has been looked at:
-    reading the store tightens the directory to 0700, which would hide its mode.
-    """
+    """Check everything ``config`` points at; ``lifetimes`` gives stored tokens' ``expires_in``
+    (read-only: a check changes nothing in the state directory)."""
     report = CheckReport()
     report.notes.append(f"config {config.source}: {len(config.applications)} application(s), "
                         f"{len(config.tokens)} token(s), state in {config.state_dir}")
     report.warnings += config.warnings
-    report.warnings += _config_exposure(config.source)
+    report.warnings += config_exposure(config.source)
     if (problem := _creatable_dir(config.state_dir)) is not None:
         report.problems.append(f"state_dir {config.state_dir}: {problem}")
     elif (warning := _state_dir_exposure(config.state_dir)) is not None:
@@ -112,8 +110,8 @@ def check_config(
     return report
 
 
-def _stored_lifetimes(config: Config, lifetimes: Callable[[], Mapping[TokenName, int]],
-                      report: CheckReport) -> Mapping[TokenName, int]:
+def _stored_lifetimes(config: Config, lifetimes: Callable[[], Mapping[TokenName, int | None]],
+                      report: CheckReport) -> Mapping[TokenName, int | None]:
     """``lifetimes()``; reading them is also the check that the shared store answers."""
     try:
         stored = lifetimes()
@@ -126,33 +124,6 @@ def _stored_lifetimes(config: Config, lifetimes: Callable[[], Mapping[TokenName,
     return stored
 
 
-def _config_exposure(source: Path) -> list[str]:
-    """Who besides root and this user could rewrite the config, whose hooks run as the daemon.
-
-    The file and every folder above it must be owned by root or this user and
-    not writable by others; a sticky folder (``/tmp``) is fine, since others
-    cannot replace there what they do not own.
-    """
-    warnings = []
-    real = source.resolve()
-    for path in (real, *real.parents):
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        what = "config file" if path == real else "config folder"
-        mode = stat.S_IMODE(info.st_mode)
-        consequence = "could rewrite the config, and its hooks run as the daemon's user"
-        if info.st_uid not in (0, os.geteuid()):
-            warnings.append(f"{what} {path} is owned by uid {info.st_uid}, not root or this "
-                            f"user (uid {os.geteuid()}): that user {consequence}")
-        elif mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX):
-            who = {0o020: "its group", 0o002: "others"}.get(mode & 0o022, "its group and others")
-            warnings.append(f"{what} {path} is writable by {who} (mode {mode:04o}), who "
-                            f"{consequence}; chmod go-w {path}")
-    return warnings
-
-
 def _state_dir_exposure(path: Path) -> str | None:
     """The state holds every refresh token: only the daemon's user may enter it."""
     try:
@@ -163,7 +134,7 @@ def _state_dir_exposure(path: Path) -> str | None:
     if not stat.S_ISDIR(info.st_mode) or not mode & 0o077:
         return None
     return (f"state_dir {path} is open to other users (mode {mode:04o}); it holds every "
-            f"refresh token and must be {PRIVATE_DIR_MODE:04o}: tokend tightens it whenever it "
+            f"refresh token and must be {PRIVATE_DIR_MODE:04o}: the daemon tightens it when it "
             f"opens the store, or chmod {PRIVATE_DIR_MODE:o} {path}")
 
 
@@ -272,13 +243,17 @@ def _check_urls(app: ApplicationSpec, report: CheckReport) -> None:
 def _check_rate(
     app: ApplicationSpec,
     tokens: Iterable[TokenSpec],
-    lifetimes: Mapping[TokenName, int],
+    lifetimes: Mapping[TokenName, int | None],
     report: CheckReport,
 ) -> None:
-    """Each token refreshes every ``refresh_at * lifetime`` seconds; their sum must fit."""
+    """Each token refreshes every ``refresh_at * lifetime`` seconds; their sum must fit.
+
+    A company token, or any stored without a lifetime, never expires: it needs none."""
     per_minute = 0.0
     assumed = 0
     for spec in tokens:
+        if spec.company or (spec.name in lifetimes and lifetimes[spec.name] is None):
+            continue
         lifetime = lifetimes.get(spec.name)
         if lifetime is None:
             lifetime, assumed = int(ASSUMED_LIFETIME), assumed + 1

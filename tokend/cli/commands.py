@@ -75,29 +75,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Serve the local Factorial-compatible OAuth server until stopped (for testing only)."""
+    import os
+
+    from tokend.cli.secret_args import SecretInputError, sandbox_clients
+    from tokend.model import is_loopback
     from tokend.sandbox import Sandbox
     from tokend.sandbox.http import settings_summary
 
-    clients = {}
-    for pair in args.client or [SANDBOX_DEFAULT_CLIENT]:
-        client_id, sep, secret = pair.partition(":")
-        if not sep or not client_id or not secret:
-            raise UsageError(f"--client {pair!r} must be ID:SECRET")
-        clients[client_id] = secret
+    if not (args.allow_remote or is_loopback(args.host)):
+        raise UsageError(f"--host {args.host} is not a loopback address: anyone who reaches "
+                         "the sandbox can use its admin API, which has no authentication; "
+                         "pass --allow-remote to listen there anyway (for testing only)")
+    try:
+        clients = sandbox_clients(args.client or [], args.client_file or [], os.environ)
+    except SecretInputError as error:
+        raise UsageError(str(error)) from None
+    given = bool(clients)
+    clients = clients or sandbox_clients([SANDBOX_DEFAULT_CLIENT], [], {})
     sandbox = Sandbox(
         host=args.host, port=args.port, clients=clients,
         access_token_lifetime=args.access_token_lifetime,
         refresh_token_lifetime=args.refresh_token_lifetime, rate_limit=args.rate_limit)
     sandbox.start()
     # Secrets stay off this banner (it may end up in a log): say where each one comes from.
-    source = ("the secrets given to --client" if args.client else
-              "the test secret shown by `tokend sandbox --help`\n"
-              "    (--client ID:SECRET registers your own instead)")
+    source = ("the secrets given to --client, --client-file or $TOKEND_SANDBOX_CLIENTS"
+              if given else "the test secret shown by `tokend sandbox --help`\n"
+              "    (--client-file FILE registers your own instead)")
     print(f"{sandbox.url}\n"
           "tokend sandbox: a local OAuth2 server for testing, not Factorial; "
           "its tokens work nowhere else.\n"
           f"  {'client' if len(clients) == 1 else 'clients'} {', '.join(clients)}, with {source}\n"
           f"  {settings_summary(sandbox.settings())}\n"
+          "  for testing only: its admin API (/_sandbox/) has no authentication\n"
           "  open the URL for the endpoints it serves; Ctrl-C stops it", flush=True)
     try:
         sandbox.serve_forever()
@@ -133,26 +142,33 @@ def _specs(config: Config, names: Sequence[str]) -> list[TokenSpec]:
 def cmd_authorize(args: argparse.Namespace) -> int:
     """Authorize one token: print the link, get the key, store the token, write its outputs."""
     from tokend.cli.authorize import authorize_token
+    from tokend.cli.secret_args import SecretInputError, authorization_key
     from tokend.timing import SystemClock, format_utc
-
-    def checked(key: str) -> str:
-        if not key.strip():
-            raise UsageError("the authorization key is empty")
-        return key
 
     def read_key() -> str:
         if not sys.stdin.isatty():
-            raise UsageError("no terminal to read the authorization key from; pass --key=KEY")
-        return checked(input("Authorization key: "))
+            raise UsageError("no terminal to read the authorization key from; pass --key - "
+                             "(stdin) or --key-file PATH")
+        typed = input("Authorization key: ")
+        if not typed.strip():
+            raise UsageError("the authorization key is empty")
+        return typed
+
+    try:
+        key = authorization_key(args.key, args.key_file, sys.stdin)
+    except SecretInputError as error:
+        raise UsageError(str(error)) from None
 
     def work(config: Config, store: StateStore, masker: SecretMasker) -> int:
         (spec,) = _specs(config, [args.name])
-        key = None if args.key is None else checked(args.key)
         record = authorize_token(config, spec, key=key, listen=args.listen,
                                  timeout=args.timeout, out=sys.stdout, read_key=read_key,
                                  store=store, clock=SystemClock(), masker=masker)
-        until = "?" if record.expires_at is None else format_utc(record.expires_at)
-        print(f"{spec.name} authorized; access token valid until {until}")
+        if record.token is not None and record.token.expires_in is None:
+            print(f"{spec.name} authorized; the access token does not expire")
+        else:
+            until = "?" if record.expires_at is None else format_utc(record.expires_at)
+            print(f"{spec.name} authorized; access token valid until {until}")
         return EXIT_OK
 
     return _with_store(args, work)
@@ -188,40 +204,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """Print the current access token; exit 1 when there is no valid one."""
+    """Print the current access token (or --format json, env, header, template); exit 1 when
+    there is no valid one."""
     import time
 
-    from tokend.config.quick import names_a_shared_store, quick_state_dir
-    from tokend.store.sqlite_schema import current_access_token
+    from tokend.cli.handout import token_text
 
-    path = _config_path(args)
-    if names_a_shared_store(path):
-        print(_shared_access_token(path, args.name, now=time.time()))
-        return EXIT_OK
-    state_dir = quick_state_dir(path)
-    print(current_access_token(state_dir, args.name, now=time.time()))
+    sys.stdout.write(token_text(_config_path(args), args.name, args.format, now=time.time()))
     return EXIT_OK
 
 
-def _shared_access_token(path: Path, name: str, *, now: float) -> str:
-    """``tokend token`` on the shared store: the whole config is loaded (for the password),
-    and psycopg imported, only here."""
-    from tokend.config.load import load_config
-    from tokend.model import resolve_token
-    from tokend.store.choose import open_store
-    from tokend.store.sqlite_schema import NoValidTokenError, usable_access_token
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Run a command with the current token(s) in its environment, in tokend's place (its exit
+    status, signals and output are the command's); exit 1 without running it when a token is
+    missing or expired."""
+    import os
+    import time
 
-    config = load_config(path)
-    spec = resolve_token(config, name)
-    store = open_store(config.state_dir, config.store)
-    try:
-        record = store.get(spec.name)
-    finally:
-        store.close()
-    if record is None:
-        raise NoValidTokenError(f"{spec.name} is not authorized; run `tokend authorize "
-                                f"{spec.name}`")
-    return usable_access_token(record, now=now)
+    from tokend.cli.handout import exec_environment, replace_with
+
+    if "--" not in args.argv:
+        raise UsageError("put -- between the token names and the command: "
+                         "tokend exec NAME [NAME...] -- COMMAND [ARGS...]")
+    split = args.argv.index("--")
+    names, command = args.argv[:split], args.argv[split + 1:]
+    if not names or not command:
+        raise UsageError(f"name {'a command after --' if names else 'at least one token'}: "
+                         "tokend exec NAME [NAME...] -- COMMAND [ARGS...]")
+    options = [name for name in names if name.startswith("-")]
+    if options:
+        raise UsageError(f"{options[0]}: tokend's options go before the token names")
+    environment = exec_environment(_config_path(args), names, now=time.time())
+    return replace_with(command, {**os.environ, **environment})
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:

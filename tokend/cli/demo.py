@@ -33,13 +33,18 @@ from tokend.cli.authorize import authorization_link, exchange_and_store
 from tokend.config.load import load_config
 from tokend.daemon.lifecycle import Daemon
 from tokend.log import SecretMasker
-from tokend.model import OOB, Token, TokenSpec
+from tokend.model import OOB, Token, TokenSpec, scope_name
 from tokend.sandbox import Sandbox
 from tokend.store.sqlite import SqliteStateStore
 from tokend.timing import SystemClock, format_duration
 
 DEMO_CLIENT_ID = "tokend-demo"
-DEMO_TOKENS = (("alice", "read"), ("alice", "write"), ("bob", "read+write"))
+DEMO_TOKENS = (("alice", "read"), ("alice", "write"), ("bob", "read+write"),
+               ("hr", "employees time_off"))
+"""User/scope pairs; the last is a company token with the resource scopes of today's Factorial,
+which never expires, so the demo shows it written once and never refreshed."""
+_COMPANY = {"hr"}
+_SCOPES = ("read", "write", "employees", "time_off")
 _CODE = re.compile(r'<code id="authorization_code">([^<]+)</code>')
 
 _CONFIG = """\
@@ -61,7 +66,7 @@ applications:
 _ENTRY_YAML = """\
       - user: {user}
         scope: {scope}
-        outputs:
+{owner}        outputs:
           - path: {folder}/out/{user}-{slug}.token
           - path: {folder}/out/{user}-{slug}.env
             format: env
@@ -82,7 +87,10 @@ def write_demo_config(
     secret_file.touch(mode=0o600)
     secret_file.write_text(client_secret)
     tokens = "".join(
-        _ENTRY_YAML.format(folder=folder, user=user, scope=scope, slug=scope.replace("+", "-"))
+        _ENTRY_YAML.format(folder=folder, user=user, scope=scope,
+                           slug=scope_name(scope).replace("+", "-"),
+                           owner="        resource_owner_type: company\n" if user in _COMPANY
+                           else "")
         for user, scope in DEMO_TOKENS
     )
     path = folder / "config.yaml"
@@ -128,8 +136,9 @@ def run_demo(
     with _sigterm_stops_like_ctrl_c(), _demo_folder(keep, out) as folder, Sandbox(
         access_token_lifetime=lifetime,
         refresh_token_lifetime=refresh_lifetime,
-        clients={DEMO_CLIENT_ID: client_secret},
+        clients={},
     ) as sandbox:
+        sandbox.add_client(DEMO_CLIENT_ID, client_secret, scopes=_SCOPES)
         config_path = write_demo_config(folder, sandbox.url, client_secret,
                                         refresh_lifetime=refresh_lifetime)
         config = load_config(config_path)
@@ -216,6 +225,8 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
 
 def _print_line(out: TextIO, spec: TokenSpec, token: Token, verb: str) -> None:
     now = datetime.now().strftime("%H:%M:%S")
-    expires = token.expires_at.astimezone().strftime("%H:%M:%S")
+    expires_at = token.expires_at
+    until = ("(does not expire)" if expires_at is None
+             else f"until {expires_at.astimezone().strftime('%H:%M:%S')}")
     paths = ", ".join(output.path.name for output in spec.outputs)
-    print(f"{now}  {spec.name} {verb} until {expires} -> {paths}", file=out, flush=True)
+    print(f"{now}  {spec.name} {verb} {until} -> {paths}", file=out, flush=True)

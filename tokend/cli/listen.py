@@ -6,6 +6,12 @@ hand. The link carries a random ``state``; a request without that exact state
 did not come from our link (another local program, a forged page) and is
 refused with 400 while the listener keeps waiting for the real one.
 
+The listener holds the port on every address the browser may try for the
+redirect's host (``localhost``: 127.0.0.1 and ::1, whatever this host's resolver
+says, since browsers resolve it themselves), or refuses to start naming the
+address another program holds: that program would receive the code. The code
+is useless to it anyway, as the link carries a PKCE challenge.
+
 The browser is answered only once the code has been exchanged and the token
 stored, with what really happened: a page saying "authorized" before a wrong
 client secret turned the exchange down would send the person away content.
@@ -13,8 +19,10 @@ client secret turned the exchange down would send the person away content.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import html
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -51,8 +59,37 @@ def listen_address(redirect_uri: str) -> ListenAddress | None:
     host = parts.hostname or ""
     if parts.scheme != "http" or not is_loopback(host) or port is None:
         return None
-    # A browser tries each address localhost resolves to, so 127.0.0.1 is enough.
-    return ListenAddress("127.0.0.1" if host == "localhost" else host, port, parts.path or "/")
+    return ListenAddress(host.lower(), port, parts.path or "/")
+
+
+def _bind_hosts(host: str, port: int) -> list[str]:
+    """Every address a browser may connect to for ``host``: for ``localhost`` both loopback
+    addresses and whatever the resolver adds (only loopback ones: nothing else is ours)."""
+    if host != "localhost":
+        return [host]
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        found = []
+    resolved = [str(info[4][0]) for info in found]
+    return list(dict.fromkeys(h for h in ["127.0.0.1", "::1", *resolved] if is_loopback(h)))
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Wait:
+    """What the servers of one listener share: the expected request, the outcome."""
+
+    def __init__(self, path: str, state: str) -> None:
+        self.expected_path = path
+        self.expected_state = state
+        self.use: Callable[[str], None] = _not_set
+        self.describe: Callable[[Exception], str] = str
+        self.done = False
+        self.failure: Exception | None = None
+        self.denied: str | None = None
 
 
 def _not_set(code: str) -> None:
@@ -60,19 +97,13 @@ def _not_set(code: str) -> None:
 
 
 class _Server(HTTPServer):
-    """Remembers the expected state, what to do with the code, and how that went."""
+    """One bound address; the expected request and the outcome are the listener's."""
 
-    def __init__(self, address: ListenAddress, state: str) -> None:
-        self.expected_path = address.path
-        self.expected_state = state
-        self.use: Callable[[str], None] = _not_set
-        self.describe: Callable[[Exception], str] = str
-        self.done = False
-        self.failure: Exception | None = None
-        self.denied: str | None = None
-        if ":" in address.host:
+    def __init__(self, host: str, port: int, wait: _Wait) -> None:
+        self.wait = wait
+        if ":" in host:
             self.address_family = socket.AF_INET6
-        super().__init__((address.host, address.port), _Handler)
+        super().__init__((host, port), _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -84,17 +115,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
-        if parts.path != self.server.expected_path:
+        if parts.path != self.server.wait.expected_path:
             self._answer(404, "Not found", "This is tokend's one-shot authorization listener.")
             return
         query = {key: values[0] for key, values in parse_qs(parts.query).items()}
         state = query.get("state", "")
-        if not hmac.compare_digest(state.encode(), self.server.expected_state.encode()):
+        if not hmac.compare_digest(state.encode(), self.server.wait.expected_state.encode()):
             self._answer(400, "Refused", "This request does not carry the state of tokend's "
                          "authorization link, so it was not started by tokend. Ignored.")
             return
         if "error" in query:
-            self.server.denied = query.get("error_description") or query["error"]
+            self.server.wait.denied = query.get("error_description") or query["error"]
             self._answer(400, "Authorization failed", "The server refused the authorization. "
                          "See the terminal for details.")
             return
@@ -102,14 +133,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not code:
             self._answer(400, "Refused", "The request carries no authorization code.")
             return
-        self.server.done = True
+        self.server.wait.done = True
         try:
-            self.server.use(code)
+            self.server.wait.use(code)
         except Exception as error:  # noqa: BLE001 -- any failure: wait() re-raises it
-            self.server.failure = error
+            self.server.wait.failure = error
             title = ("tokend is authorized, but an output failed"
                      if isinstance(error, OutputError) else "tokend is not authorized")
-            self._answer(500, title, f"{self.server.describe(error)} (see the terminal)")
+            self._answer(500, title, f"{self.server.wait.describe(error)} (see the terminal)")
             return
         self._answer(200, "tokend is authorized", "You can close this window.")
 
@@ -127,11 +158,22 @@ class Listener:
     """Bound on creation (so the port is ours before the link is shown), served by ``wait``."""
 
     def __init__(self, address: ListenAddress, state: str) -> None:
-        try:
-            self._server = _Server(address, state)
-        except OSError as exc:
-            raise TokendError(f"cannot listen on {address.host}:{address.port} for the "
-                              f"redirect: {exc.strerror}") from None
+        self._wait = _Wait(address.path, state)
+        self._servers: list[_Server] = []
+        implied = address.host == "localhost"
+        for host in _bind_hosts(address.host, address.port):
+            try:
+                self._servers.append(_Server(host, address.port, self._wait))
+            except OSError as exc:
+                if implied and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue  # no such address here (no IPv6): nobody can listen on it either
+                self._close()
+                raise TokendError(f"cannot listen on {_shown(host, address.port)} for the "
+                                  f"redirect: {exc.strerror}; a program listening there would "
+                                  "receive the authorization code") from None
+        if not self._servers:
+            raise TokendError(f"cannot listen on {_shown(address.host, address.port)} for the "
+                              "redirect: no loopback address is available")
 
     def wait(self, timeout: float, use: Callable[[str], T], *,
              describe: Callable[[Exception], str] = str) -> T:
@@ -142,23 +184,31 @@ class Listener:
         (which must leave out any secret).
         """
         results: list[T] = []
-        self._server.use = lambda code: results.append(use(code))
-        self._server.describe = describe
+        outcome = self._wait
+        outcome.use = lambda code: results.append(use(code))
+        outcome.describe = describe
         deadline = time.monotonic() + timeout
         try:
-            while not self._server.done and self._server.denied is None:
+            while not outcome.done and outcome.denied is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TokendError(
                         f"no authorization arrived within {timeout:g} s; run the command "
                         "again and open the link in a browser on this machine"
                     )
-                self._server.timeout = min(remaining, 1.0)
-                self._server.handle_request()
+                ready, _, _ = select.select(self._servers, [], [], min(remaining, 1.0))
+                for server in ready:
+                    if not outcome.done and outcome.denied is None:
+                        server.timeout = 0.0  # it is readable: accept without waiting
+                        server.handle_request()
         finally:
-            self._server.server_close()
-        if self._server.denied is not None:
-            raise TokendError(f"the authorization was refused: {self._server.denied}")
-        if self._server.failure is not None:
-            raise self._server.failure
+            self._close()
+        if outcome.denied is not None:
+            raise TokendError(f"the authorization was refused: {outcome.denied}")
+        if outcome.failure is not None:
+            raise outcome.failure
         return results[0]
+
+    def _close(self) -> None:
+        for server in self._servers:
+            server.server_close()

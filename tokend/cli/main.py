@@ -24,6 +24,7 @@ from tokend.cli.commands import (
     cmd_authorize,
     cmd_check,
     cmd_demo,
+    cmd_exec,
     cmd_refresh,
     cmd_revoke,
     cmd_run,
@@ -36,6 +37,7 @@ from tokend.model import is_port
 from tokend.timing import parse_positive_duration, parse_rate
 
 _NAME_HELP = "APP/USER/SCOPE (the scope may be left out if unique)"
+TOKEN_FORMATS = ("token", "json", "env", "header", "template")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 _FROM_ENVIRONMENT = (("log_level", "TOKEND_LOG_LEVEL", LOG_LEVELS, "info"),
@@ -122,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the temporary folder (config, secret, state, outputs) at exit")
     demo.add_argument("--verbose", action="store_true", help="also show the daemon's log")
 
-    sandbox = verb("sandbox", cmd_sandbox, "tokend sandbox --port 8000 --client app:secret")
+    sandbox = verb("sandbox", cmd_sandbox, "tokend sandbox --port 8000 --client-file clients.txt")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sandbox.add_argument("--allow-remote", action="store_true", help="allow a --host other "
+                         "hosts can reach (its admin API has no authentication)")
     sandbox.add_argument("--port", type=_option_value(_port), default=0,
                          help="0 picks a free port")
     sandbox.add_argument("--access-token-lifetime", type=_option_value(_positive_duration),
@@ -134,14 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="RATE", help="POST limit such as 200/min, or 'off' (200/min)")
     sandbox.add_argument("--client", action="append", metavar="ID:SECRET",
                          help=f"register clients (default: {SANDBOX_DEFAULT_CLIENT})")
+    sandbox.add_argument("--client-file", action="append", metavar="PATH",
+                         help="register the clients in PATH, one ID:SECRET a line (kept out of "
+                         "ps, as is $TOKEND_SANDBOX_CLIENTS: ID:SECRET entries)")
 
     authorize = verb("authorize", cmd_authorize, "tokend authorize payroll/alice/read\n"
-                     "  tokend authorize payroll/alice --key=-KEY-STARTING-WITH-A-DASH\n"
+                     "  tokend authorize payroll/alice --key-file /run/keys/alice\n"
+                     "  printf %s \"$KEY\" | tokend authorize payroll/alice --key -\n"
                      "  tokend authorize payroll/alice/read --listen --timeout 120")
     authorize.add_argument("name", help=_NAME_HELP)
     key_source = authorize.add_mutually_exclusive_group()
-    key_source.add_argument("--key", help="the authorization key, instead of a prompt; write "
-                            "--key=KEY when it starts with '-'")
+    key_source.add_argument("--key", help="the authorization key, instead of a prompt: - reads "
+                            "it from stdin; --key=KEY (visible in ps) when it starts with '-'")
+    key_source.add_argument("--key-file", metavar="PATH", help="read the authorization key from "
+                            "PATH")
     key_source.add_argument("--listen", action="store_true",
                             help="catch the key with a local listener on the http://127.0.0.1:"
                             "PORT or http://localhost:PORT redirect_uri")
@@ -155,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     token = verb("token", cmd_token,
                  'curl -H "Authorization: Bearer $(tokend token payroll/alice)" ...')
     token.add_argument("name", help=_NAME_HELP)
+    token.add_argument("--format", choices=TOKEN_FORMATS, default="token",
+                       help="token (the bare token), json, env or template as the token's "
+                            "outputs write them, header (Authorization: Bearer ...)")
+
+    run_with = verb("exec", cmd_exec, "tokend exec payroll/alice -- ./sync --all\n"
+                    "  tokend exec payroll/alice payroll/bob -- ./compare")
+    run_with.add_argument("argv", nargs=argparse.REMAINDER, metavar="NAME... -- COMMAND ...",
+                          help="the tokens (each as FACTORIAL_ACCESS_TOKEN, or its env output's "
+                               "variable:), then -- and the command")
 
     refresh = verb("refresh", cmd_refresh, "tokend refresh --force payroll/alice/read")
     refresh.add_argument("names", nargs="*", metavar="NAME", help="only these tokens")

@@ -122,6 +122,8 @@ def _line(outcome: RefreshOutcome, spec: TokenSpec, *, strict: bool, now: float)
         text, failed = f"needs authorization: {error}", True
     elif token is None:
         text, failed = f"skipped; not authorized (run `tokend authorize {name}`)", strict
+    elif token.expires_in is None:
+        text, failed = "skipped; it does not expire, so it is never refreshed", False
     elif due is None:
         text, failed = "skipped; needs authorization (--force tries anyway)", strict
     else:

@@ -38,10 +38,10 @@ from tokend.engine.attention import action
 from tokend.engine.schedule import due_at
 from tokend.errors import ConfigError
 from tokend.model import Config, StoreSpec, TokenName, TokenSpec
-from tokend.store import DATABASE_NAME
 from tokend.store.choose import open_store
 from tokend.store.interface import UNCONFIGURED, StateFacts, TokenRecord, TokenState
 from tokend.store.lock import running_daemon_pid
+from tokend.store.sqlite_schema import read_records
 from tokend.timing import format_duration, format_utc
 
 
@@ -58,6 +58,8 @@ class TokenRow:
     last_error: str | None
     action: str | None = None
     """What a person must do, for the states no retry can fix (:mod:`tokend.engine.attention`)."""
+    does_not_expire: bool = False
+    """A company token: no expiry, no refresh, no refresh-token lifetime."""
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,20 @@ def token_row(spec: TokenSpec, record: TokenRecord | None, *, now: float) -> Tok
         return TokenRow(str(spec.name), state, None, None, None, record.last_refresh_at, error)
     return TokenRow(str(spec.name), state, record.expires_at,
                     record.refresh_token_expires_at(spec.refresh_token_lifetime),
-                    due_at(record, spec), record.last_refresh_at, error)
+                    due_at(record, spec), record.last_refresh_at, error,
+                    does_not_expire=_never_expires(record))
+
+
+def _never_expires(record: TokenRecord) -> bool:
+    return record.token is not None and record.token.expires_in is None
 
 
 def stored_row(record: TokenRecord, *, now: float) -> TokenRow:
     """The row of a stored token whose settings no config tells: the refresh token's expiry
     and the next refresh are unknown, and so is whether the refresh token has lapsed."""
     return TokenRow(str(record.name), record.shown_state(None, now), record.expires_at, None,
-                    None, record.last_refresh_at, _error(record))
+                    None, record.last_refresh_at, _error(record),
+                    does_not_expire=_never_expires(record))
 
 
 def _error(record: TokenRecord) -> str | None:
@@ -133,7 +141,7 @@ def _error(record: TokenRecord) -> str | None:
 def unconfigured_row(record: TokenRecord) -> TokenRow:
     """The row of a stored token the config does not name (its lifetimes are unknown)."""
     return TokenRow(str(record.name), UNCONFIGURED, record.expires_at, None, None,
-                    record.last_refresh_at, _error(record))
+                    record.last_refresh_at, _error(record), does_not_expire=_never_expires(record))
 
 
 def _unconfigured(record: TokenRecord, configured: set[TokenName]) -> bool:
@@ -227,6 +235,7 @@ def render_json(report: StatusReport) -> str:
                 "name": row.name,
                 "state": row.state,
                 "expires_at": _iso(row.expires_at),
+                "does_not_expire": row.does_not_expire,
                 "refresh_token_expires_at": _iso(row.refresh_token_expires_at),
                 "next_refresh_at": _iso(row.next_refresh_at),
                 "last_refresh_at": _iso(row.last_refresh_at),
@@ -266,7 +275,8 @@ _HEADERS = ("TOKEN", "STATE", "EXPIRES", "REFRESH TOKEN", "NEXT REFRESH", "LAST 
 def render_text(report: StatusReport, *, now: float) -> str:
     """A table for people: relative times, the last error on its own line below its row."""
     table = [_HEADERS] + [
-        (row.name, row.state, _relative(row.expires_at, now),
+        (row.name, row.state,
+         "does not expire" if row.does_not_expire else _relative(row.expires_at, now),
          _relative(row.refresh_token_expires_at, now), _relative(row.next_refresh_at, now),
          _relative(row.last_refresh_at, now))
         for row in report.tokens
@@ -312,10 +322,11 @@ def _daemon_line(daemon: DaemonRow | None, now: float) -> str:
 
 
 def stored_records(state_dir: Path, shared: StoreSpec | None = None) -> list[TokenRecord]:
-    """Every record in the store, or none when no SQLite store exists yet (without creating
-    one: ``status`` and ``check`` only look); ``shared``: the PostgreSQL store's."""
-    if shared is None and not (state_dir / DATABASE_NAME).exists():
-        return []
+    """Every record in the store, or none when no store exists yet: read-only, since
+    ``status`` and ``check`` only look (no store created, migrated or tightened).
+    ``shared``: the PostgreSQL store's records (opening it checks its schema)."""
+    if shared is None:
+        return read_records(state_dir)
     store = open_store(state_dir, shared)
     try:
         return store.all()

@@ -5,8 +5,9 @@ reload that validates only what an edit changed, with ``edits`` finding what cha
 the one YAML reader (``reader``, its pass over the parser's events in ``events``,
 ``aliases`` and ``frames``, its messages in ``syntax``), the document that locates key
 paths (``document``), the pydantic schema at the boundary (``schema``), the specs built
-from it (``build``) and, for ``tokend token``, the default paths and the ``state_dir``
-scan that stops at that key (``quick``). May import only ``tokend.model``,
-``tokend.errors`` and ``tokend.timing``. Kept empty so ``quick`` (which needs only the
-reader) loads without pydantic.
+from it (``build``) and, for ``tokend token`` and ``exec``, the default paths, the
+``state_dir`` scan that stops at that key and a token's outputs (``quick``). May import
+only ``tokend.model``, ``tokend.errors``, ``tokend.timing`` and ``tokend.formats`` (a
+template's rules). Kept empty so ``quick`` (which needs only the reader) loads without
+pydantic.
 """

@@ -27,6 +27,7 @@ from tokend.config.schema import (
     Tuning,
     split_listen,
 )
+from tokend.formats import template_parts
 from tokend.model import (
     ApplicationSpec,
     MetricsSpec,
@@ -85,6 +86,8 @@ class Builder:
         self.outputs: dict[Path, KeyPath] = {}
         self.tokens: dict[TokenName, KeyPath] = {}
         self.ids: dict[tuple[str, str], int | None] = {}
+        self.templates: dict[Path, str | None] = {}
+        """The text each ``template_file`` held when read (``None``: unreadable)."""
 
     def application(self, name: str, app: Application,
                     defaults: Pooled) -> tuple[ApplicationSpec, Inherited]:
@@ -137,6 +140,7 @@ class Builder:
                         for index, output in enumerate(token.outputs))
         return TokenSpec(name=name, outputs=outputs, on_refresh=tuple(token.on_refresh),
                          on_failure=tuple(token.on_failure),
+                         company=token.resource_owner_type == "company",
                          retry=inherited[0] if token.retry is None
                          else self.retry(where, token, *layers),
                          **{**inherited[1], **_layered(_TUNING, token)})
@@ -156,7 +160,38 @@ class Builder:
         return OutputSpec(path=path, format=output.format, mode=output.mode,
                           owner=self._id(output.owner, (*where, "owner"), "user"),
                           group=self._id(output.group, (*where, "group"), "group"),
+                          template=self._template(output, where),
                           **({} if output.variable is None else {"variable": output.variable}))
+
+    def _template(self, output: Output, where: KeyPath) -> str:
+        """A ``template`` output's text, given in exactly one way and checked ("" for others)."""
+        given = [key for key in ("template", "template_file") if getattr(output, key) is not None]
+        if output.format != "template":
+            for key in given:
+                self._report.add((*where, key), "only applies to format: template", key=True)
+            return ""
+        if not given:
+            self._report.add(where, "format: template needs template (the text) or "
+                             "template_file (a file holding it)", key=True)
+            return ""
+        if len(given) > 1:
+            self._report.add((*where, "template_file"), "conflicts with template: give the "
+                             "template in exactly one way", key=True)
+            return ""
+        file = output.template_file
+        if file is None:
+            text, named = str(output.template), ""
+        else:
+            path = self._path.absolute().parent / file
+            found = self._read_text(path, (*where, "template_file"), "template")
+            self.templates[path] = found
+            text, named = found or "", f"{file}: "
+        if text:
+            try:
+                template_parts(text)
+            except ValueError as error:
+                self._report.add((*where, given[0]), f"{named}{error}")
+        return text
 
     def _id(self, value: int | str | None, where: KeyPath, kind: str) -> int | None:
         if value is None or isinstance(value, int):
@@ -226,8 +261,12 @@ class Builder:
         return Secret(self._read_secret(file, (*where, key)))
 
     def _read_secret(self, file: Path, where: KeyPath) -> str:
+        return (self._read_text(file, where, "secret") or "").rstrip()
+
+    def _read_text(self, file: Path, where: KeyPath, what: str) -> str | None:
+        """The text of ``file`` (not blank), else ``None``, the problem reported at ``where``."""
         try:
-            value = file.read_text(encoding="utf-8").rstrip()
+            value = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             problem = "no such file"
         except IsADirectoryError:
@@ -239,11 +278,11 @@ class Builder:
         except (OSError, ValueError) as exc:
             problem = getattr(exc, "strerror", None) or "cannot be read"
         else:
-            if value:
+            if value.strip():
                 return value
             problem = "is empty"
-        self._report.add(where, f"cannot read the secret from {file}: {problem}")
-        return ""
+        self._report.add(where, f"cannot read the {what} from {file}: {problem}")
+        return None
 
 
 def environment_overrides(env: Mapping[str, str]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Find the state directory without loading the whole configuration.
+"""Find the state directory, and a token's outputs, without loading the whole configuration.
 
 ``tokend token`` runs inside other programs' ``$(…)``, often many times a
 minute, so it must start fast: no pydantic, no httpx, no structlog. It needs
@@ -9,14 +9,16 @@ layer's one YAML reader (:mod:`tokend.config.reader`, which needs PyYAML only): 
 pass over the parser's events, stopped at that key.
 Anything unexpected is a :class:`ConfigError` that points at ``tokend check``,
 which validates the whole file: a mistake after ``state_dir`` does not stop
-``tokend token``.
+``tokend token``. ``tokend token --format env|template`` and ``tokend exec`` also
+need the token's outputs (:func:`quick_outputs`), read from the whole file by the
+same reader (a test keeps them in agreement with the loader's too).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from tokend.config.events import EventReader
 from tokend.config.frames import DEFAULT_TAGS, MERGE, NOT_TEXT, STR, UNSURE, Options, Retry
 from tokend.config.reader import read_yaml
 from tokend.errors import ConfigError
+from tokend.model import DEFAULT_ENV_VARIABLE
 
 # Here, not in tokend.config.load, which imports pydantic: both loaders read them from here.
 DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")
@@ -160,3 +163,73 @@ class _Scan(EventReader):
                 kind = type(get())
                 depth += (kind in (MappingStartEvent, SequenceStartEvent)) - (
                     kind in (MappingEndEvent, SequenceEndEvent))
+
+
+class QuickOutput:
+    """One output of a token as the config writes it: format, env variable, template text."""
+
+    __slots__ = ("kind", "template", "variable")
+
+    def __init__(self, kind: str, variable: str, template: str) -> None:
+        self.kind = kind
+        self.variable = variable
+        self.template = template
+
+
+def quick_outputs(path: Path, names: Sequence[str]) -> dict[str, list[QuickOutput]]:
+    """The outputs the config file gives each token of ``names`` (``APP/USER/SCOPE``),
+    without pydantic: for ``tokend token --format env|template`` and ``tokend exec``.
+
+    Only the keys these read are looked at, with the loader's defaults (format
+    ``token``, variable ``FACTORIAL_ACCESS_TOKEN``, scope ``read+write``); a
+    ``template_file`` is read relative to the config file's folder. A token the
+    config does not name has no outputs. Anything unexpected is a
+    :class:`ConfigError` that points at ``tokend check``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    applications = _mapping(_mapping(read_yaml(raw.decode("utf-8-sig"), str(path)).data,
+                                     path).get("applications"), path)
+    found: dict[str, list[QuickOutput]] = {}
+    for name in names:
+        app, user, scope = name.split("/", 2)
+        found[name] = []
+        for item in _list(_mapping(applications.get(app), path).get("tokens"), path):
+            entry = _mapping(item, path)
+            if entry.get("user") == user and entry.get("scope", "read+write") == scope:
+                found[name] = [_output(_mapping(output, path), path)
+                               for output in _list(entry.get("outputs"), path)]
+                break
+    return found
+
+
+def _output(output: Mapping[str, object], path: Path) -> QuickOutput:
+    kind, variable = output.get("format", "token"), output.get("variable", DEFAULT_ENV_VARIABLE)
+    template, file = output.get("template", ""), output.get("template_file")
+    if file is not None:
+        try:
+            template = (path.absolute().parent / str(file)).read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            raise ConfigError(f"{path}: cannot read the template_file {file}; run `tokend check`"
+                              ) from None
+    if not all(isinstance(value, str) for value in (kind, variable, template)):
+        raise ConfigError(f"{path}: an output of this token is not valid; run `tokend check`")
+    return QuickOutput(str(kind), str(variable), str(template))
+
+
+def _mapping(value: object, path: Path) -> Mapping[str, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: is not a valid config file; run `tokend check`")
+    return value
+
+
+def _list(value: object, path: Path) -> list[object]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: is not a valid config file; run `tokend check`")
+    return value

@@ -12,8 +12,9 @@ Everything else is done again as a full load would: secrets are read again,
 the environment looked at, owners and groups looked up. Whenever the result
 could differ from a full load's (an edit elsewhere, an anchor or alias near
 the edit, any error, a duplicate name or output path, an owner that now
-resolves differently), :func:`reread` answers ``None`` and the caller loads
-the whole file, so errors read exactly as they always do.
+resolves differently, a ``template_file`` whose text changed), :func:`reread`
+answers ``None`` and the caller loads the whole file, so errors read exactly as
+they always do.
 
 An edited item is read on its own. That reads it as it reads in place
 because every line of it is blank, a comment, or indented deeper than the
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -60,6 +61,8 @@ class Reread:
     paths: frozenset[Path]
     tokens: tuple[TokenSpec, ...]
     """The config's tokens: a config that does not hold this very tuple is another config."""
+    templates: Mapping[Path, str | None] = field(default_factory=dict)
+    """The text each ``template_file`` held when read (``None``: unreadable)."""
 
     @classmethod
     def of(cls, config: Config, document: Document, settings: Settings, *,
@@ -70,7 +73,7 @@ class Reread:
         lists = {key[0]: span for key, span in document.read.spans.items() if key[0] in offsets}
         return cls(document.text, bare, dict(overrides), lists, dict(offsets), dict(builder.ids),
                    document.read.aliased, document.read.anchors, frozenset(builder.tokens),
-                   frozenset(builder.outputs), config.tokens)
+                   frozenset(builder.outputs), config.tokens, dict(builder.templates))
 
 
 class _Strict:
@@ -98,7 +101,8 @@ def reread(path: Path, text: str, mode: int, env: Mapping[str, str],
     if not isinstance(memo, Reread) or memo.tokens is not previous.tokens or (
             previous.source != path or environment_overrides(env) != memo.overrides
             or memo.aliased > MAX_ALIASED + len(text)
-            or any(lookup_id(*name) != found for name, found in memo.ids.items())):
+            or any(lookup_id(*name) != found for name, found in memo.ids.items())
+            or any(_text_of(file) != text for file, text in memo.templates.items())):
         return None
     try:
         return _Reload(memo, previous, path=path, text=text, mode=mode, env=env).config()
@@ -128,6 +132,7 @@ class _Reload:
         self._mode = mode
         self._env = env
         self._ids = dict(memo.ids)
+        self._templates = dict(memo.templates)
 
     def _builder(self, plain: Mapping[KeyPath, str]) -> Builder:
         return Builder(self._path, _Strict(str(self._path), self._mode, plain), self._env)
@@ -156,7 +161,7 @@ class _Reload:
                         **({} if concurrency is None else {"concurrency": concurrency}))
         return replace(config, reread=Reread(
             self._text, settings, memo.overrides, items.lists, items.offsets, self._ids,
-            memo.aliased, items.anchors, items.names, items.paths, items.tokens))
+            memo.aliased, items.anchors, items.names, items.paths, items.tokens, self._templates))
 
     def _items(self, edit: tuple[int, int, int], inherited: Mapping[str, Inherited]) -> _Items:
         """Read and validate the items the edit changed; keep every other token as it was."""
@@ -252,7 +257,17 @@ class _Reload:
                                settings.applications[app], settings.defaults)
                  for at, item in enumerate(items)]
         self._ids.update(builder.ids)
+        self._templates.update(builder.templates)
         return specs
+
+
+def _text_of(file: Path) -> str | None:
+    """A template file's text now; ``None`` when it cannot be read (as :class:`Builder`)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    return text if text.strip() else None
 
 
 def reuse(config: Config, previous: Config) -> Config:

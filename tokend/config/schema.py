@@ -31,9 +31,10 @@ from tokend.model import (
     MAX_REFRESH_FRACTION,
     MIN_REFRESH_FRACTION,
     OOB,
-    SCOPES,
+    SCOPE_RULE,
     OutputFormat,
     is_port,
+    scope_name,
 )
 from tokend.timing import parse_positive_duration, parse_rate
 
@@ -58,6 +59,13 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[object], object]:
             raise ValueError("must be one of " + ", ".join(choices))
         return value
     return check
+
+
+def _scope(value: object) -> str:
+    """The token name's form of a scope (``employees+time_off``), by the one rule."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be {SCOPE_RULE}")  # noqa: TRY004 -- pydantic reports ValueError, not TypeError
+    return scope_name(value)
 
 
 def _duration(value: object) -> float:
@@ -217,8 +225,10 @@ class Pooled(Tuning):
 
 class Output(_Model):
     path: Annotated[str, AfterValidator(_absolute)]
-    format: Annotated[OutputFormat, BeforeValidator(_one_of(("token", "env", "json")))] = "token"
+    format: Annotated[OutputFormat, BeforeValidator(_one_of(get_args(OutputFormat)))] = "token"
     variable: EnvName | None = None
+    template: NonEmpty | None = None
+    template_file: NonEmpty | None = None
     mode: Annotated[int, BeforeValidator(_mode)] = 0o600
     owner: UserOrId | None = None
     group: UserOrId | None = None
@@ -227,7 +237,8 @@ class Output(_Model):
 class Token(Tuning):
     user: Annotated[str, AfterValidator(_matching(
         _USER, "user names start with a letter or digit and hold only letters, digits, . _ @ -"))]
-    scope: Annotated[str, BeforeValidator(_one_of(SCOPES))] = "read+write"
+    scope: Annotated[str, BeforeValidator(_scope)] = "read+write"
+    resource_owner_type: Annotated[str, BeforeValidator(_one_of(("user", "company")))] = "user"
     outputs: Annotated[list[Output], BeforeValidator(_empty_list)] = Field(default_factory=list)
     on_refresh: Argv = Field(default_factory=list)
     on_failure: Argv = Field(default_factory=list)

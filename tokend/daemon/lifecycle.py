@@ -1,6 +1,6 @@
 """The daemon's lifecycle: load, lock, heal outputs, loop, reload, stop.
 
-Signal handlers only set flags and wake the main loop (as uvicorn does); all
+Signal handlers only set flags and wake the main loop (:mod:`wakeups`); all
 work happens in the loop. Idle, the loop sleeps until the next token is due,
 but at most a minute, and compares wall-clock times on waking, so a suspend
 or a clock jump cannot make a token lapse.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -20,14 +19,18 @@ from pathlib import Path
 import httpx
 import structlog
 
+from tokend.config.exposure import config_exposure
 from tokend.config.load import load_config
+from tokend.daemon.emergency import exit_now
 from tokend.daemon.metrics_http import MetricsServer, move_metrics
 from tokend.daemon.state_dir import open_state
 from tokend.daemon.status_file import DaemonStatus, write_running_status
 from tokend.daemon.systemd import Notifier
+from tokend.daemon.wakeups import Wakeups
 from tokend.daemon.watch import watch_config
 from tokend.daemon.watchdog import watchdog
 from tokend.engine.attention import CREDENTIALS_RECHECK
+from tokend.engine.hooks import HookGroups
 from tokend.engine.metrics import Metrics
 from tokend.engine.pending import PendingCommits
 from tokend.engine.refresher import RefreshedCallback, Refresher
@@ -35,7 +38,7 @@ from tokend.engine.supervisor import Supervisor
 from tokend.engine.workers import Workers
 from tokend.errors import ConfigError, TokendError
 from tokend.log import SecretMasker
-from tokend.model import Config, StoreSpec, TokenName
+from tokend.model import Config, StoreSpec
 from tokend.store.interface import StateStore
 from tokend.store.lock import owner_id
 from tokend.timing import Clock, SystemClock
@@ -67,15 +70,10 @@ class Daemon:
         self._on_refreshed = on_refreshed
         self._watch = watch
         self._notifier = Notifier(self._environ)
-        self._wake = asyncio.Event()
-        self._stop_event = asyncio.Event()
-        self._reload_requested = False
-        # SIGHUP: reload, and publish every token's outputs, not only the changed ones'.
-        self._heal_requested = False
-        # Names another process changed; ``None`` in it means "look at every token".
-        self._rescan: set[TokenName] | None = set()
+        self._wakeups = Wakeups(on_second_stop=self._exit_now)
+        self._status_line = ""
         self._workers = Workers()
-        self._signals = 0
+        self._hooks: HookGroups | None = None
         self._metrics = Metrics(clock=self._clock)
         self._metrics_server: MetricsServer | None = None
         self._credentials_recheck = credentials_recheck
@@ -88,11 +86,11 @@ class Daemon:
         self._metrics.config_loaded()
         self._warn(config)
         self._state_dir = config.state_dir
-        self._install_signal_handlers()
+        self._wakeups.install_signal_handlers()
         with contextlib.ExitStack() as stack:
             stack.callback(self._workers.close)
-            store = await open_state(self._state_dir, stack, on_ring=self._on_ring,
-                                     notifier=self._notifier, stop=self._stop_event,
+            store = await open_state(self._state_dir, stack, on_ring=self._wakeups.ring,
+                                     notifier=self._notifier, stop=self._wakeups.stopping,
                                      shared=config.store)
             if store is None:
                 return 0
@@ -101,8 +99,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         """Stop scheduling, let in-flight refreshes commit, then return from ``run``."""
-        self._stop_event.set()
-        self._wake.set()
+        self._wakeups.request_stop()
 
     async def _serve(self, config: Config, store: StateStore, http: httpx.AsyncClient) -> int:
         refresher = Refresher(
@@ -118,9 +115,10 @@ class Daemon:
             pending=PendingCommits(self._state_dir),
         )
         self._store = store
+        self._hooks = refresher.publisher.hook_groups
         self._supervisor = Supervisor(
             store=store, refresher=refresher, clock=self._clock, masker=self._masker,
-            on_settled=self._wake.set, metrics=self._metrics,
+            on_settled=self._settled, metrics=self._metrics,
         )
         self._metrics_server = await move_metrics(self._metrics_server, self._metrics,
                                                   config.metrics)
@@ -164,70 +162,61 @@ class Daemon:
         return 0
 
     async def _loop(self) -> None:
-        status = ""
-        while not self._stop_event.is_set():
-            self._wake.clear()
-            if self._reload_requested:
-                heal = self._heal_requested
-                self._reload_requested = self._heal_requested = False
+        while not self._wakeups.stopping.is_set():
+            self._wakeups.begin_pass()
+            if (heal := self._wakeups.take_reload()) is not None:
                 await self._reload(heal=heal)
             await self._recheck_credentials()
-            if self._rescan is None or self._rescan:
-                names, self._rescan = self._rescan, set()
+            rescan, names = self._wakeups.take_rescan()
+            if rescan:
                 await self._supervisor.rescan(names)
             self._supervisor.start_due()
-            if (line := self._supervisor.status_line()) != status:
-                status = line
-                self._notifier.status(status)
+            if (line := self._supervisor.status_line()) != self._status_line:
+                self._status_line = line
+                self._notifier.status(line)
             await self._sleep()
 
     async def _sleep(self) -> None:
+        """Until woken, or until the next token is due (at most ``MAX_SLEEP``)."""
         next_at = self._supervisor.next_at()
+        now = self._clock.now()
         timeout = MAX_SLEEP
         if next_at is not None:
-            timeout = min(MAX_SLEEP, max(0.0, next_at - self._clock.now()))
+            timeout = min(MAX_SLEEP, max(0.0, next_at - now))
         if self._recheck_at is not None:
             timeout = min(timeout, max(0.0, self._recheck_at - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await self._wakeups.sleep(timeout, now=now)
+
+    def _settled(self) -> None:
+        """Work ended: wake the loop if it now has something to do before it would wake by
+        itself (an earlier due time), or a new status line to send.
+
+        A refresh moves its token's due time later and leaves the counts as they were:
+        waking for it cost a pass of the loop and a new sleep per refresh.
+        """
+        until = self._wakeups.sleeping_until
+        if until is not None:
+            next_at = self._supervisor.next_at()
+            if (next_at is None or next_at >= until) and (
+                self._supervisor.status_line() == self._status_line
+            ):
+                return
+        self._wakeups.wake()
 
     async def _listen(self, shared: StoreSpec) -> None:
         from tokend.daemon.listener import follow  # noqa: PLC0415 -- psycopg: only here
 
-        await follow(shared, tokens=lambda: self._supervisor.config, on_ring=self._on_ring,
-                     metrics=self._metrics, notifier=self._notifier, stop=self._stop_event)
+        await follow(shared, tokens=lambda: self._supervisor.config, on_ring=self._wakeups.ring,
+                     metrics=self._metrics, notifier=self._notifier,
+                     stop=self._wakeups.stopping)
 
     async def _on_file_change(self) -> None:
-        self._request_reload()
+        self._wakeups.request_reload()
 
-    def _install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
-        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
-        loop.add_signal_handler(signal.SIGHUP, self._request_reload, True)
-        loop.add_signal_handler(signal.SIGUSR1, self._on_ring, None)
-
-    def _on_stop_signal(self) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            # A second Ctrl-C means "now": the store is consistent at every commit.
-            os._exit(1)
-        self.request_stop()
-
-    def _request_reload(self, heal: bool = False) -> None:
-        self._reload_requested = True
-        self._heal_requested = self._heal_requested or heal
-        self._wake.set()
-
-    def _on_ring(self, names: frozenset[str] | None) -> None:
-        """The store changed (the doorbell, or SIGUSR1 for every token): look again."""
-        if names is None or self._rescan is None:
-            self._rescan = None
-        else:
-            for text in names:
-                with contextlib.suppress(ValueError):  # a hint only: ignore what is no name
-                    self._rescan.add(TokenName.parse(text))
-        self._wake.set()
+    def _exit_now(self) -> None:
+        """A second Ctrl-C: take the running hooks along and leave no temporary file."""
+        supervisor = getattr(self, "_supervisor", None)  # none before the store opens
+        exit_now(self._hooks, None if supervisor is None else supervisor.config)
 
     async def _recheck_credentials(self) -> None:
         """While an application's credentials are rejected, re-read the config now and then
@@ -312,5 +301,6 @@ class Daemon:
 
     @staticmethod
     def _warn(config: Config) -> None:
-        for warning in config.warnings:
+        # Its hooks run with our rights: whoever else may write the config may run code as us.
+        for warning in (*config.warnings, *config_exposure(config.source)):
             log.warning("config_warning", message=warning)

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from tokend.log import mask_token_shaped
 from tokend.model import TokenSpec
 from tokend.timing import format_utc
 
@@ -73,12 +74,32 @@ def hook_environment(
     return env
 
 
+class HookGroups:
+    """The process groups of the hooks running now: each hook leads its own session, so
+    an exit that cannot wait for them (a second Ctrl-C) must kill them by name."""
+
+    def __init__(self) -> None:
+        self._pgids: set[int] = set()
+
+    def kill_all(self) -> None:
+        """SIGKILL every running hook's group at once (it may be a signal handler's last act)."""
+        for pgid in list(self._pgids):
+            _signal_group(pgid, signal.SIGKILL)
+
+    def add(self, pgid: int) -> None:
+        self._pgids.add(pgid)
+
+    def remove(self, pgid: int) -> None:
+        self._pgids.discard(pgid)
+
+
 async def run_hook(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
     timeout: float,  # noqa: ASYNC109 -- the hook's own time limit, enforced with a group kill
     name: str,
+    groups: HookGroups | None = None,
 ) -> HookResult:
     """Run ``argv`` with ``env`` for at most ``timeout`` seconds; never raises for hook failures.
 
@@ -109,6 +130,23 @@ async def run_hook(
         return _logged(name, timeout, HookResult(command, None, False, "", error))
     finally:
         os.close(write_fd)
+    if groups is not None:
+        groups.add(process.pid)  # its pid is its group's id: it leads a new session
+    try:
+        return await _supervise(process, read_fd, command, timeout, name)
+    finally:
+        if groups is not None:
+            groups.remove(process.pid)
+
+
+async def _supervise(
+    process: asyncio.subprocess.Process,
+    read_fd: int,
+    command: tuple[str, ...],
+    timeout: float,  # noqa: ASYNC109 -- the hook's own time limit, enforced with a group kill
+    name: str,
+) -> HookResult:
+    """Collect the started hook's output and exit within ``timeout``, as :func:`run_hook`."""
     capture = _Capture()
     stream = asyncio.StreamReader()
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
@@ -150,7 +188,9 @@ class _Capture:
             self._dropped = self._dropped or len(chunk) > room
 
     def text(self) -> str:
-        text = self._kept.decode(errors="replace")
+        """The head, every token-shaped word masked before it is cut: a hook may print a
+        token tokend does not know (read elsewhere, or long forgotten)."""
+        text = mask_token_shaped(self._kept.decode(errors="replace"))
         if self._dropped or len(text) > _OUTPUT_CHARS:
             return text[:_OUTPUT_CHARS] + _TRUNCATED
         return text

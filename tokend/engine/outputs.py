@@ -17,64 +17,58 @@ Safety rules, decided once here:
 * The temporary file is created with ``O_EXCL | O_NOFOLLOW``, so a link planted
   at a guessed temporary name cannot redirect it either.
 
-Errors carry the path and the OS reason, never the file's content.
+Errors carry the path and the OS reason, never the file's content. Paths are
+handled as strings inside: a refresh writes a few files several times a second,
+and building ``pathlib`` objects for each step was a good part of its cost.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from tokend import formats
 from tokend.errors import OutputError
-from tokend.model import ENV_VARIABLE, OutputSpec, Token
-from tokend.timing import format_utc
+from tokend.model import OutputSpec, Token, TokenName
 
-# One unquoted line must mean the same to systemd's EnvironmentFile=, docker's
-# --env-file (which keeps quotes literally) and a POSIX shell's ``. file``, so
-# only characters that none of them treat specially are allowed.
-_ENV_SAFE_VALUE = re.compile(r"[A-Za-z0-9._~+/=-]+")
 _DIR_MODE = 0o755
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def render(spec: OutputSpec, token: Token, *, expires_at: float) -> bytes:
-    """The bytes of one output file; the refresh token never appears in any format.
+def render(spec: OutputSpec, token: Token, *, name: TokenName, expires_at: float | None,
+           now: float) -> bytes:
+    """The bytes of one output file, by its format's renderer in :mod:`tokend.formats`
+    (``tokend token --format`` uses the same); the refresh token never appears in any.
 
     ``expires_at`` is the expiry on this host's clock (the record's, not the
-    server's ``created_at``): consumers compare it with the same clock.
+    server's ``created_at``): consumers compare it with the same clock. ``now`` is
+    the moment of writing, from which a template's ``expires_in`` counts. ``None``:
+    the token never expires (a company token).
     """
-    if spec.format == "token":
-        return token.access_token.encode()
-    if spec.format == "env":
-        return _render_env(spec, token)
-    if spec.format == "json":
-        document = {
-            "access_token": token.access_token,
-            "token_type": token.token_type,
-            "scope": token.scope,
-            "expires_at": format_utc(expires_at),
-        }
-        return (json.dumps(document, sort_keys=True) + "\n").encode()
-    raise OutputError(f"{spec.path}: unknown output format {spec.format!r}")
+    return _render(spec, _values(token, name, expires_at, now))
 
 
-def _render_env(spec: OutputSpec, token: Token) -> bytes:
-    if not ENV_VARIABLE.fullmatch(spec.variable):
-        raise OutputError(f"{spec.path}: {spec.variable!r} is not a valid variable name")
-    value = token.access_token
-    # A leading "~" would be tilde-expanded by a shell in an assignment.
-    if not _ENV_SAFE_VALUE.fullmatch(value) or value.startswith("~"):
-        raise OutputError(
-            f"{spec.path}: the access token contains characters that cannot be written "
-            "unquoted to an env file"
-        )
-    return f"{spec.variable}={value}\n".encode()
+def _values(token: Token, name: TokenName, expires_at: float | None, now: float
+            ) -> dict[str, str]:
+    return formats.placeholders(access_token=token.access_token, token_type=token.token_type,
+                                scope=token.scope, expires_at=expires_at, name=str(name),
+                                now=now)
+
+
+def _render(spec: OutputSpec, values: Mapping[str, str]) -> bytes:
+    try:
+        text = formats.render(spec.format, values, variable=spec.variable,
+                              template=spec.template)
+    except ValueError as error:
+        raise OutputError(f"{spec.path}: {error}") from None
+    return text.encode()
 
 
 def write_atomic(
@@ -91,19 +85,24 @@ def write_atomic(
     right but whose permissions are wrong is rewritten, which fixes them atomically.
     Skipping identical writes keeps inotify watchers of the file quiet.
     """
-    path = Path(path)
-    temp = _prepare(path, content, mode, owner, group)
+    target = os.fspath(path)
+    temp = _prepare(target, content, mode, owner, group)
     if temp is None:
         return False
-    _rename(temp, path)
-    _fsync_directory(path.parent, path)
+    _rename(temp, target)
+    _fsync_directory(_parent(target), target)
     return True
 
 
 def write_outputs(
-    outputs: Iterable[OutputSpec], token: Token, *, expires_at: float
+    outputs: Iterable[OutputSpec], token: Token, *, name: TokenName, expires_at: float | None,
+    new_token: bool = False,
 ) -> list[Path]:
     """Write every output; return the paths (re)written.
+
+    With ``new_token`` (the server just issued ``token``, so no file can hold it yet)
+    the files are not read back to see whether they already hold it; they are still
+    checked to be safe targets.
 
     All new files are prepared and fsynced first, then renamed one right after
     the other, so the outputs of one token change together: a consumer that uses
@@ -113,27 +112,35 @@ def write_outputs(
     One broken output must not keep the others stale, so every output is tried
     and the failures are reported together in one :class:`OutputError`.
     """
-    prepared: list[tuple[Path, Path]] = []
+    prepared: list[tuple[str, OutputSpec]] = []
     failures: list[str] = []
+    # Now, not when the token was issued: a template's expires_in is what is left at writing.
+    values = _values(token, name, expires_at, time.time())
     for spec in outputs:
         try:
-            content = render(spec, token, expires_at=expires_at)
-            temp = _prepare(Path(spec.path), content, spec.mode, spec.owner, spec.group)
+            content = _render(spec, values)
+            temp = _prepare(os.fspath(spec.path), content, spec.mode, spec.owner, spec.group,
+                            compare=not new_token)
         except OutputError as exc:
             failures.append(str(exc))
             continue
         if temp is not None:
-            prepared.append((temp, Path(spec.path)))
+            prepared.append((temp, spec))
     written: list[Path] = []
-    for temp, path in prepared:
+    # One fsync per folder, after the last rename into it.
+    folders: dict[str, str] = {}
+    for temp, spec in prepared:
+        target = os.fspath(spec.path)
         try:
-            _rename(temp, path)
-            written.append(path)
+            _rename(temp, target)
         except OutputError as exc:
             failures.append(str(exc))
-    for directory, path in {path.parent: path for path in written}.items():
+            continue
+        written.append(spec.path)
+        folders[_parent(target)] = target
+    for directory, target in folders.items():
         try:
-            _fsync_directory(directory, path)
+            _fsync_directory(directory, target)
         except OutputError as exc:
             failures.append(str(exc))
     if failures:
@@ -141,20 +148,30 @@ def write_outputs(
     return written
 
 
+def _parent(path: str) -> str:
+    """``Path(path).parent``, as a string."""
+    return os.path.dirname(path) or "."
+
+
 def _prepare(
-    path: Path, content: bytes, mode: int, owner: int | None, group: int | None
-) -> Path | None:
+    path: str, content: bytes, mode: int, owner: int | None, group: int | None,
+    *, compare: bool = True,
+) -> str | None:
     """A fsynced temporary file beside ``path`` holding ``content`` with its final mode and
-    owner, or ``None`` when ``path`` already is exactly that."""
-    if _is_unchanged(path, content, mode, owner, group):
-        return None
+    owner, or ``None`` when ``path`` already is exactly that (looked at with ``compare``)."""
+    if compare:
+        if _is_unchanged(path, content, mode, owner, group):
+            return None
+    else:
+        _inspect_target(path)
     _ensure_directory(path)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    parent = _parent(path)
+    temp = f"{parent}/.{os.path.basename(path)}.{secrets.token_hex(8)}.tmp"  # as _TEMP_NAME says
     try:
         fd = os.open(temp, _TEMP_FLAGS, 0o600)
     except OSError as exc:
         reason = exc.strerror
-        raise OutputError(f"{path}: cannot create a file in {path.parent}: {reason}") from None
+        raise OutputError(f"{path}: cannot create a file in {parent}: {reason}") from None
     try:
         try:
             _write_all(fd, content)
@@ -174,7 +191,7 @@ def _prepare(
     return temp
 
 
-def _rename(temp: Path, path: Path) -> None:
+def _rename(temp: str, path: str) -> None:
     try:
         os.rename(temp, path)
     except OSError as exc:
@@ -191,7 +208,7 @@ def remove_outputs(outputs: Iterable[OutputSpec]) -> None:
     """
     failures: list[str] = []
     for spec in outputs:
-        path = Path(spec.path)
+        path = os.fspath(spec.path)
         try:
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
@@ -202,7 +219,7 @@ def remove_outputs(outputs: Iterable[OutputSpec]) -> None:
             failures.append(f"{path}: cannot remove: {exc.strerror}")
             continue
         try:
-            _fsync_directory(path.parent, path)
+            _fsync_directory(_parent(path), path)
         except OutputError as exc:
             failures.append(str(exc))
     if failures:
@@ -210,7 +227,7 @@ def remove_outputs(outputs: Iterable[OutputSpec]) -> None:
 
 
 def _is_unchanged(
-    path: Path, content: bytes, mode: int, owner: int | None, group: int | None
+    path: str, content: bytes, mode: int, owner: int | None, group: int | None
 ) -> bool:
     """Whether ``path`` already holds ``content`` with this metadata; refuses unsafe targets."""
     info = _inspect_target(path)
@@ -231,14 +248,15 @@ def _is_unchanged(
     return existing == content
 
 
-def _inspect_target(path: Path) -> os.stat_result | None:
+def _inspect_target(path: str) -> os.stat_result | None:
     """The target's own status (links not followed), ``None`` when missing."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return None
     except NotADirectoryError:
-        raise OutputError(f"{path}: parent {_first_file(path.parent)} is not a directory") from None
+        parent = _first_file(Path(_parent(path)))
+        raise OutputError(f"{path}: parent {parent} is not a directory") from None
     except OSError as exc:
         raise OutputError(f"{path}: cannot inspect: {exc.strerror}") from None
     if stat.S_ISLNK(info.st_mode):
@@ -250,10 +268,15 @@ def _inspect_target(path: Path) -> os.stat_result | None:
     return info
 
 
-def _ensure_directory(path: Path) -> None:
+def _ensure_directory(path: str) -> None:
     """Create the missing parents of ``path`` as 0755 (set explicitly: umask would change it)."""
+    try:
+        if stat.S_ISDIR(os.stat(_parent(path)).st_mode):
+            return
+    except OSError:
+        pass  # looked at again below, where each case gets its message
     missing: list[Path] = []
-    current = path.parent
+    current = Path(path).parent
     while True:
         try:
             info = os.stat(current)
@@ -293,7 +316,7 @@ def _write_all(fd: int, content: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_directory(directory: Path, path: Path) -> None:
+def _fsync_directory(directory: str, path: str) -> None:
     """Make a rename or unlink in ``directory`` survive a crash."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -307,8 +330,32 @@ def _fsync_directory(directory: Path, path: Path) -> None:
         os.close(fd)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:
         return
+
+
+def remove_temp_files(paths: Iterable[Path]) -> None:
+    """Delete the temporary files left beside ``paths`` by a write that never finished (ours,
+    cut short by an emergency exit, or a crashed one's), if they are this user's.
+
+    One listing per folder, whatever the number of outputs in it; never raises.
+    """
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    for folder, wanted in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.fullmatch(entry.name)
+            try:
+                if (match and match["name"] in wanted and entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_uid == os.geteuid()):
+                    os.unlink(entry.path)
+            except OSError:
+                continue

@@ -26,7 +26,7 @@ from typing import Literal
 
 import structlog
 
-from tokend.engine.hooks import hook_environment, run_hook
+from tokend.engine.hooks import HookGroups, hook_environment, run_hook
 from tokend.engine.metrics import Metrics
 from tokend.engine.outputs import remove_outputs, write_outputs
 from tokend.engine.workers import Workers
@@ -77,6 +77,7 @@ class Publisher:
         self._hook_base_env = dict(hook_base_env)
         self._metrics = metrics
         self._in_use: frozenset[Path] | None = None
+        self.hook_groups = HookGroups()
 
     def use_paths(self, in_use: Collection[Path]) -> None:
         """The output paths of every configured token: files a token was written to earlier
@@ -118,7 +119,8 @@ class Publisher:
         def settle() -> tuple[list[Files], list[TokenRecord | None]]:
             try:
                 results = [settle_files(spec.outputs, record, in_use=self._in_use,
-                                        name=str(spec.name)) for spec, _lease, record in items]
+                                        name=str(spec.name), new_token=new_token)
+                           for spec, _lease, record in items]
                 return results, self._record(
                     [(lease, record) for _spec, lease, record in items], results,
                     unconfigured_at=lambda _record: None,
@@ -224,7 +226,8 @@ class Publisher:
             base=self._masker.without_secrets(self._hook_base_env),
         )
         argv = spec.on_refresh if hook == "on_refresh" else spec.on_failure
-        result = await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name))
+        result = await run_hook(argv, env=env, timeout=spec.hook_timeout, name=str(spec.name),
+                                groups=self.hook_groups)
         self._metrics.hook_finished(spec.name, hook, result)
 
 
@@ -234,10 +237,12 @@ def settle_files(
     *,
     in_use: Collection[Path] | None,
     name: str,
+    new_token: bool = False,
 ) -> Files:
     """Make a token's files match ``record`` (in the calling thread).
 
-    ``outputs`` get its token, or are removed when it has none (revoked). Files
+    ``outputs`` get its token (``new_token``: one just issued, see
+    :func:`write_outputs`), or are removed when it has none (revoked). Files
     it was written to before that ``outputs`` no longer name are removed, except
     those another configured token writes now (``in_use``); with ``in_use``
     ``None`` (a caller that does not know the whole config) they are kept, and
@@ -248,10 +253,11 @@ def settle_files(
     wanted = tuple(str(output.path) for output in outputs)
     errors: list[str] = []
     rewritten: list[Path] = []
-    has_token = record.token is not None and record.expires_at is not None
+    has_token = record.has_token
     try:
-        if record.token is not None and record.expires_at is not None:
-            rewritten = write_outputs(outputs, record.token, expires_at=record.expires_at)
+        if record.token is not None and record.has_token:
+            rewritten = write_outputs(outputs, record.token, name=record.name,
+                                      expires_at=record.expires_at, new_token=new_token)
             if rewritten:
                 log.debug("outputs_written", token=name, paths=[str(p) for p in rewritten])
         else:  # revoked: no file may keep a dead token

@@ -195,7 +195,9 @@ class Refresher:
         return outcome
 
     def _wanted(self, record: TokenRecord | None, spec: TokenSpec, *, force: bool) -> bool:
-        if record is None or record.token is None:
+        # A token that never expires is never refreshed, even by force: the server would
+        # refuse, and the refusal would mark a working token needs_authorization.
+        if record is None or record.token is None or record.token.expires_in is None:
             return False
         due = due_at(record, spec)
         return force or (due is not None and due <= self._clock.now())
@@ -262,8 +264,12 @@ class Refresher:
             return RefreshOutcome(name, "superseded", fresh)
         self._metrics.refresh_finished(name, "ok", seconds)
         log.info("token_refreshed", token=str(name),
-                 expires_at=format_utc(sent_at + token.expires_in))
-        self._masker.discard(current.access_token, current.refresh_token)
+                 expires_at=None if token.expires_in is None
+                 else format_utc(sent_at + token.expires_in))
+        # The replaced pair stays valid until the old access token expires (a hook may print
+        # it): masked until then, then forgotten. (Only a token that expires is refreshed.)
+        old_expiry = record.expires_at or sent_at + (current.expires_in or 0)
+        self._masker.retire(current.access_token, current.refresh_token, until=old_expiry)
         return RefreshOutcome(name, "ok", fresh)
 
     def _commit(

@@ -55,7 +55,9 @@ def due_at(record: TokenRecord | None, spec: TokenSpec) -> float | None:
     """When ``record`` should next be refreshed, or ``None`` when nothing can be done.
 
     ``None`` means a person must act first: no token yet, or the state is
-    needs_authorization / not_authorized. A failing or client_rejected token is due at
+    needs_authorization / not_authorized; or nothing is ever to be done: a token
+    without ``expires_in`` (a company token) never expires and is never refreshed.
+    A failing or client_rejected token is due at
     its persisted ``next_attempt_at`` (so a restart does not hammer the server). Otherwise the
     token is due at ``issued_at + f * expires_in`` where ``f`` is ``refresh_at`` plus
     the token's jitter, clamped to ``[0, MAX_REFRESH_FRACTION]``, and never later
@@ -67,15 +69,17 @@ def due_at(record: TokenRecord | None, spec: TokenSpec) -> float | None:
     """
     if record is None or record.token is None or record.issued_at is None:
         return None
+    lifetime = record.token.expires_in
+    if lifetime is None:
+        return None
     if record.state in (TokenState.NEEDS_AUTHORIZATION, TokenState.NOT_AUTHORIZED):
         return None
     if record.state is TokenState.CLIENT_REJECTED:
         return record.next_attempt_at
     if record.state is TokenState.FAILING and record.next_attempt_at is not None:
         return record.next_attempt_at
-    token = record.token
     fraction = min(max(spec.refresh_at + jitter_fraction(spec.name), 0.0), MAX_REFRESH_FRACTION)
-    at = record.issued_at + fraction * token.expires_in
+    at = record.issued_at + fraction * lifetime
     deadline = refresh_token_deadline(record, spec)
     return at if deadline is None else min(at, deadline)
 

@@ -19,10 +19,11 @@ from urllib.parse import urlencode
 import httpx
 
 from tokend.errors import NetworkError, PermanentOAuthError, TransientOAuthError
-from tokend.model import DEFAULT_BASE_URL, SCOPES, Token
+from tokend.model import DEFAULT_BASE_URL, SCOPES, Token, scope_name
+from tokend.oauth import pkce
 
 # Fields whose values must never reach a message, even when a server echoes them back.
-_SECRET_FIELDS = ("client_secret", "code", "refresh_token", "token")
+_SECRET_FIELDS = ("client_secret", "code", "code_verifier", "refresh_token", "token")
 _DESCRIPTION_LIMIT = 200
 # Shorter values are not real secrets, and redacting them would shred every message.
 _MIN_SECRET_LENGTH = 4
@@ -34,7 +35,8 @@ _TRANSIENT_CODES = frozenset({"server_error", "temporarily_unavailable", "slow_d
 
 
 def validate_scope(scope: str) -> str:
-    """Return ``scope`` if Factorial knows it; every scope needs its own token, so no aliases."""
+    """Return ``scope`` if the seed client knows it; every scope needs its own token, so no
+    aliases. The seed's documented contract: the daemon and CLI take any scope."""
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
     return scope
@@ -47,21 +49,44 @@ def authorization_link(
     scope: str = "read+write",
     base_url: str = DEFAULT_BASE_URL,
     state: str | None = None,
+    code_challenge: str | None = None,
+    resource_owner_type: str | None = None,
 ) -> str:
     """The URL a person opens to grant access, with parameters in the seed library's order.
 
-    The scope's ``+`` means a space (``read write``); form-encoding the space gives
-    the ``scope=read+write`` the server expects, while ``redirect_uri`` is percent-encoded.
+    The scope's ``+`` means a space (``read write``, ``employees time_off``); form-encoding
+    the space gives the ``scope=read+write`` the server expects, while ``redirect_uri`` is
+    percent-encoded. ``resource_owner_type="company"`` asks an admin for a company token.
+    A ``code_challenge`` (:mod:`tokend.oauth.pkce`) is sent with its method, S256.
     """
     params = [
         ("client_id", client_id),
         ("redirect_uri", redirect_uri),
         ("response_type", "code"),
-        ("scope", validate_scope(scope).replace("+", " ")),
+        ("scope", scope_name(scope).replace("+", " ")),
     ]
     if state is not None:
         params.append(("state", state))
+    if code_challenge is not None:
+        params += [("code_challenge", code_challenge), ("code_challenge_method", pkce.METHOD)]
+    if resource_owner_type is not None:
+        params.append(("resource_owner_type", resource_owner_type))
     return f"{base_url.rstrip('/')}/oauth/authorize?{urlencode(params)}"
+
+
+def seed_authorization_link(
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scope: str = "read+write",
+    base_url: str = DEFAULT_BASE_URL,
+    state: str | None = None,
+    code_challenge: str | None = None,
+) -> str:
+    """:func:`authorization_link` for the seed client's three scopes only (its contract)."""
+    return authorization_link(client_id=client_id, redirect_uri=redirect_uri,
+                              scope=validate_scope(scope), base_url=base_url, state=state,
+                              code_challenge=code_challenge)
 
 
 @dataclass(frozen=True, repr=False)
@@ -81,19 +106,20 @@ class OAuthRequest:
 
 
 def authorization_code_request(
-    *, base_url: str, client_id: str, client_secret: str, redirect_uri: str, code: str
+    *, base_url: str, client_id: str, client_secret: str, redirect_uri: str, code: str,
+    code_verifier: str | None = None,
 ) -> OAuthRequest:
-    """Exchange an authorization key for the first token."""
-    return OAuthRequest(
-        f"{base_url.rstrip('/')}/oauth/token",
-        {
-            "client_id": client_id,
-            "client_secret": client_secret,
-            "code": code,
-            "grant_type": "authorization_code",
-            "redirect_uri": redirect_uri,
-        },
-    )
+    """Exchange an authorization key for the first token (with the PKCE verifier, if any)."""
+    form = {
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "code": code,
+        "grant_type": "authorization_code",
+        "redirect_uri": redirect_uri,
+    }
+    if code_verifier is not None:
+        form["code_verifier"] = code_verifier
+    return OAuthRequest(f"{base_url.rstrip('/')}/oauth/token", form)
 
 
 def refresh_token_request(
@@ -132,7 +158,8 @@ def parse_token_response(
     """Turn any answer of the token endpoint into a :class:`Token` or an :class:`OAuthError`.
 
     A success body that is not a complete token is transient: the server may have
-    been cut off mid-answer, and the refresh token we sent still works.
+    been cut off mid-answer, and the refresh token we sent still works. ``expires_in``
+    absent or ``null`` is a token that never expires (Factorial's company tokens).
     """
     _raise_for_error(status_code, headers, body, secrets=secrets, now=now)
     data = _json_object(body)
@@ -144,9 +171,12 @@ def parse_token_response(
         name: _field(data, name, status_code)
         for name in ("access_token", "token_type", "refresh_token", "scope")
     }
-    expires_in = _int_field(data, "expires_in", status_code)
+    expires_in = (None if data.get("expires_in") is None
+                  else _int_field(data, "expires_in", status_code))
     created_at = _int_field(data, "created_at", status_code)
-    if expires_in <= 0 or created_at < 0 or created_at + expires_in > _MAX_EPOCH:
+    if created_at < 0 or (expires_in is not None and (
+        expires_in <= 0 or created_at + expires_in > _MAX_EPOCH
+    )):
         raise TransientOAuthError(
             "invalid_response", "token response has an impossible lifetime", status_code=status_code
         )

@@ -13,7 +13,7 @@ and what the server is for.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -120,18 +120,26 @@ class Sandbox:
         with self._lock:
             return {**self._model.settings(), "rate_limit": self._traffic.rate_limit}
 
-    def add_client(self, client_id: str, client_secret: str) -> None:
+    def add_client(
+        self, client_id: str, client_secret: str, scopes: Iterable[str] | None = None
+    ) -> None:
+        """Register a client; with ``scopes`` (resource scopes such as ``employees``) it may
+        ask for any of them instead of the seed library's ``read`` and ``write``."""
         with self._lock:
-            self._model.add_client(client_id, client_secret)
+            self._model.add_client(client_id, client_secret, scopes)
 
     def authorize(
-        self, *, client_id: str, redirect_uri: str, scope: str = "read+write", user: str = "demo"
+        self, *, client_id: str, redirect_uri: str, scope: str = "read+write", user: str = "demo",
+        resource_owner_type: str = "",
     ) -> str:
-        """What a user's browser approval does: return an authorization code (key)."""
+        """What a user's browser approval does: return an authorization code (key).
+
+        ``resource_owner_type="company"`` is an admin's approval of a company token,
+        which never expires."""
         with self._lock:
             return self._model.authorize(
                 client_id=client_id, redirect_uri=redirect_uri, response_type="code",
-                scope=scope, user=user,
+                scope=scope, user=user, resource_owner_type=resource_owner_type,
             )
 
     def inject_fault(
@@ -195,11 +203,13 @@ class Sandbox:
             self._traffic.reset_stats()
 
     def issue_token(
-        self, *, client_id: str, user: str = "demo", scope: str = "read+write"
+        self, *, client_id: str, user: str = "demo", scope: str = "read+write",
+        resource_owner_type: str = "",
     ) -> dict[str, Any]:
         """Issue a token pair directly, as a code exchange would: for seeding many tokens."""
         with self._lock:
-            return self._model.issue(client_id=client_id, user=user, scope=scope)
+            return self._model.issue(client_id=client_id, user=user, scope=scope,
+                                     resource_owner_type=resource_owner_type)
 
     def issued_secrets(self) -> list[str]:
         """Every access and refresh token this sandbox ever issued."""

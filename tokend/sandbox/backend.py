@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tokend.sandbox.model import SandboxModel
+from tokend.sandbox.pkce import Challenge
 from tokend.sandbox.replies import Refusal, Reply, error_reply
 from tokend.sandbox.traffic import PROCESSED_FAULTS, Fault, Traffic, rate_limited_reply
 
@@ -43,7 +44,8 @@ class Backend:
             return self._model.authorize(
                 client_id=query.get("client_id", ""), redirect_uri=query.get("redirect_uri", ""),
                 response_type=query.get("response_type", ""), scope=query.get("scope", ""),
-                user=query.get("user", "demo"),
+                user=query.get("user", "demo"), challenge=Challenge.of(query),
+                resource_owner_type=query.get("resource_owner_type", ""),
             )
 
     def token_request(

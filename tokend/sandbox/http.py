@@ -41,7 +41,8 @@ and tokens are made up and work nowhere else. It answers like Factorial's Doorke
 <h2>Endpoints</h2>
 <ul>
 <li><code>GET /oauth/authorize</code>: approves at once (as <code>&amp;user=NAME</code>, default
-demo) and shows the authorization key, or redirects with <code>?code=</code></li>
+demo) and shows the authorization key, or redirects with <code>?code=</code>;
+<code>&amp;resource_owner_type=company</code> gives a company token, which never expires</li>
 <li><code>POST /oauth/token</code>: <code>grant_type</code> authorization_code or
 refresh_token</li>
 <li><code>POST /oauth/revoke</code>: revoke an access or refresh token</li>

@@ -3,8 +3,9 @@
 It behaves like Doorkeeper as Factorial configures it: single-use codes that
 return the same token when exchanged twice, refresh-token rotation where the
 old refresh token survives until the new access token is first used, and
-expiring refresh tokens. Rate limit, faults and statistics live in
-``traffic.py``, the shape of an answer in ``replies.py``. The model is not
+expiring refresh tokens; company tokens that never expire. Rate limit, faults and
+statistics live in ``traffic.py``, the shape of an answer in ``replies.py``, what a grant
+may hold (scopes, owner) in ``grants.py``. The model is not
 thread-safe on purpose: ``__init__.py`` holds one lock around every call.
 """
 
@@ -13,29 +14,19 @@ from __future__ import annotations
 import hmac
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from tokend.model import OOB
+from tokend.sandbox.grants import allowed_scopes, granted_scope, invalid_grant, is_company
+from tokend.sandbox.pkce import Challenge
 from tokend.sandbox.replies import Refusal, Reply, error_reply, refuse
 from tokend.timing import Clock
 
 CODE_LIFETIME = 600.0
 GRANTS = ("authorization_code", "refresh_token")
-_SCOPES = {frozenset({"read"}): "read", frozenset({"write"}): "write"}
-_SCOPES[frozenset({"read", "write"})] = "read write"
-
-
-def normalize_scope(scope: str) -> str:
-    """``read``, ``write`` or ``read write``; clients send ``read+write``, form-decoded or not."""
-    canonical = _SCOPES.get(frozenset(scope.replace("+", " ").split()))
-    if canonical is None:
-        raise refuse(
-            400, "invalid_scope", "The requested scope is invalid, unknown, or malformed."
-        )
-    return canonical
 
 
 @dataclass(frozen=True)
@@ -45,7 +36,9 @@ class _Code:
     scope: str
     user: str
     issued_at: float
+    company: bool = False
     refresh_token: str | None = None  # set once exchanged, so a repeat returns the same pair
+    challenge: Challenge | None = None  # PKCE: the exchange must bring the verifier
 
 
 @dataclass(frozen=True)
@@ -61,6 +54,7 @@ class _Pair:
     reported_at: int  # the created_at the server says, on its possibly wrong clock
     parent: str | None  # the refresh token this pair replaced
     status: str = "fresh"
+    company: bool = False  # a company token: never expires, never refreshed
 
 
 class SandboxModel:
@@ -81,6 +75,7 @@ class SandboxModel:
         self._expires_in = max(1, math.ceil(access_token_lifetime))
         self._refresh_lifetime = refresh_token_lifetime
         self._clients = dict(clients)
+        self._scopes: dict[str, frozenset[str] | None] = {}  # a client's own scopes, if any
         self._codes: dict[str, _Code] = {}
         self._pairs: dict[str, _Pair] = {}  # by refresh token
         self._by_access: dict[str, str] = {}  # access token -> refresh token
@@ -98,13 +93,17 @@ class SandboxModel:
                 "refresh_token_lifetime": self._refresh_lifetime,
                 "clients": sorted(self._clients)}
 
-    def add_client(self, client_id: str, client_secret: str) -> None:
+    def add_client(
+        self, client_id: str, client_secret: str, scopes: Iterable[str] | None = None
+    ) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret must not be empty")
+        self._scopes[client_id] = allowed_scopes(scopes)
         self._clients[client_id] = client_secret
 
     def authorize(
-        self, *, client_id: str, redirect_uri: str, response_type: str, scope: str, user: str
+        self, *, client_id: str, redirect_uri: str, response_type: str, scope: str, user: str,
+        resource_owner_type: str = "", challenge: Challenge | None = None,
     ) -> str:
         """Auto-approve an authorization request and return its code (or raise ``Refusal``)."""
         if not client_id:
@@ -119,9 +118,12 @@ class SandboxModel:
         parts = urlsplit(redirect_uri)
         if redirect_uri != OOB and not (parts.scheme in ("http", "https") and parts.netloc):
             raise refuse(400, "invalid_request", "The redirect_uri is not a valid URI.")
+        granted = granted_scope(scope, self._scopes.get(client_id))
+        company = is_company(resource_owner_type)
         code = secrets.token_urlsafe(32)
         self._codes[code] = _Code(
-            client_id, redirect_uri, normalize_scope(scope), user or "demo", self._clock.now()
+            client_id, redirect_uri, granted, user or "demo", self._clock.now(), company,
+            challenge=challenge,
         )
         return code
 
@@ -165,20 +167,25 @@ class SandboxModel:
         if (
             pair is None
             or pair.status not in ("fresh", "used")
-            or self._clock.now() >= pair.created_at + self._expires_in
+            or (not pair.company and self._clock.now() >= pair.created_at + self._expires_in)
         ):
             return error_reply(
                 401, "invalid_token", "The access token is invalid.",
                 (("WWW-Authenticate", 'Bearer error="invalid_token"'),),
             )
         self._take_up(pair)
-        return Reply(200, {"user": pair.user, "scope": pair.scope})
+        owner = {"resource_owner_type": "company"} if pair.company else {}
+        return Reply(200, {"user": pair.user, "scope": pair.scope, **owner})
 
-    def issue(self, *, client_id: str, user: str, scope: str) -> dict[str, Any]:
+    def issue(
+        self, *, client_id: str, user: str, scope: str, resource_owner_type: str = ""
+    ) -> dict[str, Any]:
         """A token pair as an authorization-code exchange would give it, without the HTTP."""
         if client_id not in self._clients:
             raise refuse(400, "invalid_client", "Client authentication failed: unknown client.")
-        return self._token_body(self._issue(client_id, user, normalize_scope(scope), parent=None))
+        granted = granted_scope(scope, self._scopes.get(client_id))
+        return self._token_body(self._issue(client_id, user, granted, parent=None,
+                                            company=is_company(resource_owner_type)))
 
     def issued_secrets(self) -> list[str]:
         """Every access and refresh token ever issued, so tests can hunt for leaks."""
@@ -192,7 +199,7 @@ class SandboxModel:
             return "unknown"
         if pair.status in ("revoked", "rotated"):
             return pair.status
-        if self._clock.now() >= pair.created_at + self._refresh_lifetime:
+        if not pair.company and self._clock.now() >= pair.created_at + self._refresh_lifetime:
             return "expired"
         return "live"
 
@@ -230,17 +237,19 @@ class SandboxModel:
             raise refuse(400, "invalid_request", "The request is missing code or redirect_uri.")
         entry = self._codes.get(code)
         if entry is None or entry.client_id != client_id:
-            raise self._invalid_grant()
+            raise invalid_grant()
         if self._clock.now() >= entry.issued_at + CODE_LIFETIME:
-            raise self._invalid_grant()
+            raise invalid_grant()
         if entry.redirect_uri != redirect_uri:
-            raise self._invalid_grant()
+            raise invalid_grant()
+        if entry.challenge is not None and not entry.challenge.verifies(form):
+            raise invalid_grant()
         if entry.refresh_token is not None:
             pair = self._pairs[entry.refresh_token]
             if pair.status not in ("fresh", "used"):
-                raise self._invalid_grant()
+                raise invalid_grant()
             return pair
-        pair = self._issue(client_id, entry.user, entry.scope, parent=None)
+        pair = self._issue(client_id, entry.user, entry.scope, parent=None, company=entry.company)
         self._codes[code] = replace(entry, refresh_token=pair.refresh_token)
         return pair
 
@@ -249,10 +258,11 @@ class SandboxModel:
         if not refresh_token:
             raise refuse(400, "invalid_request", "The request is missing refresh_token.")
         pair = self._pairs.get(refresh_token)
-        if pair is None or pair.client_id != client_id:
-            raise self._invalid_grant()
+        # A company token never expires, so Doorkeeper has nothing to refresh.
+        if pair is None or pair.client_id != client_id or pair.company:
+            raise invalid_grant()
         if self.refresh_token_state(refresh_token) != "live":
-            raise self._invalid_grant()
+            raise invalid_grant()
         previous = self._pairs.get(self._child.get(refresh_token, ""))
         if previous is not None and previous.status == "fresh":
             self._set_status(previous, "revoked")
@@ -260,11 +270,13 @@ class SandboxModel:
         self._take_up(self._pairs[refresh_token])
         return self._issue(client_id, pair.user, pair.scope, parent=refresh_token)
 
-    def _issue(self, client_id: str, user: str, scope: str, *, parent: str | None) -> _Pair:
+    def _issue(
+        self, client_id: str, user: str, scope: str, *, parent: str | None, company: bool = False
+    ) -> _Pair:
         now = self._clock.now()
         pair = _Pair(
             secrets.token_urlsafe(32), secrets.token_urlsafe(32), client_id, user, scope,
-            int(now), int(now + self._clock_offset), parent,
+            int(now), int(now + self._clock_offset), parent, company=company,
         )
         self._pairs[pair.refresh_token] = pair
         self._by_access[pair.access_token] = pair.refresh_token
@@ -284,19 +296,13 @@ class SandboxModel:
         self._pairs[pair.refresh_token] = replace(pair, status=status)
 
     def _token_body(self, pair: _Pair) -> dict[str, Any]:
+        # Doorkeeper leaves out a field without a value: a company token has no expires_in.
+        lifetime = {} if pair.company else {"expires_in": self._expires_in}
         return {
             "access_token": pair.access_token,
             "token_type": "Bearer",
-            "expires_in": self._expires_in,
+            **lifetime,
             "refresh_token": pair.refresh_token,
             "scope": pair.scope,
             "created_at": pair.reported_at,
         }
-
-    @staticmethod
-    def _invalid_grant() -> Refusal:
-        return refuse(
-            400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
-            "does not match the redirection URI used in the authorization request, or was "
-            "issued to another client.",
-        )

@@ -99,15 +99,22 @@ class TokenRecord:
     unconfigured_at: float | None = None
 
     @property
+    def has_token(self) -> bool:
+        """Whether an authorized token is stored (``issued_at`` dates it)."""
+        return self.token is not None and self.issued_at is not None
+
+    @property
     def expires_at(self) -> float | None:
-        """When the access token stops working, on this host's clock."""
-        if self.token is None or self.issued_at is None:
+        """When the access token stops working, on this host's clock; ``None`` without a
+        token, or for a token that never expires (a company token)."""
+        if self.token is None or self.issued_at is None or self.token.expires_in is None:
             return None
         return self.issued_at + self.token.expires_in
 
     def refresh_token_expires_at(self, lifetime: float) -> float | None:
-        """When the refresh token dies, given its configured ``lifetime``."""
-        if self.token is None or self.issued_at is None:
+        """When the refresh token dies, given its configured ``lifetime``; ``None`` when a
+        token that never expires is never refreshed, so its refresh token never lapses."""
+        if self.issued_at is None or self.expires_at is None:
             return None
         return self.issued_at + lifetime
 
@@ -124,17 +131,20 @@ class StateFacts:
     expires_at: float | None
     refresh_expires_at: float | None
     output_problem: bool
+    has_token: bool = True
+    """A token is stored: without ``expires_at`` it never expires (a company token)."""
 
     @classmethod
     def of(cls, record: TokenRecord | None, refresh_token_lifetime: float | None) -> StateFacts:
         """``record``'s facts; ``None``: never stored; an unknown lifetime (no config tells
         it) leaves the refresh token's expiry unknown, so it never counts as lapsed."""
         if record is None:
-            return cls(TokenState.NOT_AUTHORIZED, None, None, output_problem=False)
+            return cls(TokenState.NOT_AUTHORIZED, None, None, output_problem=False,
+                       has_token=False)
         refresh_expires_at = (None if refresh_token_lifetime is None
                               else record.refresh_token_expires_at(refresh_token_lifetime))
         return cls(record.state, record.expires_at, refresh_expires_at,
-                   output_problem=record.output_error is not None)
+                   output_problem=record.output_error is not None, has_token=record.has_token)
 
     def shown(self, now: float) -> str:
         """The one rule for what ``status``, metrics and ``/healthz`` call a token.
@@ -147,13 +157,14 @@ class StateFacts:
         must be done. (``unconfigured`` depends on the config, so callers that
         have one decide it.)
         """
-        stored, refresh_expires_at = self.stored, self.refresh_expires_at
-        if self.expires_at is None:
+        stored, expires_at, refresh_expires_at = (
+            self.stored, self.expires_at, self.refresh_expires_at)
+        if not self.has_token:
             if stored in (TokenState.NEEDS_AUTHORIZATION, TokenState.CLIENT_REJECTED):
                 return stored.value
             return TokenState.NOT_AUTHORIZED.value
-        lapsed = self.expires_at <= now or (refresh_expires_at is not None
-                                            and refresh_expires_at <= now)
+        lapsed = (expires_at is not None and expires_at <= now) or (
+            refresh_expires_at is not None and refresh_expires_at <= now)
         if stored in (TokenState.OK, TokenState.FAILING) and lapsed:
             return EXPIRED
         if stored is TokenState.OK and self.output_problem:

@@ -1,5 +1,5 @@
 """The SQLite store's schema and statements, how rows map to records, and the read-only
-lookup of ``tokend token``.
+reads of ``tokend token``, ``status`` and ``check``, which never write or migrate.
 
 Kept apart from :mod:`tokend.store.sqlite` (connection, transactions, the
 lease rules) so the SQL can be read in one place, and so ``tokend token`` reads
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokend.errors import StateError, TokendError
-from tokend.model import Token, TokenName, pick_named
+from tokend.model import Token, TokenName, name_parts, pick_named
 from tokend.store import DATABASE_NAME
 from tokend.store.interface import TokenRecord, TokenState
 from tokend.timing import format_utc
@@ -166,7 +167,7 @@ def token_values(token: Token) -> tuple[Any, ...]:
             token.scope, token.created_at)
 
 
-# --- `tokend token`: one token read-only, without the store's connection or its imports -------
+# --- Readers (`tokend token`, status, check): read-only, without the store's connection ------
 
 # Why an expired token was not refreshed, for the states that say so.
 _HINTS = {
@@ -180,8 +181,24 @@ class NoValidTokenError(TokendError):
     """The token exists in config or store, but there is no usable access token right now."""
 
 
+@dataclass(frozen=True, slots=True)
+class UsableToken:
+    """A token ``tokend token`` may hand out: its access token is live right now."""
+
+    name: TokenName
+    token: Token
+    expires_at: float | None
+    """On this host's clock: when it was requested, plus ``expires_in``; ``None``: never."""
+
+
 def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
-    """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``).
+    """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``);
+    raises as :func:`current_token`."""
+    return current_token(state_dir, text, now=now).token.access_token
+
+
+def current_token(state_dir: Path, text: str, *, now: float) -> UsableToken:
+    """The token ``text`` names (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``).
 
     Raises :class:`NoValidTokenError` when there is no such token in the store
     (never authorized, or a typo: without loading the config the two look alike),
@@ -192,14 +209,14 @@ def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
     from the config is not: nobody refreshes it, so a consumer must not start
     depending on it.
     """
-    return usable_access_token(_find(state_dir / DATABASE_NAME, text), now=now)
+    return usable_token(_find(state_dir / DATABASE_NAME, text), now=now)
 
 
-def usable_access_token(found: TokenRecord, *, now: float) -> str:
-    """``found``'s access token if a consumer may use it now (the rule of
-    :func:`current_access_token`, for the SQLite file and the shared store alike)."""
-    expires_at = found.expires_at
-    if found.token is None or expires_at is None:
+def usable_token(found: TokenRecord, *, now: float) -> UsableToken:
+    """``found`` if a consumer may use it now: the rule of :func:`current_token`, for the
+    SQLite file and the shared PostgreSQL store alike."""
+    expires_at = found.expires_at  # None with a token: it never expires (a company token)
+    if found.token is None or not found.has_token:
         raise NoValidTokenError(
             f"{found.name} is not authorized; run `tokend authorize {found.name}`")
     if found.unconfigured_at is not None:
@@ -207,11 +224,11 @@ def usable_access_token(found: TokenRecord, *, now: float) -> str:
             f"{found.name} is no longer in the config (since {format_utc(found.unconfigured_at)}), "
             "so tokend does not refresh it or hand it out; add it back to the config, or see "
             "`tokend status` to revoke it")
-    if expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         when = format_utc(expires_at)
         hint = _HINTS.get(found.state, "is the daemon running? see `tokend status`")
         raise NoValidTokenError(f"the access token of {found.name} expired at {when}; {hint}")
-    return found.token.access_token
+    return UsableToken(found.name, found.token, expires_at)
 
 
 def _find(path: Path, text: str) -> TokenRecord:
@@ -225,18 +242,10 @@ def _find(path: Path, text: str) -> TokenRecord:
     """
     if not path.exists():
         raise NoValidTokenError(f"no token has been authorized yet (no store at {path})")
+    conn = _connect_read_only(path)
+    parts = name_parts(text)
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot open the state store {path}: {exc}") from None
-    parts = text.split("/")
-    try:
-        schema = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if schema not in READABLE:
-            known = " and ".join(map(str, READABLE))
-            raise StateError(f"state store {path} has schema version {schema}; this "
-                             f"`tokend token` reads versions {known}")
-        select = READABLE[schema]
+        select = _readable_select(conn, path, "`tokend token`")
         matches = _records(conn, select, parts) if len(parts) <= len(KEY_COLUMNS) else []
         found = pick_named(text, matches)
         if found is None:
@@ -250,6 +259,49 @@ def _find(path: Path, text: str) -> TokenRecord:
     finally:
         conn.close()
     return found
+
+
+def read_records(state_dir: Path) -> list[TokenRecord]:
+    """Every stored record, read-only, or none when no store exists: ``status`` and ``check``
+    only look, so they neither create, migrate nor tighten anything, and a store of the
+    previous schema version is read as it is (during an upgrade, or by another user)."""
+    path = state_dir / DATABASE_NAME
+    if not path.exists():
+        return []
+    conn = _connect_read_only(path)
+    try:
+        return _records(conn, _readable_select(conn, path, "this tokend"), [])
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read the state store {path}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing, not even beside the store.
+
+    With a ``-wal`` file (a writer has the store open, or crashed) the read goes
+    through the writer's WAL index. Without one, every change is in the store
+    itself, and it is read as immutable: SQLite would otherwise create ``-wal``
+    and ``-shm`` files and leave them behind, owned by the reader. A writer that
+    starts meanwhile writes to a new ``-wal``, not to the store, until it
+    checkpoints.
+    """
+    immutable = "" if path.with_name(path.name + "-wal").exists() else "&immutable=1"
+    try:
+        return sqlite3.connect(f"{path.as_uri()}?mode=ro{immutable}", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open the state store {path}: {exc}") from None
+
+
+def _readable_select(conn: sqlite3.Connection, path: Path, reader: str) -> str:
+    """The statement that reads every column of the store's schema version, as it is."""
+    schema = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if schema not in READABLE:
+        known = " and ".join(map(str, READABLE))
+        raise StateError(f"state store {path} has schema version {schema}; {reader} "
+                         f"reads versions {known}")
+    return READABLE[schema]
 
 
 def _records(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[TokenRecord]:
