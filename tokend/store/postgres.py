@@ -142,22 +142,8 @@ class PostgresStateStore(StateStore):
             raise StateError(f"state store {self.where}: cannot {what}: {why}") from None
 
     def _migrate(self) -> None:
-        """Bring the schema up to date under an advisory lock: daemons starting at once
-        migrate once, the others wait and find it done."""
         with self._transaction("open") as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.MIGRATION_LOCK,))
-            conn.execute(sql.VERSION_TABLE)
-            row = conn.execute(sql.VERSION).fetchone()
-            version = 0 if row is None or row[0] is None else int(row[0])
-            if version > sql.SCHEMA_VERSION:
-                raise StateError(
-                    f"state store {self.where} has schema version {version}, written by a "
-                    f"newer tokend; this one knows up to {sql.SCHEMA_VERSION}")
-            for statements in sql.MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            if version < sql.SCHEMA_VERSION:
-                conn.execute(sql.SET_VERSION, (sql.SCHEMA_VERSION,))
+            sql.migrate(conn, self.where)
 
     def _at(self) -> dict[str, Any]:
         if self._lease_clock is None:

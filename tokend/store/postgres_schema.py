@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
+from tokend.errors import StateError
 from tokend.model import Token, TokenName
 
 MIGRATION_LOCK = 0x746F6B656E64  # "tokend": the advisory lock key every migrating daemon takes
@@ -127,6 +130,23 @@ RELEASE = f"""WITH released AS (UPDATE leases SET owner = '', expires_at = '-inf
     WHERE {KEY} AND epoch = %(epoch)s AND owner = %(owner)s RETURNING app, account, scope)
     SELECT pg_notify('{CHANNEL}', json_build_object('app', app, 'user', account,
         'scope', scope, 'released', true)::text) FROM released"""  # noqa: S608 -- constants
+
+
+def migrate(conn: psycopg.Connection[Any], where: str) -> None:
+    """Bring the schema up to date under an advisory lock, in the caller's transaction:
+    daemons starting at once migrate once, the others wait and find it done."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    conn.execute(VERSION_TABLE)
+    row = conn.execute(VERSION).fetchone()
+    version = 0 if row is None or row[0] is None else int(row[0])
+    if version > SCHEMA_VERSION:
+        raise StateError(f"state store {where} has schema version {version}, written by a "
+                         f"newer tokend; this one knows up to {SCHEMA_VERSION}")
+    for statements in MIGRATIONS[version:]:
+        for statement in statements:
+            conn.execute(statement)
+    if version < SCHEMA_VERSION:
+        conn.execute(SET_VERSION, (SCHEMA_VERSION,))
 
 
 def key(name: TokenName) -> dict[str, str]:
