@@ -36,9 +36,9 @@ from tokend.engine.pending import PendingCommits
 from tokend.engine.refresher import RefreshedCallback, Refresher
 from tokend.engine.supervisor import Supervisor
 from tokend.engine.workers import Workers
-from tokend.errors import ConfigError, TokendError
+from tokend.errors import ConfigError, StateError, TokendError
 from tokend.log import SecretMasker
-from tokend.model import Config, StoreSpec
+from tokend.model import Config, StoreSpec, TokenName
 from tokend.store.interface import StateStore
 from tokend.store.lock import owner_id
 from tokend.timing import Clock, SystemClock
@@ -47,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 MAX_SLEEP = 60.0
 SHUTDOWN_GRACE = 10.0
+RESCAN_RETRY = 1.0
 
 
 class Daemon:
@@ -169,12 +170,22 @@ class Daemon:
             await self._recheck_credentials()
             rescan, names = self._wakeups.take_rescan()
             if rescan:
-                await self._supervisor.rescan(names)
+                await self._rescan(names)
             self._supervisor.start_due()
             if (line := self._supervisor.status_line()) != self._status_line:
                 self._status_line = line
                 self._notifier.status(line)
             await self._sleep()
+
+    async def _rescan(self, names: set[TokenName] | None) -> None:
+        """Publish what another process changed; when the store cannot be read (a shared
+        database away for a moment), look again shortly instead of stopping the daemon."""
+        try:
+            await self._supervisor.rescan(names)
+        except StateError as error:
+            log.warning("rescan_postponed", error=str(error), retry_in=RESCAN_RETRY)
+            again = None if names is None else frozenset(str(name) for name in names)
+            asyncio.get_running_loop().call_later(RESCAN_RETRY, self._wakeups.ring, again)
 
     async def _sleep(self) -> None:
         """Until woken, or until the next token is due (at most ``MAX_SLEEP``)."""
