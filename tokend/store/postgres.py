@@ -15,6 +15,7 @@ but never answers. Their sum (:attr:`Deadlines.call`) stays within the SQLite st
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +52,10 @@ from tokend.store.postgres_connection import (
     remembering,
 )
 from tokend.store.sqlite_schema import outputs_value, record
+
+# The pool logs each failed connect and dropped connection on its own, in plain text; tokend
+# reports an unreachable store once, with the reason (``store_unreachable``, the errors).
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 class PostgresStateStore(StateStore):
