@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 from tests.e2e import NOBODY, Setup, StartDaemon, wait_for
-from tokend.engine.outputs import remove_temp_files
+from tokend.engine.atomic import remove_temp_files
 from tokend.sandbox import Sandbox
 
 

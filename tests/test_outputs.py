@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.e2e import NOBODY, as_nobody
-from tokend.engine.outputs import remove_outputs, render, write_atomic, write_outputs
+from tokend.engine.atomic import write_atomic
+from tokend.engine.outputs import remove_outputs, render, write_outputs
 from tokend.errors import OutputError
 from tokend.formats import PLACEHOLDERS
 from tokend.model import OutputSpec, Token, TokenName

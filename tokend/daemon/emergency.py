@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import NoReturn
 
+from tokend.engine.atomic import remove_temp_files
 from tokend.engine.hooks import HookGroups
-from tokend.engine.outputs import remove_temp_files
 from tokend.model import Config
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tokend.engine.outputs import write_atomic
+from tokend.engine.atomic import write_atomic
 from tokend.model import TokenName, TokenSpec
 
 STATUS_NAME = "daemon.json"

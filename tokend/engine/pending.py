@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tokend.engine.outputs import write_atomic
+from tokend.engine.atomic import write_atomic
 from tokend.errors import StateError
 from tokend.model import Token, TokenName
 from tokend.store.interface import StateStore, Written
