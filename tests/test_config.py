@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import tracemalloc
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -1020,3 +1021,25 @@ def test_the_reader_reads_the_example_as_yaml_means_it() -> None:
     """The shipped example (anchors, merge keys) reads to the values YAML means."""
     reads_alike(EXAMPLE.read_text())
     assert read_yaml(EXAMPLE.read_text(), str(EXAMPLE)).data == yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_a_large_load_holds_little_more_than_the_config_it_keeps(workdir: Path) -> None:
+    """Tokens are validated and built one at a time, each model dropped once its spec exists:
+    a load's peak stays near what the loaded config keeps (at 100,000 tokens, holding every
+    model and spec at once set the daemon's peak memory)."""
+    count = 3000
+    items = "".join(f"      - user: u{index:05d}\n        scope: read\n"
+                    f"        outputs: [{{path: {workdir}/out/u{index:05d}.token}}]\n"
+                    for index in range(count))
+    path = workdir / "config.yaml"
+    path.write_text(T.split("    tokens:")[0] + "    tokens:\n" + items)
+    path.chmod(0o600)
+    tracemalloc.start()
+    try:
+        config = load_config(path, environ={})
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(config.tokens) == count
+    transient = (peak - kept) / count
+    assert transient < 600, f"{transient:.0f} bytes a token above what the config keeps"

@@ -36,7 +36,7 @@ from tokend.config.edits import Stale, changed_lines, item_starts, read_items, s
 from tokend.config.reader import MAX_ALIASED, KeyPath, Mark, Span
 from tokend.config.schema import Settings, Token
 from tokend.errors import ConfigError
-from tokend.model import ApplicationSpec, Config, TokenName, TokenSpec
+from tokend.model import ApplicationSpec, Config, TokenSpec
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,6 @@ class Reread:
     aliased: int
     anchors: list[int]
     """Where anchors are defined: an edit there may change what aliases elsewhere repeat."""
-    names: frozenset[TokenName]
-    paths: frozenset[Path]
     tokens: tuple[TokenSpec, ...]
     """The config's tokens: a config that does not hold this very tuple is another config."""
 
@@ -69,8 +67,7 @@ class Reread:
             for name, app in settings.applications.items()}})
         lists = {key[0]: span for key, span in document.read.spans.items() if key[0] in offsets}
         return cls(document.text, bare, dict(overrides), lists, dict(offsets), dict(builder.ids),
-                   document.read.aliased, document.read.anchors, frozenset(builder.tokens),
-                   frozenset(builder.outputs), config.tokens)
+                   document.read.aliased, document.read.anchors, config.tokens)
 
 
 class _Strict:
@@ -113,8 +110,6 @@ class _Items:
     tokens: tuple[TokenSpec, ...]
     lists: dict[str, Span]
     offsets: dict[str, int]
-    names: frozenset[TokenName]
-    paths: frozenset[Path]
     anchors: list[int]
 
 
@@ -144,8 +139,8 @@ class _Reload:
             old = previous.applications.get(name)
             applications[name] = old if old == spec else spec
         edit = changed_lines(memo.text, self._text)
-        items = _Items(previous.tokens, dict(memo.lists), dict(memo.offsets), memo.names,
-                       memo.paths, memo.anchors) if edit is None else self._items(edit, inherited)
+        items = _Items(previous.tokens, dict(memo.lists), dict(memo.offsets),
+                       memo.anchors) if edit is None else self._items(edit, inherited)
         concurrency = settings.defaults.concurrency
         metrics = builder.metrics(settings)
         config = Config(source=self._path, state_dir=builder.state_dir(settings, memo.overrides),
@@ -155,7 +150,7 @@ class _Reload:
                         **({} if concurrency is None else {"concurrency": concurrency}))
         return replace(config, reread=Reread(
             self._text, settings, memo.overrides, items.lists, items.offsets, self._ids,
-            memo.aliased, items.anchors, items.names, items.paths, items.tokens))
+            memo.aliased, items.anchors, items.tokens))
 
     def _items(self, edit: tuple[int, int, int], inherited: Mapping[str, Inherited]) -> _Items:
         """Read and validate the items the edit changed; keep every other token as it was."""
@@ -179,16 +174,12 @@ class _Reload:
         replaced = previous.tokens[offset + first:offset + last]
         segment = self._text[bounds[first]:bounds[last] + delta]
         chunks = item_starts(segment, span.column)
-        fresh, dropped, added = self._read(
+        fresh, added = self._read(
             app, segment, chunks, inherited[app], first=first, replaced={
                 memo.text[bounds[index]:bounds[index + 1]]: spec
                 for index, spec in enumerate(replaced, first)})
-        names = memo.names.difference(spec.name for spec in dropped)
-        paths = memo.paths.difference(out.path for spec in dropped for out in spec.outputs)
-        new_names = [spec.name for spec in added]
-        new_paths = [out.path for spec in added for out in spec.outputs]
-        if len(set(new_names)) != len(new_names) or not names.isdisjoint(new_names) or (
-                len(set(new_paths)) != len(new_paths) or not paths.isdisjoint(new_paths)):
+        tokens = (*previous.tokens[:offset + first], *fresh, *previous.tokens[offset + last:])
+        if added and _repeats(tokens):
             raise Stale  # a name or path written twice: a full load words it
         shift = len(fresh) - len(replaced)
         lists = {name: other if other.end <= start else shifted(other, delta)
@@ -200,18 +191,16 @@ class _Reload:
         if not lists[app].starts:
             raise Stale  # no item is left: ``tokens:`` is now empty
         return _Items(
-            (*previous.tokens[:offset + first], *fresh, *previous.tokens[offset + last:]),
-            lists, {name: at + shift if at > offset else at for name, at in memo.offsets.items()},
-            names.union(new_names), paths.union(new_paths),
+            tokens, lists,
+            {name: at + shift if at > offset else at for name, at in memo.offsets.items()},
             [at if at < start else at + delta for at in memo.anchors])
 
     def _read(self, app: str, segment: str, chunks: list[int], inherited: Inherited, *,
               first: int, replaced: Mapping[str, TokenSpec]) -> tuple[
-            list[TokenSpec], list[TokenSpec], list[TokenSpec]]:
-        """The specs of the items in ``segment``, and the previous ones it dropped and the ones
-        it added: an item whose text is one of the ``replaced`` items' keeps that spec, the
-        others are read and validated, a run of changed items at a time (the previous spec
-        still, when one comes out equal)."""
+            list[TokenSpec], list[TokenSpec]]:
+        """The specs of the items in ``segment``, and the ones it added: an item whose text is
+        one of the ``replaced`` items' keeps that spec, the others are read and validated, a
+        run of changed items at a time (the previous spec still, when one comes out equal)."""
         bounds = [*chunks, len(segment)]
         found = [replaced.get(segment[at:bounds[index + 1]]) for index, at in enumerate(chunks)]
         kept = {id(spec) for spec in found if spec is not None}
@@ -237,7 +226,7 @@ class _Reload:
                     found[at] = spec
                     added.append(spec)
             index = end
-        return [spec for spec in found if spec is not None], list(unmatched.values()), added
+        return [spec for spec in found if spec is not None], added
 
     def _run(self, app: str, run: str, starts: list[int], inherited: Inherited, *,
              first: int) -> list[TokenSpec]:
@@ -252,6 +241,13 @@ class _Reload:
                  for at, item in enumerate(items)]
         self._ids.update(builder.ids)
         return specs
+
+
+def _repeats(tokens: tuple[TokenSpec, ...]) -> bool:
+    """Whether two of ``tokens`` share a name or an output path. Checked over all of them
+    when an edit adds one, rather than kept as sets of both by every loaded config."""
+    paths = [output.path for spec in tokens for output in spec.outputs]
+    return len({spec.name for spec in tokens}) != len(tokens) or len(set(paths)) != len(paths)
 
 
 def reuse(config: Config, previous: Config) -> Config:
