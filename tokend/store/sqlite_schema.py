@@ -147,7 +147,7 @@ def record(row: tuple[Any, ...]) -> TokenRecord:
     held once: an application's, scope's or token type's name is one string for all tokens
     (and the config's), and a row's equal times are one object."""
     token = None
-    issued_at, attempt = row[9], _same(row[11], row[9])
+    attempt = _same(row[11], row[9])
     if row[3] is not None:
         token = Token(
             access_token=row[3], token_type=_text(row[4]), expires_in=row[5],
@@ -155,7 +155,7 @@ def record(row: tuple[Any, ...]) -> TokenRecord:
         )
     return TokenRecord(
         name=TokenName(sys.intern(row[0]), row[1], sys.intern(row[2])), token=token,
-        issued_at=issued_at, state=TokenState(row[10]), last_attempt_at=attempt,
+        issued_at=row[9], state=TokenState(row[10]), last_attempt_at=attempt,
         last_refresh_at=_same(row[12], attempt),
         last_error=row[13], consecutive_failures=row[14], next_attempt_at=row[15],
         generation=row[16], output_error=row[17],
