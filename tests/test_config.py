@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import tracemalloc
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -1028,3 +1029,27 @@ def test_the_reader_reads_the_example_as_yaml_means_it() -> None:
     """The shipped example (anchors, merge keys) reads to the values YAML means."""
     reads_alike(EXAMPLE.read_text())
     assert read_yaml(EXAMPLE.read_text(), str(EXAMPLE)).data == yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_a_large_config_costs_little_memory_to_load_and_to_keep(workdir: Path) -> None:
+    """Tokens are validated and built one at a time, each model dropped once its spec exists,
+    so a load's peak stays near what the loaded config keeps (at 100,000 tokens, holding every
+    model and spec at once set the daemon's peak memory); what a config keeps for its next
+    reload (the file's text, where tokens start) is a small part of it."""
+    count = 3000
+    items = "".join(f"      - user: u{index:05d}\n        scope: read\n"
+                    f"        outputs: [{{path: {workdir}/out/u{index:05d}.token}}]\n"
+                    for index in range(count))
+    path = workdir / "config.yaml"
+    path.write_text(T.split("    tokens:")[0] + "    tokens:\n" + items)
+    path.chmod(0o600)
+    tracemalloc.start()
+    try:
+        config = load_config(path, environ={})
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(config.tokens) == count
+    transient = (peak - kept) / count
+    assert transient < 600, f"{transient:.0f} bytes a token above what the config keeps"
+    assert kept / count < 900, f"the config keeps {kept / count:.0f} bytes a token"

@@ -148,6 +148,22 @@ def test_all_lists_every_record(store: StateStore) -> None:
     assert [record.name for record in store.all()] == sorted([NAME, OTHER])
 
 
+def test_records_hold_what_every_token_repeats_once(store: StateStore) -> None:
+    """The daemon holds a record of every token: their application, scope and token type are
+    one string each for all of them (the config's too), and a row's equal times one object."""
+    names = [TokenName("payroll", f"user{index}", "read") for index in range(3)]
+    store.save_tokens([(name, make_token(index)) for index, name in enumerate(names)], now=NOW)
+    records = store.all()
+    tokens = [record.token for record in records if record.token is not None]
+    assert len(tokens) == len(records) == 3
+    repeated = [[record.name.app for record in records], [record.name.scope for record in records],
+                [token.token_type for token in tokens], [token.scope for token in tokens]]
+    assert [len({id(value) for value in values}) for values in repeated] == [1, 1, 1, 1]
+    assert records[0].name.scope is sys.intern("read")
+    assert all(record.last_attempt_at is record.issued_at is record.last_refresh_at
+               for record in records)
+
+
 def test_files_are_private_even_with_an_open_umask(tmp_path: Path) -> None:
     """Nobody but the daemon's user can read refresh tokens, whatever umask it starts with."""
     state_dir = tmp_path / "state"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import grp
 import pwd
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -130,7 +131,8 @@ class Builder:
 
     def token(self, app_name: str, token: Token, where: KeyPath, inherited: Inherited,
               *layers: Tuning) -> TokenSpec:
-        name = TokenName(app_name, token.user, token.scope)
+        # One string per scope for all tokens, shared with the store's records of them.
+        name = TokenName(app_name, token.user, sys.intern(token.scope))
         if name in self.tokens:
             first = self.tokens[name]
             self._report.add(where, f"token {name} is configured twice; first at "

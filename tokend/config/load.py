@@ -43,12 +43,12 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from tokend.config.build import Builder, environment_overrides
+from tokend.config.build import Builder, Inherited, environment_overrides
 from tokend.config.document import Problems, parse_document, read_text
 from tokend.config.quick import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, default_config_path
 from tokend.config.reader import KeyPath
 from tokend.config.reread import Reread, reread, reuse
-from tokend.config.schema import Settings, known_keys
+from tokend.config.schema import Settings, Token, known_keys
 from tokend.errors import ConfigError
 from tokend.model import ApplicationSpec, Config, TokenSpec
 
@@ -100,34 +100,84 @@ def _load(path: Path, text: str, mode: int, env: Mapping[str, str]) -> Config:
     document, data = parse_document(str(path), text, mode)
     problems = Problems(document)
     overrides = environment_overrides(env)
+    lists = _token_lists(data)
     settings = _validate(data, problems, overrides)
-    del data  # freed before the specs are built
-    builder = Builder(path, problems, env)
-    defaults = settings.defaults
-    builder.retry(("defaults",), defaults)
+    del data  # what is left of it is in the token lists, freed item by item
+    shaped = settings is not None
+    # The specs are built while the tokens are validated, each token's model dropped as soon
+    # as its spec exists: a large file's load never holds its models and its specs at once.
+    # Problems the building finds count only if the shape turns out right (step 3).
+    report = _Deferred(problems)
+    builder = Builder(path, report, env)
     applications: dict[str, ApplicationSpec] = {}
+    inherited: dict[str, Inherited] = {}
+    if settings is not None:
+        builder.retry(("defaults",), settings.defaults)
+        for name, app in settings.applications.items():
+            applications[name], inherited[name] = builder.application(name, app, settings.defaults)
     tokens: list[TokenSpec] = []
     offsets: dict[str, int] = {}
-    for name, app in settings.applications.items():
-        applications[name], inherited = builder.application(name, app, defaults)
+    for name in lists if settings is None else settings.applications:
         offsets[name] = len(tokens)
-        tokens += [builder.token(name, token, ("applications", name, "tokens", index),
-                                 inherited, app, defaults)
-                   for index, token in enumerate(app.tokens)]
+        where: KeyPath = ("applications", name, "tokens")
+        for index, token in _validated(lists.get(name, []), where, problems):
+            shaped = shaped and token is not None
+            if shaped and settings is not None and token is not None:
+                app = settings.applications[name]
+                tokens.append(builder.token(name, token, (*where, index), inherited[name], app,
+                                            settings.defaults))
+    if not shaped or settings is None:
+        problems.check()
+        raise AssertionError  # unreachable: a shape error was reported
+    defaults = settings.defaults
     concurrency = {} if defaults.concurrency is None else {"concurrency": defaults.concurrency}
     config = Config(source=path, state_dir=builder.state_dir(settings, overrides),
                     applications=applications, tokens=tuple(tokens),
                     warnings=tuple(builder.warnings), metrics=builder.metrics(settings),
                     store=builder.store(settings), **concurrency)
+    report.replay()
     problems.check()
     return replace(config, reread=Reread.of(config, document, settings, overrides=overrides,
                                             offsets=offsets, builder=builder))
 
 
-def _validate(document: dict[str, Any], problems: Problems,
-              overrides: Mapping[str, str]) -> Settings:
+def _token_lists(data: dict[str, Any]) -> dict[str, list[Any]]:
+    """Every application's ``tokens:`` list, taken out of ``data`` (its application left with
+    none), for :func:`_validated` to go through one item at a time."""
+    applications = data.get("applications")
+    if type(applications) is not dict:
+        return {}
+    lists: dict[str, list[Any]] = {}
+    for name, app in applications.items():
+        if type(app) is dict and type(app.get("tokens")) is list:
+            lists[name] = app["tokens"]
+            applications[name] = {**app, "tokens": []}  # a copy: YAML may share it (an alias)
+    shared = {id(items) for items in lists.values()}
+    if len(shared) < len(lists):
+        return {name: list(items) for name, items in lists.items()}  # each freed on its own
+    return lists
+
+
+def _validated(items: list[Any], where: KeyPath, problems: Problems) -> Iterator[
+        tuple[int, Token | None]]:
+    """Each item of ``items`` as a model, ``None`` when it is refused (the errors reported);
+    an item is dropped from ``items`` once it is validated."""
+    for index, item in enumerate(items):
+        items[index] = None
+        try:
+            yield index, Token.model_validate(item)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                _report({**error, "loc": (*where, index, *error["loc"])}, problems, {})
+            yield index, None
+
+
+def _validate(data: dict[str, Any], problems: Problems,
+              overrides: Mapping[str, str]) -> Settings | None:
+    """The settings without their tokens, or ``None`` when they are refused (the errors
+    reported)."""
     # Top-level x-* keys hold anchors for the rest of the file (as in docker compose).
-    data = {key: value for key, value in document.items() if not key.startswith("x-")}
+    data = {key: value for key, value in data.items() if not key.startswith("x-")}
     misplaced = _settings_as_applications(data.get("applications"))
     for name in misplaced:
         problems.add(("applications", name), _APPLICATION_SETTING, key=True)
@@ -139,8 +189,24 @@ def _validate(document: dict[str, Any], problems: Problems,
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             _report(error, problems, overrides)
-        problems.check()
-        raise  # unreachable: a ValidationError always carries errors
+        return None
+
+
+class _Deferred:
+    """The builder's reporter until the shape of every token is known to be right."""
+
+    def __init__(self, problems: Problems) -> None:
+        self._problems = problems
+        self.source, self.mode, self.plain = problems.source, problems.mode, problems.plain
+        self.location, self.mark = problems.location, problems.mark
+        self._found: list[tuple[KeyPath, str, bool]] = []
+
+    def add(self, path: KeyPath, message: str, *, key: bool = False) -> None:
+        self._found.append((path, message, key))
+
+    def replay(self) -> None:
+        for path, message, key in self._found:
+            self._problems.add(path, message, key=key)
 
 
 def _report(error: ErrorDetails, problems: Problems, overrides: Mapping[str, str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,19 +144,32 @@ def key(name: TokenName) -> tuple[str, str, str]:
 
 
 def record(row: tuple[Any, ...]) -> TokenRecord:
+    """The record of a row. The daemon holds one for every token, so what rows repeat is
+    held once: an application's, scope's or token type's name is one string for all tokens
+    (and the config's), and a row's equal times are one object."""
     token = None
+    attempt = _same(row[11], row[9])
     if row[3] is not None:
         token = Token(
-            access_token=row[3], token_type=row[4], expires_in=row[5],
-            refresh_token=row[6], scope=row[7], created_at=row[8],
+            access_token=row[3], token_type=_text(row[4]), expires_in=row[5],
+            refresh_token=row[6], scope=_text(row[7]), created_at=row[8],
         )
     return TokenRecord(
-        name=TokenName(row[0], row[1], row[2]), token=token, issued_at=row[9],
-        state=TokenState(row[10]), last_attempt_at=row[11], last_refresh_at=row[12],
+        name=TokenName(sys.intern(row[0]), row[1], sys.intern(row[2])), token=token,
+        issued_at=row[9], state=TokenState(row[10]), last_attempt_at=attempt,
+        last_refresh_at=_same(row[12], attempt),
         last_error=row[13], consecutive_failures=row[14], next_attempt_at=row[15],
         generation=row[16], output_error=row[17],
         outputs=tuple(json.loads(row[18])) if row[18] else (), unconfigured_at=row[19],
     )
+
+
+def _text(value: Any) -> Any:
+    return value if value is None else sys.intern(value)  # a column SQLite did not check
+
+
+def _same(value: float | None, other: float | None) -> float | None:
+    return other if value == other and type(value) is type(other) else value
 
 
 def outputs_value(paths: tuple[str, ...]) -> str | None:
