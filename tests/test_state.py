@@ -494,25 +494,6 @@ def test_leases_leave_the_store_fully_durable(store: SqliteStateStore) -> None:
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_a_claim_and_its_release_toggle_nothing_and_claim_in_one_write(
-    store: SqliteStateStore,
-) -> None:
-    """Every refresh claims and releases: neither switches ``synchronous`` back and forth
-    (two statements each, on the daemon's busiest path), and the claim writes its lease
-    in one statement, so the pair is seven statements (BEGIN, claim, read, COMMIT;
-    BEGIN, release, COMMIT), whatever connection runs them."""
-    store.save_token(NAME, make_token(1), now=NOW)
-    statements: list[str] = []
-    for conn in vars(store).values():
-        if isinstance(conn, sqlite3.Connection):
-            conn.set_trace_callback(statements.append)
-    claim = claimed(store, owner="me", lease=5.0)
-    assert store.release(claim.lease) is Written.DONE
-    toggles = [text for text in statements if text.lstrip().upper().startswith("PRAGMA")]
-    assert toggles == []
-    assert len(statements) == 7, statements
-
-
 # --- generations: every token write is a compare-and-swap ---------------------------------
 
 

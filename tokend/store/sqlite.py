@@ -34,9 +34,6 @@ from tokend.store.lock import boot_id, make_private_dir, make_private_file, narr
 BUSY_TIMEOUT = 10.0
 """The longest a store call waits for another process's write: part of every commit's budget."""
 
-LEASE_CACHE_KIB = 256
-"""The lease connection's page cache (SQLite's default is 2 MB): a claim reads one row."""
-
 def boot_clock() -> float:
     """Seconds since this machine booted, suspend included: no wall-clock step moves it."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -47,9 +44,8 @@ class SqliteStateStore(StateStore):
     """The embedded store: one SQLite file in ``state_dir``, private to the daemon's user.
 
     Safe to open from the CLI while the daemon runs (WAL lets readers and one writer
-    work side by side; ``busy_timeout`` bounds any wait). Two connections, each shared
-    by threads behind its own lock, because the daemon calls in from worker threads:
-    one for tokens (``synchronous=FULL``), one for leases and output health (no fsync).
+    work side by side; ``busy_timeout`` bounds any wait). One connection shared by
+    threads behind a lock, because the daemon may call in via ``asyncio.to_thread``.
     """
 
     def __init__(
@@ -80,11 +76,9 @@ class SqliteStateStore(StateStore):
             raise self._error("cannot open", exc) from exc
         try:
             self._setup_waiting(busy_timeout)
-            self._leases = self._lease_connection(busy_timeout)
         except BaseException:
             self._conn.close()
             raise
-        self._leases_lock = threading.Lock()
         narrow_sidecar_modes(self.path)
 
     def _error(self, what: str, exc: BaseException) -> StateError:
@@ -119,48 +113,37 @@ class SqliteStateStore(StateStore):
         if sql.version(self._conn, self.path) != sql.SCHEMA_VERSION:
             sql.migrate(self._conn, self.path)
 
-    def _lease_connection(self, busy_timeout: float) -> sqlite3.Connection:
-        """The connection of writes a crash may lose (leases, output health), ``synchronous=NORMAL``
-        for good: switching one connection back and forth cost two statements per lease write.
-
-        Losing a lease in a crash costs nothing (its holder died with it), and the next
-        ``synchronous=FULL`` commit fsyncs the shared WAL, these writes included.
-        """
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from exc
-        try:
-            conn.execute("PRAGMA synchronous = NORMAL")
-            # A default-sized cache would only keep start-up's pass over every token.
-            conn.execute(f"PRAGMA cache_size = {-LEASE_CACHE_KIB:d}")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise self._error("cannot open", exc) from exc
-        return conn
-
     @contextmanager
     def _write(self, what: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: atomic across threads and processes.
 
-        ``durable=False`` runs it on the lease connection, which skips the fsync at
-        commit: a refresh then pays for one fsync, its token's, instead of three.
+        ``durable=False`` skips the fsync at commit, for leases: losing one in a
+        crash costs nothing (its holder died with it), and a refresh then pays
+        for one fsync, its token's, instead of three.
         """
-        conn, lock = (self._conn, self._lock) if durable else (self._leases, self._leases_lock)
-        with lock:
+        with self._lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    yield conn
+                    yield self._conn
                 except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
+                self._conn.execute("COMMIT")
             except (sqlite3.Error, OverflowError) as exc:
                 raise self._error(f"cannot {what}", exc) from exc
+            finally:
+                if not durable:
+                    self._restore_durability()
+
+    def _restore_durability(self) -> None:
+        try:
+            self._conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            raise self._error("cannot restore synchronous=FULL", exc) from exc
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -288,21 +271,17 @@ class SqliteStateStore(StateStore):
         with self._write("claim lease", durable=False) as conn:
             now = self._lease_clock()
             for name in names:
-                key = sql.key(name)
-                # Taken at once when free, ours, of another boot or expired; else only
-                # from a holder proven dead (a rare second look).
-                taken = conn.execute(sql.LEASE_CLAIM,
-                                     (*key, owner, now + lease, self._clock_id, now)).fetchall()
-                if taken:
-                    epoch = taken[0][0]
-                else:
-                    holder, held_epoch = conn.execute(sql.LEASE_HOLDER, key).fetchone()[:2]
-                    if not holder_is_dead(holder):
+                held = conn.execute(sql.LEASE_HOLDER, sql.key(name)).fetchone()
+                epoch = 1
+                if held is not None:
+                    holder, epoch = held[0], held[1] + 1
+                    busy = (holder not in ("", owner) and held[3] == self._clock_id
+                            and held[2] > now and not holder_is_dead(holder))
+                    if busy:
                         continue
-                    epoch = held_epoch + 1
-                    conn.execute(sql.LEASE_TAKE,
-                                 (*key, owner, epoch, now + lease, self._clock_id))
-                row = conn.execute(sql.GET, key).fetchone()
+                conn.execute(sql.LEASE_TAKE,
+                             (*sql.key(name), owner, epoch, now + lease, self._clock_id))
+                row = conn.execute(sql.GET, sql.key(name)).fetchone()
                 claims.append(Claim(Lease(name, owner, epoch, lease),
                                     sql.record(row) if row is not None else None))
         return claims
@@ -321,7 +300,6 @@ class SqliteStateStore(StateStore):
                                               for lease in leases])
 
     def close(self) -> None:
-        with self._lock, self._leases_lock:
+        with self._lock:
             self._conn.close()
-            self._leases.close()
 

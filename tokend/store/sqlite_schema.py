@@ -105,13 +105,6 @@ OUTPUT_PROBLEM = f"UPDATE tokens SET output_error = ? WHERE {KEY}"  # noqa: S608
 PUBLISHED = f"UPDATE tokens SET outputs = ?, unconfigured_at = ? WHERE {KEY}"  # noqa: S608
 LEASE_HOLDER = f"SELECT owner, epoch, expires_at, clock FROM leases WHERE {KEY}"  # noqa: S608
 LEASE_TAKE = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)"
-# The claim in one statement: a new lease, or the next epoch of one that is free (released
-# or ours), of another boot's clock, or expired; no row back: a holder that may be alive.
-LEASE_CLAIM = """INSERT INTO leases (app, user, scope, owner, epoch, expires_at, clock)
-    VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (app, user, scope) DO UPDATE SET
-    owner = excluded.owner, epoch = leases.epoch + 1, expires_at = excluded.expires_at,
-    clock = excluded.clock WHERE leases.owner IN ('', excluded.owner)
-    OR leases.clock != excluded.clock OR leases.expires_at <= ? RETURNING epoch"""
 # A lease is live when its epoch is current and its end has not passed on this boot's clock.
 LEASE_LIVE = f"""SELECT 1 FROM leases WHERE {KEY} AND epoch = ? AND owner = ?
     AND clock = ? AND expires_at > ?"""  # noqa: S608 -- constants
