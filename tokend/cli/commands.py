@@ -56,7 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from tokend.daemon.lifecycle import Daemon
+    from tokend.daemon.memory import keep_large_blocks_mapped
 
+    keep_large_blocks_mapped()
     masker = _masker_and_logging(args)
     return asyncio.run(Daemon(_config_path(args), masker=masker).run())
 
