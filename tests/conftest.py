@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -33,8 +33,9 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     """Start ``tokend run`` subprocesses; every one still running is killed at the end."""
     started: list[Daemon] = []
 
-    def start(config: Path, name: str = "daemon", env: dict[str, str] | None = None) -> Daemon:
-        daemon = Daemon(config, tmp_path / f"{name}-{len(started)}.log", env)
+    def start(config: Path, name: str = "daemon", env: dict[str, str] | None = None,
+              prefix: Sequence[str] = ()) -> Daemon:
+        daemon = Daemon(config, tmp_path / f"{name}-{len(started)}.log", env, prefix)
         started.append(daemon)
         return daemon
 

@@ -119,11 +119,12 @@ def authorize(setup: Setup, user: str, scope: str) -> None:
 class Daemon:
     """``tokend run`` as a subprocess, its JSON log lines collected in a file."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tokend", "--config", str(config), "run"],
+        self.process = subprocess.Popen(  # prefix: a command that execs the rest (unshare …)
+            [*prefix, sys.executable, "-m", "tokend", "--config", str(config), "run"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
@@ -163,7 +164,8 @@ class StartDaemon(Protocol):
     """The ``start_daemon`` fixture."""
 
     def __call__(
-        self, config: Path, name: str = "daemon", env: dict[str, str] | None = None
+        self, config: Path, name: str = "daemon", env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> Daemon: ...
 
 

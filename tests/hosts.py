@@ -4,6 +4,9 @@ folder, all naming one database, for the end-to-end tests of the shared store.""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +35,26 @@ def shared_hosts(root: Path, sandbox: Sandbox, server: PostgresServer, url: str,
         setup.write()
         hosts.append(setup)
     return hosts
+
+
+def own_host(hostname: str) -> list[str]:
+    """A command prefix that runs the rest in a UTS namespace of its own named ``hostname``:
+    to tokend (whose lease owners start with the host name) another machine, whose
+    processes it cannot see, so a SIGKILLed daemon's lease must run out on its own."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]
+
+
+def no_own_host_reason() -> str | None:
+    """Why :func:`own_host` cannot work here, or ``None`` when it can."""
+    if shutil.which("unshare") is None or shutil.which("hostname") is None:
+        return "unshare or hostname (util-linux, hostname) is not installed"
+    if os.geteuid() != 0:
+        return "a UTS namespace with its own host name needs root"
+    done = subprocess.run([*own_host("probe"), "true"], capture_output=True, text=True,
+                          timeout=10, check=False)
+    if done.returncode != 0:
+        return f"unshare --uts is refused here: {done.stderr.strip()}"
+    return None
 
 
 def seed(server: PostgresServer, url: str, sandbox: Sandbox,
@@ -122,3 +145,26 @@ class CommitWatch:
     def percentile(self, fraction: float) -> float:
         ordered = sorted(self.lags)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+class Leases:
+    """The lease of one token as the database sees it, read on the database's clock."""
+
+    def __init__(self, server: PostgresServer, url: str, name: str = "app/alice/read") -> None:
+        import psycopg  # noqa: PLC0415 -- the tests import it only where PostgreSQL runs
+
+        self._conn = psycopg.connect(url, password=server.password, autocommit=True)
+        self._key = tuple(name.split("/"))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def now(self) -> tuple[str, int, float, float]:
+        """The holder (``''``: none), the epoch, when the lease ends and the database's now,
+        the times in seconds since the epoch."""
+        row = self._conn.execute(
+            "SELECT owner, epoch, extract(epoch FROM expires_at)::float8, "
+            "extract(epoch FROM now())::float8 FROM leases "
+            "WHERE app = %s AND account = %s AND scope = %s", self._key).fetchone()
+        assert row is not None, "the token has no lease row"
+        return str(row[0]), int(row[1]), float(row[2]), float(row[3])

@@ -3,23 +3,36 @@ own state_dirs and output folders, the real CLI, the sandbox over HTTP on 127.0.
 
 from __future__ import annotations
 
+import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e import StartDaemon, authorize, refreshed, tokend, wait_for
-from tests.hosts import CommitWatch, output, seed, shared_hosts
+from tests.hosts import (
+    CommitWatch,
+    Leases,
+    no_own_host_reason,
+    output,
+    own_host,
+    seed,
+    shared_hosts,
+)
 from tests.postgres import PostgresServer
 from tests.tcp_proxy import TcpProxy
+from tokend.engine.refresher import CLAIM_ALLOWANCE, COMMIT_ALLOWANCE
 from tokend.errors import StateError
 from tokend.sandbox import Sandbox
 from tokend.store.interface import TokenState
 from tokend.store.postgres import PostgresStateStore
 
 ALICE = [("alice", "read")]
+TIMEOUT = 1.0
+"""The request deadline of the takeover test: its lease is this plus the commit's allowance."""
 
 
 def test_a_token_written_on_one_host_reaches_every_hosts_outputs(
@@ -187,7 +200,8 @@ def test_hosts_killed_a_database_restarted_and_a_black_holed_host_lose_nothing( 
     assert watch.commits > 0
 
 
-def unsettled(server: PostgresServer, url: str, sandbox: Sandbox) -> str | None:
+def unsettled(server: PostgresServer, url: str, sandbox: Sandbox,
+              tokens: Sequence[tuple[str, str]] = TWELVE) -> str | None:
     """What is not yet right (a token that is not ok, or whose refresh token is not live at
     the sandbox), without a secret; ``None``: all is."""
     store = PostgresStateStore(url, password=server.password)
@@ -197,7 +211,7 @@ def unsettled(server: PostgresServer, url: str, sandbox: Sandbox) -> str | None:
         return "the database does not answer"
     finally:
         store.close()
-    if len(records) != len(TWELVE):
+    if len(records) != len(tokens):
         return f"{len(records)} tokens stored"
     for record in records:
         if record.token is None or record.state is not TokenState.OK:
@@ -241,3 +255,51 @@ def test_a_lost_database_is_reported_and_leaves_the_outputs_alone(
     wait_for(lambda: daemon.named("store_reachable"), 30, "the store back")
     assert get("/healthz").status_code == 200
     assert "tokend_store_up 1.0" in get("/metrics").text
+
+
+def test_a_host_that_never_comes_back_loses_its_lease_when_it_runs_out(  # noqa: PLR0917
+    tmp_path: Path, sandbox: Sandbox, postgres_server: PostgresServer, postgres_url: str,
+    start_daemon: StartDaemon, figures: dict[str, str],
+) -> None:
+    """Three daemons, each on a host of its own (its own UTS namespace and host name, so no
+    daemon can see another's processes): the one holding the token's lease is SIGKILLed
+    mid-refresh. Nobody can prove it dead, so the token waits until the lease runs out on
+    the database's clock; then another host refreshes it, no refresh token sent twice."""
+    if (reason := no_own_host_reason()) is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the several-hosts takeover test, but: {reason}")
+        pytest.skip(reason)
+    hosts = shared_hosts(tmp_path, sandbox, postgres_server, postgres_url, ALICE, count=3)
+    for host in hosts:  # a lease of timeout + 20 s: the shortest the daemon takes
+        host.defaults_yaml += f"  timeout: {TIMEOUT:g}s\n"
+        host.write()
+    seed(postgres_server, postgres_url, sandbox, ALICE)
+    daemons = [start_daemon(host.config, f"host-{index}", prefix=own_host(f"host{index}"))
+               for index, host in enumerate(hosts)]
+    wait_for(lambda: sum(refreshed(daemon, "app/alice/read") for daemon in daemons) >= 2, 60,
+             "the token refreshed")
+    # The next refresh request reaches the server and hangs there, unanswered and unprocessed.
+    sandbox.inject_fault("hang", seconds=5.0, grant="refresh_token")
+    wait_for(lambda: sandbox.stats()["faulted"] >= 1, 10, "a refresh on the wire")
+    lease = Leases(postgres_server, postgres_url)
+    try:
+        owner, epoch, expires_at, killed_at = lease.now()
+        holder = int(owner.split(":", 1)[0].removeprefix("host"))
+        daemons[holder].kill()
+        wait_for(lambda: lease.now()[1] > epoch, 60, "another host's claim")
+        taken_at = lease.now()[3]
+    finally:
+        lease.close()
+    survivors = [daemon for index, daemon in enumerate(daemons) if index != holder]
+    wait_for(lambda: any(refreshed(daemon, "app/alice/read") for daemon in survivors), 30,
+             "the token refreshed by another host")
+    wait_for(lambda: unsettled(postgres_server, postgres_url, sandbox, ALICE) is None, 30,
+             "the token ok and live")
+    waited, lease_left = taken_at - killed_at, expires_at - killed_at
+    figures["several hosts, a host gone for good"] = (
+        f"holder SIGKILLed mid-refresh with {lease_left:.1f} s of its lease left "
+        f"(lease {TIMEOUT + COMMIT_ALLOWANCE + CLAIM_ALLOWANCE:.0f} s): another host "
+        f"claimed the token {waited:.1f} s later; {sandbox.reused_refresh_tokens()} refresh "
+        "tokens sent twice")
+    assert taken_at >= expires_at, "the lease was taken before it ran out"
+    assert sandbox.reused_refresh_tokens() == 0

@@ -127,7 +127,7 @@ def test_json_has_the_documented_schema_and_no_secret(tmp_path: Path) -> None:
     (row,) = document["tokens"]
     assert set(row) == {"name", "state", "expires_at", "does_not_expire",
                         "refresh_token_expires_at", "next_refresh_at", "last_refresh_at",
-                        "last_error", "action"}
+                        "last_error", "action", "pending_since"}
     assert row["name"] == "payroll/alice/read"
     assert row["expires_at"] == "2023-11-14T23:13:20Z"
     assert row["last_error"] == "server_error (HTTP 503)"

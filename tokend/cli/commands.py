@@ -180,13 +180,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show every token's state, expiries and last error, and the daemon's health."""
     import time
 
-    from tokend.cli.status import (
-        build_report,
-        invalid_config_report,
-        render_json,
-        render_text,
-        stored_records,
-    )
+    from tokend.cli.records import stored_records
+    from tokend.cli.status import build_report, invalid_config_report, render_json, render_text
     from tokend.config.load import load_config
     from tokend.errors import ConfigError
 
@@ -272,7 +267,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and what it points at: secrets, folders, hooks, URLs, rate limits."""
     from tokend.cli.check import check_config, check_online
-    from tokend.cli.status import stored_records
+    from tokend.cli.records import stored_records
 
     _masker_and_logging(args)  # opening the store may log, and stdout is for the report
     config = _load(args)

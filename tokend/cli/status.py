@@ -32,16 +32,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from tokend.cli.records import stored_records
 from tokend.config.quick import quick_state_dir
 from tokend.daemon.status_file import read_daemon_status
 from tokend.engine.attention import action
+from tokend.engine.pending import pending_since
 from tokend.engine.schedule import due_at
 from tokend.errors import ConfigError
-from tokend.model import Config, StoreSpec, TokenName, TokenSpec
-from tokend.store.choose import open_store
+from tokend.model import Config, TokenName, TokenSpec
 from tokend.store.interface import UNCONFIGURED, StateFacts, TokenRecord, TokenState
 from tokend.store.lock import running_daemon_pid
-from tokend.store.sqlite_schema import read_records
 from tokend.timing import format_duration, format_utc
 
 
@@ -60,6 +60,8 @@ class TokenRow:
     """What a person must do, for the states no retry can fix (:mod:`tokend.engine.attention`)."""
     does_not_expire: bool = False
     """A company token: no expiry, no refresh, no refresh-token lifetime."""
+    pending_since: float | None = None
+    """A refreshed token the store did not take yet is kept on this host (asked for then)."""
 
 
 @dataclass(frozen=True)
@@ -172,14 +174,17 @@ def build_report(
     if configured <= {spec.name for spec in specs}:
         rows += [unconfigured_row(record) for record in records
                  if _unconfigured(record, configured)]
+    kept = pending_since(config.state_dir)
     return StatusReport(config.source.absolute(), len(config.tokens),
-                        tuple(_with_action(row, config) for row in rows),
+                        tuple(_with_action(row, config, kept) for row in rows),
                         daemon_row(config.state_dir))
 
 
-def _with_action(row: TokenRow, config: Config) -> TokenRow:
-    todo = action(row.state, TokenName.parse(row.name), config)
-    return row if todo is None else replace(row, action=todo.text)
+def _with_action(row: TokenRow, config: Config, kept: dict[TokenName, float]) -> TokenRow:
+    name = TokenName.parse(row.name)
+    todo = action(row.state, name, config)
+    return replace(row, action=None if todo is None else todo.text,
+                   pending_since=kept.get(name))
 
 
 def invalid_config_report(
@@ -241,6 +246,7 @@ def render_json(report: StatusReport) -> str:
                 "last_refresh_at": _iso(row.last_refresh_at),
                 "last_error": row.last_error,
                 "action": row.action,
+                "pending_since": _iso(row.pending_since),
             }
             for row in report.tokens
         ],
@@ -291,6 +297,9 @@ def render_text(report: StatusReport, *, now: float) -> str:
             lines.append(f"  last error: {row.last_error}")
         if row is not None and row.action:
             lines.append(f"  what to do: {row.action}")
+        if row is not None and row.pending_since is not None:
+            lines.append(f"  pending: a token refreshed {_relative(row.pending_since, now)} is "
+                         "kept on this host until the store takes it (its only live copy)")
     lines.append("")
     lines.append(_daemon_line(report.daemon, now))
     if report.config_error is not None:
@@ -319,16 +328,3 @@ def _daemon_line(daemon: DaemonRow | None, now: float) -> str:
         line += f"; last reload FAILED {_relative(daemon.last_reload_at, now)}: "
         line += f"{daemon.last_reload_error}; still running the previous config"
     return line
-
-
-def stored_records(state_dir: Path, shared: StoreSpec | None = None) -> list[TokenRecord]:
-    """Every record in the store, or none when no store exists yet: read-only, since
-    ``status`` and ``check`` only look (no store created, migrated or tightened).
-    ``shared``: the PostgreSQL store's records (opening it checks its schema)."""
-    if shared is None:
-        return read_records(state_dir)
-    store = open_store(state_dir, shared)
-    try:
-        return store.all()
-    finally:
-        store.close()

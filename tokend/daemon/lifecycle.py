@@ -218,8 +218,12 @@ class Daemon:
         from tokend.daemon.listener import follow  # noqa: PLC0415 -- psycopg: only here
 
         await follow(shared, tokens=lambda: self._supervisor.config, on_ring=self._wakeups.ring,
-                     metrics=self._metrics, notifier=self._notifier,
+                     on_back=self._store_back, metrics=self._metrics, notifier=self._notifier,
                      stop=self._wakeups.stopping)
+
+    def _store_back(self) -> None:
+        self._supervisor.store_back()
+        self._wakeups.wake()
 
     async def _on_file_change(self) -> None:
         self._wakeups.request_reload()

@@ -34,7 +34,9 @@ PROBE_EVERY = 3.0
 """How often a quiet connection is asked for a sign of life."""
 RESCAN_EVERY = 300.0
 """The slow periodic look at every token, in case a notification was lost all the same."""
-RECONNECT_INITIAL, RECONNECT_MAX = 0.5, 5.0
+RECONNECT_INITIAL, RECONNECT_MAX = 0.5, 1.0
+"""Tries while the database is away: its return is the signal that the refreshes which failed
+on it are due now, so it is heard within a second (an attempt costs one connection)."""
 
 T = TypeVar("T")
 
@@ -120,13 +122,15 @@ async def follow(
     *,
     tokens: Callable[[], Config | None],
     on_ring: Callable[[frozenset[str] | None], None],
+    on_back: Callable[[], None],
     metrics: Metrics,
     notifier: Notifier,
     stop: asyncio.Event,
 ) -> None:
     """The daemon's side: a written token is rung like the local doorbell rings it (the
     supervisor publishes what changed); a lost database is logged, counted in
-    ``tokend_store_up`` and ``/healthz``, and shown in systemd's status line."""
+    ``tokend_store_up`` and ``/healthz``, and shown in systemd's status line; once it is
+    back, ``on_back`` (the work that failed on it is tried again at once)."""
 
     def changed(names: frozenset[str] | None) -> None:
         config = tokens()
@@ -141,6 +145,7 @@ async def follow(
         if up:
             log.info("store_reachable")
             notifier.status("the shared store answers again")
+            on_back()
         else:
             log.error("store_unreachable", error=error,
                       consequence="no refreshes until it is back; outputs are left as they are")

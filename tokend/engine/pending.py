@@ -46,13 +46,7 @@ class PendingCommits:
 
     def __init__(self, state_dir: Path) -> None:
         self._folder = state_dir / FOLDER
-        self._held: dict[TokenName, PendingCommit] = {}
-        for path in sorted(self._folder.glob("*.json")) if self._folder.is_dir() else ():
-            try:
-                kept = _load(path.read_bytes())
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise StateError(f"pending record {path} cannot be read: {exc}") from None
-            self._held[kept.name] = kept
+        self._held = _read(self._folder)
 
     def get(self, name: TokenName) -> PendingCommit | None:
         return self._held.get(name)
@@ -84,6 +78,24 @@ class PendingCommits:
     def _path(self, name: TokenName) -> Path:
         digest = hashlib.sha256(str(name).encode()).hexdigest()[:24]
         return self._folder / f"{digest}.json"
+
+
+def pending_since(state_dir: Path) -> dict[TokenName, float]:
+    """When the token of each pending record in ``state_dir`` was asked for, for ``tokend
+    status``: until it is committed, this host holds the only live refresh token. Read-only;
+    no secret leaves this module."""
+    return {name: kept.issued_at for name, kept in _read(state_dir / FOLDER).items()}
+
+
+def _read(folder: Path) -> dict[TokenName, PendingCommit]:
+    held = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            kept = _load(path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"pending record {path} cannot be read: {exc}") from None
+        held[kept.name] = kept
+    return held
 
 
 def _dump(kept: PendingCommit) -> bytes:

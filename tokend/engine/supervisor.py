@@ -206,6 +206,10 @@ class Supervisor:
         self._tracker.forget(name)
         self._republish.discard(name)
 
+    def store_back(self) -> None:
+        """The store answers again: start at once the work that failed on it."""
+        self._tracker.store_back()
+
     async def rescan(self, names: Collection[TokenName] | None = None) -> None:
         """Publish the tokens another process changed (those of ``names`` whose record
         differs from the one last seen), or, with ``None``, every configured token: an

@@ -3,7 +3,8 @@
 For every token: the record last seen, its state (and how many tokens are in
 each), when its next refresh is due and when a publish that failed is tried
 again. The supervisor runs the work; this module only keeps account of it, so
-the rules that turn a record into a schedule live in one place. Whenever a
+the rules that turn a record into a schedule live in one place. Work that failed
+because the store could not be reached is tried again as soon as it answers. Whenever a
 token enters a state only a person can fix, ``action_required`` is logged with
 what to do.
 """
@@ -18,6 +19,7 @@ import structlog
 from tokend.engine import attention
 from tokend.engine.metrics import Metrics
 from tokend.engine.schedule import Scheduler, backoff_delay, due_at
+from tokend.errors import StateError
 from tokend.log import SecretMasker
 from tokend.model import Config, TokenName, TokenSpec
 from tokend.store.interface import NEEDS_A_PERSON, TokenRecord, TokenState
@@ -61,6 +63,9 @@ class Tracker:
         self._states = attention.TokenStates()
         # Tokens to try once although they need authorization (their config changed).
         self._forced: set[TokenName] = set()
+        # Work that failed on the store, and where its retry is scheduled: tried at once
+        # when the store answers again (a shared database back after a short outage).
+        self._store_waits: dict[TokenName, Scheduler] = {}
 
     def next_at(self) -> float | None:
         """When the next refresh or publish retry is due, or ``None`` when nothing is."""
@@ -95,6 +100,7 @@ class Tracker:
     ) -> None:
         """Take ``record`` as what is known of ``spec`` now, and schedule its next refresh."""
         self.records[spec.name] = record
+        self._store_waits.pop(spec.name, None)
         state = record.state if record else TokenState.NOT_AUTHORIZED
         first = self._states.get(spec.name) is None
         if state is not self._states.get(spec.name) and state in NEEDS_A_PERSON:
@@ -117,6 +123,7 @@ class Tracker:
         self.refreshes.cancel(name)
         self.publish_retries.cancel(name)
         self._publish_attempts.pop(name, None)
+        self._store_waits.pop(name, None)
         self.records.pop(name, None)
         self._states.change(name, None)
         self._metrics.forget_token(name)
@@ -144,7 +151,8 @@ class Tracker:
         self.publish_retries.schedule(spec.name, self._clock.now() + delay)
 
     def crashed(self, name: TokenName, error: Exception, retry: Scheduler) -> None:
-        """Log an unexpected error in ``name``'s work and try it again ``CRASH_RETRY`` later."""
+        """Log an unexpected error in ``name``'s work and try it again ``CRASH_RETRY`` later,
+        or as soon as the store answers again if the store failed (:meth:`store_back`)."""
         log.error(
             "refresh_crashed",
             token=str(name),
@@ -153,3 +161,13 @@ class Tracker:
             retry_in=CRASH_RETRY,
         )
         retry.schedule(name, self._clock.now() + CRASH_RETRY)
+        if isinstance(error, StateError):
+            self._store_waits[name] = retry
+
+    def store_back(self) -> None:
+        """The store answers again: the work that failed on it is due now. Waiting out
+        ``CRASH_RETRY`` would leave a short-lived token expired after a short outage."""
+        now = self._clock.now()
+        for name, retry in self._store_waits.items():
+            retry.schedule(name, now)
+        self._store_waits.clear()
