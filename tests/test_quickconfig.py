@@ -159,6 +159,39 @@ def test_tokend_token_does_not_import_httpx_pydantic_or_structlog(tmp_path: Path
     assert json.loads(result.stderr.splitlines()[-1]) == {"status": 0, "heavy": []}
 
 
+
+@pytest.mark.parametrize(("verb", "unwanted"), [
+    (["token", "payroll/bob/read"], ["dataclasses", "tokend.model", "tokend.store.interface"]),
+    # The outputs are read by the config layer's reader, whose frames are dataclasses.
+    (["token", "payroll/bob", "--format", "env"], ["tokend.model", "tokend.store.interface"]),
+    (["exec", "payroll/bob", "--", "true"], ["tokend.model", "tokend.store.interface"]),
+], ids=["token", "env", "exec"])
+def test_the_fast_path_builds_none_of_the_models_classes(
+    tmp_path: Path, verb: list[str], unwanted: list[str],
+) -> None:
+    """Each start of `tokend token` or `exec` would otherwise build every dataclass of the
+    model and the store's contract, and import dataclasses (with inspect), for one row."""
+    now = int(time.time())
+    _store(tmp_path, issued_at=now)
+    config = tmp_path / "config.yaml"
+    config.write_text("state_dir: state\n" + APP)
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        def report(*_args):
+            loaded = sorted(m for m in {unwanted!r} if m in sys.modules)
+            print(json.dumps(loaded), file=sys.stderr)
+            os._exit(0)
+        os.execvpe = report
+        from tokend.cli.main import main
+        status = main(["--config", {str(config)!r}, *{verb!r}])
+        report()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30, check=False, env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr.splitlines()[-1]) == []
+
+
 @pytest.mark.parametrize(
     "head",
     [

@@ -37,7 +37,7 @@ from tokend.config.events import EventReader
 from tokend.config.frames import DEFAULT_TAGS, MERGE, NOT_TEXT, STR, UNSURE, Options, Retry
 from tokend.config.reader import read_yaml
 from tokend.errors import ConfigError
-from tokend.model import DEFAULT_ENV_VARIABLE
+from tokend.names import DEFAULT_ENV_VARIABLE
 
 # Here, not in tokend.config.load, which imports pydantic: both loaders read them from here.
 DEFAULT_CONFIG_PATH = Path("/etc/tokend/config.yaml")

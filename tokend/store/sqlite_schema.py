@@ -9,18 +9,22 @@ bind every value; only constants are formatted in.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
-from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokend.errors import StateError, TokendError
-from tokend.model import Token, TokenName, name_parts, pick_named
-from tokend.store import DATABASE_NAME
-from tokend.store.interface import TokenRecord, TokenState
+from tokend.names import join_name, name_parts, pick_named
+from tokend.store import DATABASE_NAME, token_expiry
 from tokend.timing import format_utc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tokend.model import Token, TokenName
+    from tokend.store.interface import TokenRecord, TokenState
 
 # Each migration is a list of statements applied in one transaction; its index + 1 is the
 # schema version it leads to (PRAGMA user_version). Append only: never edit a released one.
@@ -65,6 +69,12 @@ KEY_COLUMNS = ("app", "user", "scope")
 _COLUMNS_2 = """app, user, scope, access_token, token_type, expires_in, refresh_token,
     granted_scope, created_at, issued_at, state, last_attempt_at, last_refresh_at,
     last_error, consecutive_failures, next_attempt_at, generation, output_error"""
+# Where each column is in a row of SELECT (and of the PostgreSQL store's): the one row
+# mapping, of record() and of the fast read alike.
+(APP, USER, SCOPE, ACCESS_TOKEN, TOKEN_TYPE, EXPIRES_IN, REFRESH_TOKEN, GRANTED_SCOPE,
+ CREATED_AT, ISSUED_AT, STATE, LAST_ATTEMPT_AT, LAST_REFRESH_AT, LAST_ERROR,
+ CONSECUTIVE_FAILURES, NEXT_ATTEMPT_AT, GENERATION, OUTPUT_ERROR, OUTPUTS,
+ UNCONFIGURED_AT) = range(20)
 SELECT = f"SELECT {_COLUMNS_2}, outputs, unconfigured_at FROM tokens"  # noqa: S608 -- constants
 # What `tokend token` reads: it never migrates, and a version-2 store lacks only what
 # version 3 added (no token of it has left the config).
@@ -147,21 +157,38 @@ def record(row: tuple[Any, ...]) -> TokenRecord:
     """The record of a row. The daemon holds one for every token, so what rows repeat is
     held once: an application's, scope's or token type's name is one string for all tokens
     (and the config's), and a row's equal times are one object."""
+    token_class, name_class, record_class, state_class, loads = _record_types()
     token = None
-    attempt = _same(row[11], row[9])
-    if row[3] is not None:
-        token = Token(
-            access_token=row[3], token_type=_text(row[4]), expires_in=row[5],
-            refresh_token=row[6], scope=_text(row[7]), created_at=row[8],
+    attempt = _same(row[LAST_ATTEMPT_AT], row[ISSUED_AT])
+    if row[ACCESS_TOKEN] is not None:
+        token = token_class(
+            access_token=row[ACCESS_TOKEN], token_type=_text(row[TOKEN_TYPE]),
+            expires_in=row[EXPIRES_IN], refresh_token=row[REFRESH_TOKEN],
+            scope=_text(row[GRANTED_SCOPE]), created_at=row[CREATED_AT],
         )
-    return TokenRecord(
-        name=TokenName(sys.intern(row[0]), row[1], sys.intern(row[2])), token=token,
-        issued_at=row[9], state=TokenState(row[10]), last_attempt_at=attempt,
-        last_refresh_at=_same(row[12], attempt),
-        last_error=row[13], consecutive_failures=row[14], next_attempt_at=row[15],
-        generation=row[16], output_error=row[17],
-        outputs=tuple(json.loads(row[18])) if row[18] else (), unconfigured_at=row[19],
+    return record_class(
+        name=name_class(sys.intern(row[APP]), row[USER], sys.intern(row[SCOPE])), token=token,
+        issued_at=row[ISSUED_AT], state=state_class(row[STATE]), last_attempt_at=attempt,
+        last_refresh_at=_same(row[LAST_REFRESH_AT], attempt),
+        last_error=row[LAST_ERROR], consecutive_failures=row[CONSECUTIVE_FAILURES],
+        next_attempt_at=row[NEXT_ATTEMPT_AT], generation=row[GENERATION],
+        output_error=row[OUTPUT_ERROR],
+        outputs=tuple(loads(row[OUTPUTS])) if row[OUTPUTS] else (),
+        unconfigured_at=row[UNCONFIGURED_AT],
     )
+
+
+@cache
+def _record_types() -> tuple[type[Token], type[TokenName], type[TokenRecord], type[TokenState],
+                             Callable[[str], Any]]:
+    """What a record is built of, imported by the first record built: `tokend token` reads
+    its row without them (they would be most of its start-up)."""
+    import json  # noqa: PLC0415 -- see above
+
+    from tokend.model import Token, TokenName  # noqa: PLC0415 -- see above
+    from tokend.store.interface import TokenRecord, TokenState  # noqa: PLC0415 -- see above
+
+    return Token, TokenName, TokenRecord, TokenState, json.loads
 
 
 def _text(value: Any) -> Any:
@@ -173,6 +200,8 @@ def _same(value: float | None, other: float | None) -> float | None:
 
 
 def outputs_value(paths: tuple[str, ...]) -> str | None:
+    import json  # noqa: PLC0415 -- only a writer needs it, never `tokend token`
+
     return json.dumps(list(paths)) if paths else None
 
 
@@ -195,20 +224,64 @@ class NoValidTokenError(TokendError):
     """The token exists in config or store, but there is no usable access token right now."""
 
 
-@dataclass(frozen=True, slots=True)
 class UsableToken:
     """A token ``tokend token`` may hand out: its access token is live right now."""
 
-    name: TokenName
-    token: Token
-    expires_at: float | None
-    """On this host's clock: when it was requested, plus ``expires_in``; ``None``: never."""
+    __slots__ = ("access_token", "expires_at", "name", "scope", "token_type")
+
+    def __init__(self, name: str, access_token: str, token_type: str, scope: str,
+                 expires_at: float | None) -> None:
+        self.name = name
+        self.access_token = access_token
+        self.token_type = token_type
+        self.scope = scope
+        """The scope the server granted."""
+        self.expires_at = expires_at
+        """On this host's clock: when it was requested, plus ``expires_in``; ``None``: never."""
+
+
+class Stored:
+    """What :func:`usable_token` reads of a stored token: from a row of the SQLite file,
+    not built into a record (``tokend token`` reads one row per start), or from a record."""
+
+    __slots__ = ("access_token", "expires_at", "has_token", "name", "scope", "state",
+                 "token_type", "unconfigured_at")
+
+    def __init__(self, name: str, token: tuple[str, str, str] | None, *, has_token: bool,
+                 expires_at: float | None, state: str, unconfigured_at: float | None) -> None:
+        self.name = name
+        self.access_token = None if token is None else token[0]
+        self.token_type = "" if token is None else token[1]  # read only with a token
+        self.scope = "" if token is None else token[2]
+        self.has_token = has_token
+        self.expires_at = expires_at
+        self.state = state
+        self.unconfigured_at = unconfigured_at
+
+    @classmethod
+    def of_row(cls, row: tuple[Any, ...]) -> Stored:
+        """A row's, as :func:`record` maps it: a token with an issue time is stored."""
+        token = None if row[ACCESS_TOKEN] is None else (
+            row[ACCESS_TOKEN], row[TOKEN_TYPE], row[GRANTED_SCOPE])
+        return cls(join_name(row[APP:SCOPE + 1]), token,
+                   has_token=token is not None and row[ISSUED_AT] is not None,
+                   expires_at=None if token is None else token_expiry(row[ISSUED_AT],
+                                                                      row[EXPIRES_IN]),
+                   state=row[STATE], unconfigured_at=row[UNCONFIGURED_AT])
+
+    @classmethod
+    def of_record(cls, found: TokenRecord) -> Stored:
+        """A record's (the shared store's)."""
+        token = found.token
+        return cls(str(found.name), None if token is None else (
+            token.access_token, token.token_type, token.scope), has_token=found.has_token,
+            expires_at=found.expires_at, state=found.state, unconfigured_at=found.unconfigured_at)
 
 
 def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
     """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``);
     raises as :func:`current_token`."""
-    return current_token(state_dir, text, now=now).token.access_token
+    return current_token(state_dir, text, now=now).access_token
 
 
 def current_token(state_dir: Path, text: str, *, now: float) -> UsableToken:
@@ -226,11 +299,11 @@ def current_token(state_dir: Path, text: str, *, now: float) -> UsableToken:
     return usable_token(_find(state_dir / DATABASE_NAME, text), now=now)
 
 
-def usable_token(found: TokenRecord, *, now: float) -> UsableToken:
+def usable_token(found: Stored, *, now: float) -> UsableToken:
     """``found`` if a consumer may use it now: the rule of :func:`current_token`, for the
     SQLite file and the shared PostgreSQL store alike."""
     expires_at = found.expires_at  # None with a token: it never expires (a company token)
-    if found.token is None or not found.has_token:
+    if found.access_token is None or not found.has_token:
         raise NoValidTokenError(
             f"{found.name} is not authorized; run `tokend authorize {found.name}`")
     if found.unconfigured_at is not None:
@@ -242,11 +315,12 @@ def usable_token(found: TokenRecord, *, now: float) -> UsableToken:
         when = format_utc(expires_at)
         hint = _HINTS.get(found.state, "is the daemon running? see `tokend status`")
         raise NoValidTokenError(f"the access token of {found.name} expired at {when}; {hint}")
-    return UsableToken(found.name, found.token, expires_at)
+    return UsableToken(found.name, found.access_token, found.token_type, found.scope,
+                       expires_at)
 
 
-def _find(path: Path, text: str) -> TokenRecord:
-    """The record ``text`` names, by the rule of :func:`tokend.model.pick_named`.
+def _find(path: Path, text: str) -> Stored:
+    """The stored token ``text`` names, by the rule of :func:`tokend.model.pick_named`.
 
     Read-only (a store is migrated by the daemon or another command, never by
     this one; it never writes, so a consumer calling it in a loop cannot disturb
@@ -260,10 +334,12 @@ def _find(path: Path, text: str) -> TokenRecord:
     parts = name_parts(text)
     try:
         select = _readable_select(conn, path, "`tokend token`")
-        matches = _records(conn, select, parts) if len(parts) <= len(KEY_COLUMNS) else []
+        matches = ([Stored.of_row(row) for row in _rows(conn, select, parts)]
+                   if len(parts) <= len(KEY_COLUMNS) else [])
         found = pick_named(text, matches)
         if found is None:
-            known = ", ".join(str(row.name) for row in _records(conn, select, [])) or "none"
+            known = ", ".join(join_name(row[APP:SCOPE + 1])
+                              for row in _rows(conn, select, [])) or "none"
             raise NoValidTokenError(
                 f"no token named {text!r} has been authorized (or it is not configured); "
                 f"stored tokens: {known}"
@@ -284,7 +360,8 @@ def read_records(state_dir: Path) -> list[TokenRecord]:
         return []
     conn = _connect_read_only(path)
     try:
-        return _records(conn, _readable_select(conn, path, "this tokend"), [])
+        return [record(row) for row in _rows(conn, _readable_select(conn, path, "this tokend"),
+                                              [])]
     except sqlite3.Error as exc:
         raise StateError(f"cannot read the state store {path}: {exc}") from None
     finally:
@@ -318,8 +395,8 @@ def _readable_select(conn: sqlite3.Connection, path: Path, reader: str) -> str:
     return READABLE[schema]
 
 
-def _records(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[TokenRecord]:
-    """The records whose first ``len(parts)`` key columns equal ``parts``, in key order."""
+def _rows(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[tuple[Any, ...]]:
+    """The rows whose first ``len(parts)`` key columns equal ``parts``, in key order."""
     where = " AND ".join(f"{column} = ?" for column in KEY_COLUMNS[: len(parts)])
     query = select + (f" WHERE {where}" if where else "") + " ORDER BY app, user, scope"
-    return [record(row) for row in conn.execute(query, parts)]
+    return conn.execute(query, parts).fetchall()
