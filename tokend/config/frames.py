@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from yaml.events import MappingStartEvent, SequenceStartEvent
-
 KeyPath = tuple[str | int, ...]
 Mark = tuple[int, int]
 """1-based (line, column)."""
@@ -22,11 +20,6 @@ MAX_ALIASED = 100_000
 token of a large file stay within it, a file of aliases repeating aliases does not."""
 MAX_DEPTH = 500
 """Mappings and lists deeper than this are refused (as Python's recursion limit did before)."""
-STR = "tag:yaml.org,2002:str"
-MERGE = "tag:yaml.org,2002:merge"
-DEFAULT_TAGS: dict[type, tuple[str | None, ...]] = {
-    MappingStartEvent: ("tag:yaml.org,2002:map", None, "!"),
-    SequenceStartEvent: ("tag:yaml.org,2002:seq", None, "!")}
 NO_KEY = object()
 MERGE_KEY = object()
 VALUE, SOURCE, SOURCES = 0, 1, 2
@@ -148,8 +141,3 @@ def format_key_path(path: KeyPath) -> str:
 def mark_of(mark: Any) -> Mark:
     """A parser's 0-based mark as 1-based (line, column)."""
     return (mark.line + 1, mark.column + 1)
-
-
-UNSURE = object()
-"""What :func:`~tokend.config.reader.top_level_scalar` answers when only the whole file tells."""
-NOT_TEXT = object()

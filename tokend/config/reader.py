@@ -27,8 +27,6 @@ import yaml
 from tokend.config.events import EventReader
 from tokend.config.frames import (
     MAX_ALIASED,
-    NOT_TEXT,
-    UNSURE,
     Composer,
     KeyPath,
     Mark,
@@ -41,8 +39,7 @@ from tokend.config.frames import (
 from tokend.config.syntax import TracingLoader, explain
 from tokend.errors import ConfigError
 
-__all__ = ["MAX_ALIASED", "NOT_TEXT", "UNSURE", "KeyPath", "Mark", "Read", "Span",
-           "format_key_path", "read_yaml"]
+__all__ = ["MAX_ALIASED", "KeyPath", "Mark", "Read", "Span", "format_key_path", "read_yaml"]
 
 
 def read_yaml(text: str, source: str, *, expect: type = dict, positions: bool = False,
