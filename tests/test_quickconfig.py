@@ -16,9 +16,9 @@ from tokend.config.load import default_config_path, load_config
 from tokend.config.quick import quick_outputs, quick_state_dir
 from tokend.errors import ConfigError, NotFoundError
 from tokend.model import Token, TokenName
+from tokend.store.current import NoValidTokenError, current_access_token
 from tokend.store.interface import Written
 from tokend.store.sqlite import SqliteStateStore
-from tokend.store.sqlite_schema import NoValidTokenError, current_access_token
 
 APP = """\
 applications:

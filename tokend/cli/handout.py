@@ -3,7 +3,7 @@ environment of a command that replaces tokend.
 
 Both run inside other programs (``$(…)``, a service's ``ExecStart=``, a credential
 helper) many times a minute, so both keep to the fast path: the token straight from
-the store with sqlite3 (:func:`tokend.store.sqlite_schema.current_token`), the config
+the store with sqlite3 (:func:`tokend.store.current.current_token`), the config
 read only for what a format needs (:mod:`tokend.config.quick`), the text from the
 renderer the output files use (:mod:`tokend.formats`). Neither imports httpx, pydantic
 or structlog.
@@ -25,7 +25,7 @@ from tokend.config.quick import (
 from tokend.errors import ConfigError, OutputError
 from tokend.formats import placeholders, render
 from tokend.names import DEFAULT_ENV_VARIABLE
-from tokend.store.sqlite_schema import (
+from tokend.store.current import (
     NoValidTokenError,
     Stored,
     UsableToken,
