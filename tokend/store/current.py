@@ -50,7 +50,11 @@ class NoValidTokenError(TokendError):
 
 
 class UsableToken:
-    """A token ``tokend token`` may hand out: its access token is live right now."""
+    """A token ``tokend token`` may hand out: its access token is live right now.
+
+    Plain classes here, as :class:`tokend.config.quick.QuickOutput`: a dataclass would cost
+    every start the import of dataclasses and inspect, and the generated code's compile.
+    """
 
     __slots__ = ("access_token", "expires_at", "name", "scope", "token_type")
 
@@ -85,7 +89,8 @@ class Stored:
 
     @classmethod
     def of_row(cls, row: tuple[Any, ...]) -> Stored:
-        """A row's, as :func:`record` maps it: a token with an issue time is stored."""
+        """A row's, as :func:`~tokend.store.sqlite_schema.record` maps it: a token with an
+        issue time is stored."""
         token = None if row[ACCESS_TOKEN] is None else (
             row[ACCESS_TOKEN], row[TOKEN_TYPE], row[GRANTED_SCOPE])
         return cls(join_name(row[APP:SCOPE + 1]), token,
