@@ -36,7 +36,6 @@ from tokend.config.frames import (
     Span,
     format_key_path,
 )
-from tokend.config.syntax import TracingLoader, explain
 from tokend.errors import ConfigError
 
 __all__ = ["MAX_ALIASED", "KeyPath", "Mark", "Read", "Span", "format_key_path", "read_yaml"]
@@ -83,6 +82,9 @@ def _read(loader_class: Any, options: Options) -> Read:
 
 def _explain_refusal(text: str, source: str) -> None:
     """Raise the error PyYAML's own composer finds in ``text``, in the operator's words."""
+    # Only for a file libyaml refused: `tokend exec` reads a good one without these.
+    from tokend.config.syntax import TracingLoader, explain  # noqa: PLC0415 -- see above
+
     try:
         loader = TracingLoader(text)
     except yaml.YAMLError as exc:  # a character YAML does not allow: known by offset
