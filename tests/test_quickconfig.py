@@ -16,9 +16,9 @@ from tokend.config.load import default_config_path, load_config
 from tokend.config.quick import quick_outputs, quick_state_dir
 from tokend.errors import ConfigError, NotFoundError
 from tokend.model import Token, TokenName
+from tokend.store.current import NoValidTokenError, current_access_token
 from tokend.store.interface import Written
 from tokend.store.sqlite import SqliteStateStore
-from tokend.store.sqlite_schema import NoValidTokenError, current_access_token
 
 APP = """\
 applications:
@@ -157,6 +157,37 @@ def test_tokend_token_does_not_import_httpx_pydantic_or_structlog(tmp_path: Path
                             timeout=30, check=False, env={**os.environ})
     assert result.stdout == "access-bob-read\n"
     assert json.loads(result.stderr.splitlines()[-1]) == {"status": 0, "heavy": []}
+
+
+
+@pytest.mark.parametrize("verb", [
+    ["token", "payroll/bob/read"],
+    ["token", "payroll/bob", "--format", "env"],  # reads the whole file
+    ["exec", "payroll/bob", "--", "true"],
+], ids=["token", "env", "exec"])
+def test_the_fast_path_builds_none_of_the_models_classes(tmp_path: Path, verb: list[str]) -> None:
+    """Each start of `tokend token` or `exec` would otherwise build every dataclass of the
+    model and the store's contract, and import dataclasses (with inspect), for one row."""
+    now = int(time.time())
+    _store(tmp_path, issued_at=now)
+    config = tmp_path / "config.yaml"
+    config.write_text("state_dir: state\n" + APP)
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        def report(*_args):
+            loaded = sorted(m for m in ("dataclasses", "tokend.model", "tokend.store.interface")
+                            if m in sys.modules)
+            print(json.dumps(loaded), file=sys.stderr)
+            os._exit(0)
+        os.execvpe = report
+        from tokend.cli.main import main
+        status = main(["--config", {str(config)!r}, *{verb!r}])
+        report()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30, check=False, env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr.splitlines()[-1]) == []
 
 
 @pytest.mark.parametrize(

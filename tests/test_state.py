@@ -19,6 +19,7 @@ import pytest
 from tests.stores import LeaseClock, OpenStore
 from tokend.errors import StateError
 from tokend.model import Token, TokenName
+from tokend.store.current import NoValidTokenError, current_access_token
 from tokend.store.interface import (
     Claim,
     Lease,
@@ -29,12 +30,7 @@ from tokend.store.interface import (
     Written,
 )
 from tokend.store.sqlite import SqliteStateStore
-from tokend.store.sqlite_schema import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    NoValidTokenError,
-    current_access_token,
-)
+from tokend.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 NAME = TokenName("payroll", "alice", "read")
 OTHER = TokenName("payroll", "bob", "write")

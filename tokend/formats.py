@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from tokend.model import DEFAULT_ENV_VARIABLE, ENV_VARIABLE
+from tokend.names import DEFAULT_ENV_VARIABLE, ENV_VARIABLE
 from tokend.timing import format_utc
 
 PLACEHOLDERS = ("access_token", "token_type", "scope", "expires_at", "expires_in", "name",

@@ -8,24 +8,35 @@ them. They compare by value, which is what makes a reload a simple diff.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Literal
 
 from tokend.errors import NotFoundError
 
+# The naming rules live apart, light enough for `tokend token`; every layer finds them here.
+from tokend.names import (
+    DEFAULT_ENV_VARIABLE,
+    ENV_VARIABLE,
+    SCOPE_RULE,
+    name_matches,
+    name_parts,
+    pick_named,
+    scope_name,
+    split_name,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_ENV_VARIABLE", "ENV_VARIABLE", "MAX_REFRESH_FRACTION",
+           "MIN_REFRESH_FRACTION", "OOB", "SCOPES", "SCOPE_RULE", "ApplicationSpec", "Config",
+           "MetricsSpec", "OutputFormat", "OutputSpec", "RetryPolicy", "Secret", "StoreSpec",
+           "Token", "TokenName", "TokenSpec", "is_loopback", "is_port", "name_matches",
+           "name_parts", "pick_named", "resolve_token", "scope_name", "split_name"]
+
 SCOPES = ("read", "write", "read+write")
 """The seed client's scopes: all its ``authorize`` takes. Config and CLI take any scope."""
-# RFC 6749 §3.3 scope-token characters (NQCHAR) but '+', which in a token name, on the link
-# and in the seed's ``read+write`` stands for the space between two scope tokens.
-_SCOPE_CHARACTER = re.compile(r"[\x21\x23-\x2a\x2c-\x5b\x5d-\x7e]")
-SCOPE_RULE = ("read, write, read+write, or scopes separated by single spaces (such as "
-              "employees time_off), each of printable ASCII without \" or \\")
 OutputFormat = Literal["token", "env", "json", "template"]
-DEFAULT_ENV_VARIABLE = "FACTORIAL_ACCESS_TOKEN"
 DEFAULT_BASE_URL = "https://api.factorialhr.com"
 """Factorial's API: where the seed client and every application talk unless told otherwise."""
 OOB = "urn:ietf:wg:oauth:2.0:oob"
@@ -34,8 +45,6 @@ MIN_REFRESH_FRACTION = 0.1
 MAX_REFRESH_FRACTION = 0.95
 """Never later than this fraction of the access token's lifetime, whatever ``refresh_at`` says:
 the remaining 5% is the headroom for a slow server, a retry and the rate limit."""
-ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-"""What an ``env`` output's variable may be called: a name every shell and env file reads."""
 
 
 def is_port(text: str) -> bool:
@@ -56,28 +65,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def scope_name(scope: str) -> str:
-    """The SCOPE part of a token name for ``scope`` as written: its spaces become ``+``.
-
-    The one rule for a scope in config, CLI and authorize link: the seed's three values,
-    or any space-separated list of RFC 6749 scope tokens (``employees time_off``), since
-    applications at the server may carry scopes of their own. Raises ``ValueError`` naming
-    the rule and what breaks it.
-    """
-    if not scope:
-        raise ValueError(f"a scope cannot be empty: use {SCOPE_RULE}")
-    for position, character in enumerate(scope, start=1):
-        if character not in " +" and _SCOPE_CHARACTER.fullmatch(character) is None:
-            raise ValueError(f"{character!r} (character {position}) cannot be in a scope: "
-                             f"use {SCOPE_RULE}")
-    parts = re.split("[ +]", scope)
-    if not parts[0] or not parts[-1]:
-        raise ValueError(f"a scope cannot have a space or + at its start or end: use {SCOPE_RULE}")
-    if not all(parts):
-        raise ValueError(f"a scope cannot have two spaces or + in a row: use {SCOPE_RULE}")
-    return "+".join(parts)
 
 
 class Secret:
@@ -122,12 +109,6 @@ class TokenName:
         if len(parts) != 3 or not all(parts):
             raise ValueError(f"token name {text!r} is not of the form APP/USER/SCOPE")
         return cls(*parts)
-
-
-def split_name(text: str) -> list[str]:
-    """``APP/USER/SCOPE`` in its parts: application and user names hold no ``/``, a scope
-    token may (RFC 6749), so only the first two slashes separate."""
-    return text.split("/", 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,49 +207,6 @@ class Config:
     reread: object = field(default=None, compare=False, repr=False)
     """What the loader keeps to re-read this file quickly after an edit (``load_config``'s
     ``previous``); opaque to everything else."""
-
-
-class _HasName(Protocol):
-    @property
-    def name(self) -> TokenName: ...
-
-
-_Named = TypeVar("_Named", bound=_HasName)
-
-
-def name_parts(text: str) -> list[str]:
-    """A full or partial name in its parts, for :func:`name_matches`: the scope may be
-    written as in the config, with spaces. ``NotFoundError`` when it is malformed, since
-    no token can have that name."""
-    parts = split_name(text)
-    if len(parts) == 3:
-        try:
-            parts[2] = scope_name(parts[2])
-        except ValueError as error:
-            raise NotFoundError(f"{text!r} names no token, since its scope is malformed: "
-                                f"{error}") from None
-    return parts
-
-
-def name_matches(name: TokenName, parts: list[str]) -> bool:
-    """Whether ``name`` begins with ``parts`` (:func:`name_parts`; see :func:`pick_named`)."""
-    return [name.app, name.user, name.scope][: len(parts)] == parts
-
-
-def pick_named(text: str, matches: list[_Named]) -> _Named | None:
-    """The one of ``matches`` (those :func:`name_matches` ``text``) that ``text`` names.
-
-    The rule for every command taking a name: ``APP/USER/SCOPE``, or ``APP/USER`` when
-    that user has one token. ``None`` when ``text`` names nothing (the caller lists what
-    exists); ``NotFoundError`` listing the candidates when it is ambiguous.
-    """
-    parts = len(split_name(text))
-    if parts in (2, 3) and len(matches) == 1:
-        return matches[0]
-    if parts == 3 or not matches:
-        return None
-    listed = ", ".join(str(match.name) for match in matches)
-    raise NotFoundError(f"{text!r} is ambiguous; say which one: {listed}")
 
 
 def resolve_token(config: Config, text: str) -> TokenSpec:

@@ -3,7 +3,7 @@ environment of a command that replaces tokend.
 
 Both run inside other programs (``$(…)``, a service's ``ExecStart=``, a credential
 helper) many times a minute, so both keep to the fast path: the token straight from
-the store with sqlite3 (:func:`tokend.store.sqlite_schema.current_token`), the config
+the store with sqlite3 (:func:`tokend.store.current.current_token`), the config
 read only for what a format needs (:mod:`tokend.config.quick`), the text from the
 renderer the output files use (:mod:`tokend.formats`). Neither imports httpx, pydantic
 or structlog.
@@ -24,9 +24,10 @@ from tokend.config.quick import (
 )
 from tokend.errors import ConfigError, OutputError
 from tokend.formats import placeholders, render
-from tokend.model import DEFAULT_ENV_VARIABLE
-from tokend.store.sqlite_schema import (
+from tokend.names import DEFAULT_ENV_VARIABLE
+from tokend.store.current import (
     NoValidTokenError,
+    Stored,
     UsableToken,
     current_token,
     usable_token,
@@ -44,7 +45,7 @@ def token_text(config: Path, name: str, kind: str, *, now: float) -> str:
     template of its first template output (a token without one is a usage error).
     """
     found = _current(config, name, now=now)
-    full = str(found.name)
+    full = found.name
     outputs = quick_outputs(config, [full])[full] if kind in ("env", "template") else []
     template = ""
     if kind == "template":
@@ -52,8 +53,8 @@ def token_text(config: Path, name: str, kind: str, *, now: float) -> str:
         if not templates:
             raise ConfigError(f"{full} has no output with format: template in {config}")
         template = templates[0]
-    values = placeholders(access_token=found.token.access_token,
-                          token_type=found.token.token_type, scope=found.token.scope,
+    values = placeholders(access_token=found.access_token,
+                          token_type=found.token_type, scope=found.scope,
                           expires_at=found.expires_at, name=full, now=now)
     try:
         text = render(kind, values, variable=_variable(outputs), template=template)
@@ -68,19 +69,19 @@ def token_text(config: Path, name: str, kind: str, *, now: float) -> str:
 def exec_environment(config: Path, names: Sequence[str], *, now: float) -> dict[str, str]:
     """The variables ``tokend exec`` adds: each token under its env output's ``variable:``
     (else ``FACTORIAL_ACCESS_TOKEN``); two tokens under one name are a config error."""
-    tokens = {str(found.name): found.token
+    tokens = {found.name: found.access_token
               for found in (_current(config, name, now=now) for name in names)}
     outputs = quick_outputs(config, list(tokens))
     environment: dict[str, str] = {}
     owners: dict[str, str] = {}
-    for name, token in tokens.items():
+    for name, access_token in tokens.items():
         variable = _variable(outputs[name])
         if variable in owners:
             raise ConfigError(
                 f"{owners[variable]} and {name} would both be {variable} in the command's "
                 "environment; give their env outputs distinct `variable:` names")
         owners[variable] = name
-        environment[variable] = token.access_token
+        environment[variable] = access_token
     return environment
 
 
@@ -104,7 +105,7 @@ def _current(config: Path, name: str, *, now: float) -> UsableToken:
     if record is None:
         raise NoValidTokenError(f"{spec.name} is not authorized; run `tokend authorize "
                                 f"{spec.name}`")
-    return usable_token(record, now=now)
+    return usable_token(Stored.of_record(record), now=now)
 
 
 def _variable(outputs: Sequence[QuickOutput]) -> str:

@@ -33,7 +33,6 @@ from tokend.cli.commands import (
     cmd_token,
 )
 from tokend.errors import ConfigError, NotFoundError, TokendError
-from tokend.model import is_port
 from tokend.timing import parse_positive_duration, parse_rate
 
 _NAME_HELP = "APP/USER/SCOPE (the scope may be left out if unique)"
@@ -64,6 +63,8 @@ def _positive_duration(value: str) -> float:
 
 
 def _port(value: str) -> int:
+    from tokend.model import is_port  # noqa: PLC0415 -- the model's classes: not for `token`
+
     if not is_port(value):
         raise ValueError("must be a port number from 0 to 65535 (0 picks a free port)")
     return int(value)

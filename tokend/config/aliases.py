@@ -22,7 +22,6 @@ from yaml.events import AliasEvent, DocumentEndEvent, StreamEndEvent
 from tokend.config.frames import (
     KEY_MARK,
     MAX_ALIASED,
-    MERGE,
     MERGE_KEY,
     NO_KEY,
     SOURCES,
@@ -38,6 +37,7 @@ from tokend.config.frames import (
     mark_of,
     merge_into,
 )
+from tokend.config.scalars import MERGE
 from tokend.errors import ConfigError
 
 

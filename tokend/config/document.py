@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -149,7 +149,8 @@ def parse_document(source: str, text: str, mode: int) -> tuple[Document, dict[st
         line, column = found.root_mark
         raise ConfigError("must be a mapping of settings (state_dir, defaults, applications), "
                           f"not {found.root}", location=f"{source}:{line}:{column}")
-    return Document(source, replace(found, data=None), mode, text), found.data
+    data, found.data = found.data, None
+    return Document(source, found, mode, text), data
 
 
 def read_document(path: Path) -> Document:

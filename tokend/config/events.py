@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
 from yaml.events import (
     AliasEvent,
     MappingStartEvent,
@@ -23,21 +22,17 @@ from yaml.events import (
     SequenceStartEvent,
     StreamEndEvent,
 )
-from yaml.nodes import ScalarNode
 
 from tokend.config.aliases import Repeats
 from tokend.config.frames import (
-    DEFAULT_TAGS,
     KEY_MARK,
     MAX_ALIASED,
     MAX_DEPTH,
-    MERGE,
     MERGE_KEY,
     NO_KEY,
     PLAIN,
     SOURCE,
     SOURCES,
-    STR,
     VALUE,
     VALUE_MARK,
     Anchor,
@@ -51,6 +46,14 @@ from tokend.config.frames import (
     Span,
     mark_of,
     merge_into,
+)
+from tokend.config.scalars import (
+    DEFAULT_TAGS,
+    MERGE,
+    NOT_CONSTRUCTED,
+    STR,
+    scalar_tag,
+    scalar_value,
 )
 from tokend.errors import ConfigError
 
@@ -147,19 +150,12 @@ class EventReader(Repeats):
                 self._finished(top, frame, value)
 
     def _tag(self, event: Any) -> str:
-        tag: str | None = event.tag
-        if tag is not None and tag != "!":
-            return tag
-        value: str = event.value
-        if not event.implicit[0] or (value[:1] not in self._resolvers and value):
-            return STR  # quoted, or no implicit type starts with this character
-        resolved: str = self._loader.resolve(ScalarNode, value, event.implicit)
-        return resolved
+        return scalar_tag(event, self._resolvers, self._loader)
 
     def _construct(self, tag: str, event: Any, path: KeyPath) -> Any:
         try:
-            return self._loader.construct_object(ScalarNode(tag, event.value, style=event.style))
-        except (yaml.YAMLError, ValueError, TypeError, KeyError, OverflowError):
+            return scalar_value(self._loader, tag, event)
+        except NOT_CONSTRUCTED:
             # The library's message would quote the value, which may be a secret.
             raise self._fail(event.start_mark, path, f"is not a valid {tag} value") from None
 

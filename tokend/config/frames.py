@@ -6,10 +6,7 @@ over the parser's events (:mod:`~tokend.config.events`, :mod:`~tokend.config.ali
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any
-
-from yaml.events import MappingStartEvent, SequenceStartEvent
 
 KeyPath = tuple[str | int, ...]
 Mark = tuple[int, int]
@@ -22,11 +19,6 @@ MAX_ALIASED = 100_000
 token of a large file stay within it, a file of aliases repeating aliases does not."""
 MAX_DEPTH = 500
 """Mappings and lists deeper than this are refused (as Python's recursion limit did before)."""
-STR = "tag:yaml.org,2002:str"
-MERGE = "tag:yaml.org,2002:merge"
-DEFAULT_TAGS: dict[type, tuple[str | None, ...]] = {
-    MappingStartEvent: ("tag:yaml.org,2002:map", None, "!"),
-    SequenceStartEvent: ("tag:yaml.org,2002:seq", None, "!")}
 NO_KEY = object()
 MERGE_KEY = object()
 VALUE, SOURCE, SOURCES = 0, 1, 2
@@ -34,51 +26,68 @@ VALUE, SOURCE, SOURCES = 0, 1, 2
 VALUE_MARK, KEY_MARK, PLAIN = 0, 1, 2
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: `tokend exec` reads the whole file with this reader at
+# every start, and dataclasses (with inspect) would be a fifth of that start.
+
+
 class Span:
     """Where the items of one block list start in the text: offsets of their lines."""
 
-    column: int
-    """The column of every item's ``-`` (0-based)."""
-    starts: list[int]
-    end: int
-    """The offset of the line after the last item (and its trailing comments)."""
+    __slots__ = ("column", "end", "starts")
+
+    def __init__(self, column: int, starts: list[int], end: int) -> None:
+        self.column = column
+        """The column of every item's ``-`` (0-based)."""
+        self.starts = starts
+        self.end = end
+        """The offset of the line after the last item (and its trailing comments)."""
 
 
-@dataclass
 class Read:
     """One reading of a YAML text."""
 
-    data: Any
-    root: str
-    """What the document is: ``"a mapping"``, ``"a list"``, ``"a single value"`` or ``"empty"``;
-    ``data`` is ``None`` unless it is what was expected."""
-    root_mark: Mark | None
-    plain: dict[KeyPath, str] = field(default_factory=dict)
-    """Raw text of plain scalars YAML read as something other than text (``mode: 640``)."""
-    values: dict[KeyPath, Mark] = field(default_factory=dict)
-    keys: dict[KeyPath, Mark] = field(default_factory=dict)
-    spans: dict[tuple[str, ...], Span] = field(default_factory=dict)
-    aliased: int = 0
-    """Values added by aliases, charged against the budget."""
-    shared: bool = False
-    """Whether the text holds an anchor, an alias or a merge key."""
-    anchors: list[int] = field(default_factory=list)
-    """Where each anchor is defined (offsets into the text, in order)."""
+    __slots__ = ("aliased", "anchors", "data", "keys", "plain", "root", "root_mark", "shared",
+                 "spans", "values")
+
+    def __init__(self, data: Any, root: str, root_mark: Mark | None, *,
+                 plain: dict[KeyPath, str] | None = None,
+                 values: dict[KeyPath, Mark] | None = None,
+                 keys: dict[KeyPath, Mark] | None = None,
+                 spans: dict[tuple[str, ...], Span] | None = None, aliased: int = 0,
+                 shared: bool = False, anchors: list[int] | None = None) -> None:
+        self.data = data
+        self.root = root
+        """What the document is: ``"a mapping"``, ``"a list"``, ``"a single value"`` or
+        ``"empty"``; ``data`` is ``None`` unless it is what was expected."""
+        self.root_mark = root_mark
+        self.plain = {} if plain is None else plain
+        """Raw text of plain scalars YAML read as something other than text (``mode: 640``)."""
+        self.values = {} if values is None else values
+        self.keys = {} if keys is None else keys
+        self.spans = {} if spans is None else spans
+        self.aliased = aliased
+        """Values added by aliases, charged against the budget."""
+        self.shared = shared
+        """Whether the text holds an anchor, an alias or a merge key."""
+        self.anchors = [] if anchors is None else anchors
+        """Where each anchor is defined (offsets into the text, in order)."""
 
 
-@dataclass(frozen=True)
 class Options:
     """What one reading reads, and what it records."""
 
-    text: str
-    source: str
-    expect: type = dict
-    positions: bool = False
-    spans_at: tuple[str | None, ...] | None = None
+    __slots__ = ("expect", "positions", "source", "spans_at", "text")
+
+    def __init__(self, text: str, source: str, expect: type = dict, positions: bool = False,
+                 spans_at: tuple[str | None, ...] | None = None) -> None:
+        self.text = text
+        self.source = source
+        self.expect = expect
+        self.positions = positions
+        self.spans_at = spans_at
 
     def locating(self) -> Options:
-        return replace(self, positions=True)
+        return Options(self.text, self.source, self.expect, True, self.spans_at)
 
 
 class Retry(Exception):
@@ -89,18 +98,21 @@ class Composer(Exception):
     """A duplicate anchor, an undefined alias or a second document: PyYAML words it."""
 
 
-@dataclass
 class Anchor:
-    value: Any
-    mark: Mark
-    size: int
-    """Values an alias of it adds (its root only when that was counted)."""
-    entries: list[Entry]
-    """Positions and plain records below it, by path relative to it."""
-    raw: str | None = None
-    """A scalar's text, for a message about it as a key."""
-    rooted: bool = True
-    """Whether its root counts as a value (a list merged by ``<<`` does not)."""
+    __slots__ = ("entries", "mark", "raw", "rooted", "size", "value")
+
+    def __init__(self, value: Any, mark: Mark, size: int, entries: list[Entry], *,
+                 raw: str | None = None, rooted: bool = True) -> None:
+        self.value = value
+        self.mark = mark
+        self.size = size
+        """Values an alias of it adds (its root only when that was counted)."""
+        self.entries = entries
+        """Positions and plain records below it, by path relative to it."""
+        self.raw = raw
+        """A scalar's text, for a message about it as a key."""
+        self.rooted = rooted
+        """Whether its root counts as a value (a list merged by ``<<`` does not)."""
 
 
 class Frame:
@@ -148,8 +160,3 @@ def format_key_path(path: KeyPath) -> str:
 def mark_of(mark: Any) -> Mark:
     """A parser's 0-based mark as 1-based (line, column)."""
     return (mark.line + 1, mark.column + 1)
-
-
-UNSURE = object()
-"""What :func:`~tokend.config.reader.top_level_scalar` answers when only the whole file tells."""
-NOT_TEXT = object()

@@ -27,8 +27,6 @@ import yaml
 from tokend.config.events import EventReader
 from tokend.config.frames import (
     MAX_ALIASED,
-    NOT_TEXT,
-    UNSURE,
     Composer,
     KeyPath,
     Mark,
@@ -38,11 +36,9 @@ from tokend.config.frames import (
     Span,
     format_key_path,
 )
-from tokend.config.syntax import TracingLoader, explain
 from tokend.errors import ConfigError
 
-__all__ = ["MAX_ALIASED", "NOT_TEXT", "UNSURE", "KeyPath", "Mark", "Read", "Span",
-           "format_key_path", "read_yaml"]
+__all__ = ["MAX_ALIASED", "KeyPath", "Mark", "Read", "Span", "format_key_path", "read_yaml"]
 
 
 def read_yaml(text: str, source: str, *, expect: type = dict, positions: bool = False,
@@ -86,6 +82,9 @@ def _read(loader_class: Any, options: Options) -> Read:
 
 def _explain_refusal(text: str, source: str) -> None:
     """Raise the error PyYAML's own composer finds in ``text``, in the operator's words."""
+    # Only for a file libyaml refused: `tokend exec` reads a good one without these.
+    from tokend.config.syntax import TracingLoader, explain  # noqa: PLC0415 -- see above
+
     try:
         loader = TracingLoader(text)
     except yaml.YAMLError as exc:  # a character YAML does not allow: known by offset

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from tokend.errors import TokendError
 from tokend.model import Token, TokenName
+from tokend.store import token_expiry
 
 EXPIRED = "expired"
 """The state shown for an ok or failing token whose access or refresh token has lapsed."""
@@ -107,9 +108,8 @@ class TokenRecord:
     def expires_at(self) -> float | None:
         """When the access token stops working, on this host's clock; ``None`` without a
         token, or for a token that never expires (a company token)."""
-        if self.token is None or self.issued_at is None or self.token.expires_in is None:
-            return None
-        return self.issued_at + self.token.expires_in
+        return None if self.token is None else token_expiry(self.issued_at,
+                                                            self.token.expires_in)
 
     def refresh_token_expires_at(self, lifetime: float) -> float | None:
         """When the refresh token dies, given its configured ``lifetime``; ``None`` when a

@@ -1,26 +1,29 @@
-"""The SQLite store's schema and statements, how rows map to records, and the read-only
-reads of ``tokend token``, ``status`` and ``check``, which never write or migrate.
+"""The SQLite store's schema and statements, where each column is in a row, how rows map to
+records, and the read-only reads of ``status`` and ``check``, which never write or migrate.
 
 Kept apart from :mod:`tokend.store.sqlite` (connection, transactions, the
-lease rules) so the SQL can be read in one place, and so ``tokend token`` reads
-its one row by the same statements without that module's imports. Statements
+lease rules) so the SQL can be read in one place, and so ``tokend token``
+(:mod:`tokend.store.current`) reads its one row by the same statements and column
+mapping without that module's imports, nor the classes of a record. Statements
 bind every value; only constants are formatted in.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
-from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tokend.errors import StateError, TokendError
-from tokend.model import Token, TokenName, name_parts, pick_named
+from tokend.errors import StateError
 from tokend.store import DATABASE_NAME
-from tokend.store.interface import TokenRecord, TokenState
-from tokend.timing import format_utc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tokend.model import Token, TokenName
+    from tokend.store.interface import TokenRecord, TokenState
 
 # Each migration is a list of statements applied in one transaction; its index + 1 is the
 # schema version it leads to (PRAGMA user_version). Append only: never edit a released one.
@@ -65,6 +68,12 @@ KEY_COLUMNS = ("app", "user", "scope")
 _COLUMNS_2 = """app, user, scope, access_token, token_type, expires_in, refresh_token,
     granted_scope, created_at, issued_at, state, last_attempt_at, last_refresh_at,
     last_error, consecutive_failures, next_attempt_at, generation, output_error"""
+# Where each column is in a row of SELECT (and of the PostgreSQL store's): the one row
+# mapping, of record() and of the fast read alike.
+(APP, USER, SCOPE, ACCESS_TOKEN, TOKEN_TYPE, EXPIRES_IN, REFRESH_TOKEN, GRANTED_SCOPE,
+ CREATED_AT, ISSUED_AT, STATE, LAST_ATTEMPT_AT, LAST_REFRESH_AT, LAST_ERROR,
+ CONSECUTIVE_FAILURES, NEXT_ATTEMPT_AT, GENERATION, OUTPUT_ERROR, OUTPUTS,
+ UNCONFIGURED_AT) = range(20)
 SELECT = f"SELECT {_COLUMNS_2}, outputs, unconfigured_at FROM tokens"  # noqa: S608 -- constants
 # What `tokend token` reads: it never migrates, and a version-2 store lacks only what
 # version 3 added (no token of it has left the config).
@@ -147,21 +156,38 @@ def record(row: tuple[Any, ...]) -> TokenRecord:
     """The record of a row. The daemon holds one for every token, so what rows repeat is
     held once: an application's, scope's or token type's name is one string for all tokens
     (and the config's), and a row's equal times are one object."""
+    token_class, name_class, record_class, state_class, loads = _record_types()
     token = None
-    attempt = _same(row[11], row[9])
-    if row[3] is not None:
-        token = Token(
-            access_token=row[3], token_type=_text(row[4]), expires_in=row[5],
-            refresh_token=row[6], scope=_text(row[7]), created_at=row[8],
+    attempt = _same(row[LAST_ATTEMPT_AT], row[ISSUED_AT])
+    if row[ACCESS_TOKEN] is not None:
+        token = token_class(
+            access_token=row[ACCESS_TOKEN], token_type=_text(row[TOKEN_TYPE]),
+            expires_in=row[EXPIRES_IN], refresh_token=row[REFRESH_TOKEN],
+            scope=_text(row[GRANTED_SCOPE]), created_at=row[CREATED_AT],
         )
-    return TokenRecord(
-        name=TokenName(sys.intern(row[0]), row[1], sys.intern(row[2])), token=token,
-        issued_at=row[9], state=TokenState(row[10]), last_attempt_at=attempt,
-        last_refresh_at=_same(row[12], attempt),
-        last_error=row[13], consecutive_failures=row[14], next_attempt_at=row[15],
-        generation=row[16], output_error=row[17],
-        outputs=tuple(json.loads(row[18])) if row[18] else (), unconfigured_at=row[19],
+    return record_class(
+        name=name_class(sys.intern(row[APP]), row[USER], sys.intern(row[SCOPE])), token=token,
+        issued_at=row[ISSUED_AT], state=state_class(row[STATE]), last_attempt_at=attempt,
+        last_refresh_at=_same(row[LAST_REFRESH_AT], attempt),
+        last_error=row[LAST_ERROR], consecutive_failures=row[CONSECUTIVE_FAILURES],
+        next_attempt_at=row[NEXT_ATTEMPT_AT], generation=row[GENERATION],
+        output_error=row[OUTPUT_ERROR],
+        outputs=tuple(loads(row[OUTPUTS])) if row[OUTPUTS] else (),
+        unconfigured_at=row[UNCONFIGURED_AT],
     )
+
+
+@cache
+def _record_types() -> tuple[type[Token], type[TokenName], type[TokenRecord], type[TokenState],
+                             Callable[[str], Any]]:
+    """What a record is built of, imported by the first record built: `tokend token` reads
+    its row without them (they would be most of its start-up)."""
+    import json  # noqa: PLC0415 -- see above
+
+    from tokend.model import Token, TokenName  # noqa: PLC0415 -- see above
+    from tokend.store.interface import TokenRecord, TokenState  # noqa: PLC0415 -- see above
+
+    return Token, TokenName, TokenRecord, TokenState, json.loads
 
 
 def _text(value: Any) -> Any:
@@ -173,6 +199,8 @@ def _same(value: float | None, other: float | None) -> float | None:
 
 
 def outputs_value(paths: tuple[str, ...]) -> str | None:
+    import json  # noqa: PLC0415 -- only a writer needs it, never `tokend token`
+
     return json.dumps(list(paths)) if paths else None
 
 
@@ -181,98 +209,7 @@ def token_values(token: Token) -> tuple[Any, ...]:
             token.scope, token.created_at)
 
 
-# --- Readers (`tokend token`, status, check): read-only, without the store's connection ------
-
-# Why an expired token was not refreshed, for the states that say so.
-_HINTS = {
-    "needs_authorization": "it needs a new authorization",
-    "client_rejected": "the server rejects its application's client credentials (no new "
-                       "authorization needed); see `tokend status`",
-}
-
-
-class NoValidTokenError(TokendError):
-    """The token exists in config or store, but there is no usable access token right now."""
-
-
-@dataclass(frozen=True, slots=True)
-class UsableToken:
-    """A token ``tokend token`` may hand out: its access token is live right now."""
-
-    name: TokenName
-    token: Token
-    expires_at: float | None
-    """On this host's clock: when it was requested, plus ``expires_in``; ``None``: never."""
-
-
-def current_access_token(state_dir: Path, text: str, *, now: float) -> str:
-    """The access token of ``text`` (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``);
-    raises as :func:`current_token`."""
-    return current_token(state_dir, text, now=now).token.access_token
-
-
-def current_token(state_dir: Path, text: str, *, now: float) -> UsableToken:
-    """The token ``text`` names (``APP/USER/SCOPE`` or an unambiguous ``APP/USER``).
-
-    Raises :class:`NoValidTokenError` when there is no such token in the store
-    (never authorized, or a typo: without loading the config the two look alike),
-    when it is not authorized or has expired; :class:`NotFoundError` when the
-    name is ambiguous.
-    A token in ``needs_authorization`` is still returned while its access token
-    lasts: the server may accept it until then. A token the daemon found gone
-    from the config is not: nobody refreshes it, so a consumer must not start
-    depending on it.
-    """
-    return usable_token(_find(state_dir / DATABASE_NAME, text), now=now)
-
-
-def usable_token(found: TokenRecord, *, now: float) -> UsableToken:
-    """``found`` if a consumer may use it now: the rule of :func:`current_token`, for the
-    SQLite file and the shared PostgreSQL store alike."""
-    expires_at = found.expires_at  # None with a token: it never expires (a company token)
-    if found.token is None or not found.has_token:
-        raise NoValidTokenError(
-            f"{found.name} is not authorized; run `tokend authorize {found.name}`")
-    if found.unconfigured_at is not None:
-        raise NoValidTokenError(
-            f"{found.name} is no longer in the config (since {format_utc(found.unconfigured_at)}), "
-            "so tokend does not refresh it or hand it out; add it back to the config, or see "
-            "`tokend status` to revoke it")
-    if expires_at is not None and expires_at <= now:
-        when = format_utc(expires_at)
-        hint = _HINTS.get(found.state, "is the daemon running? see `tokend status`")
-        raise NoValidTokenError(f"the access token of {found.name} expired at {when}; {hint}")
-    return UsableToken(found.name, found.token, expires_at)
-
-
-def _find(path: Path, text: str) -> TokenRecord:
-    """The record ``text`` names, by the rule of :func:`tokend.model.pick_named`.
-
-    Read-only (a store is migrated by the daemon or another command, never by
-    this one; it never writes, so a consumer calling it in a loop cannot disturb
-    the daemon), and only the rows ``text`` can match are read, through the
-    primary key: a store of 10,000 tokens is otherwise read whole on every call.
-    All names are read only to list them in an error.
-    """
-    if not path.exists():
-        raise NoValidTokenError(f"no token has been authorized yet (no store at {path})")
-    conn = _connect_read_only(path)
-    parts = name_parts(text)
-    try:
-        select = _readable_select(conn, path, "`tokend token`")
-        matches = _records(conn, select, parts) if len(parts) <= len(KEY_COLUMNS) else []
-        found = pick_named(text, matches)
-        if found is None:
-            known = ", ".join(str(row.name) for row in _records(conn, select, [])) or "none"
-            raise NoValidTokenError(
-                f"no token named {text!r} has been authorized (or it is not configured); "
-                f"stored tokens: {known}"
-            )
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot read the state store {path}: {exc}") from None
-    finally:
-        conn.close()
-    return found
+# --- Readers (status, check, and tokend.store.current): read-only, without the store's connection
 
 
 def read_records(state_dir: Path) -> list[TokenRecord]:
@@ -282,16 +219,17 @@ def read_records(state_dir: Path) -> list[TokenRecord]:
     path = state_dir / DATABASE_NAME
     if not path.exists():
         return []
-    conn = _connect_read_only(path)
+    conn = connect_read_only(path)
     try:
-        return _records(conn, _readable_select(conn, path, "this tokend"), [])
+        return [record(row)
+                for row in rows_where(conn, readable_select(conn, path, "this tokend"), [])]
     except sqlite3.Error as exc:
         raise StateError(f"cannot read the state store {path}: {exc}") from None
     finally:
         conn.close()
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
+def connect_read_only(path: Path) -> sqlite3.Connection:
     """A connection that writes nothing, not even beside the store.
 
     With a ``-wal`` file (a writer has the store open, or crashed) the read goes
@@ -308,7 +246,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
         raise StateError(f"cannot open the state store {path}: {exc}") from None
 
 
-def _readable_select(conn: sqlite3.Connection, path: Path, reader: str) -> str:
+def readable_select(conn: sqlite3.Connection, path: Path, reader: str) -> str:
     """The statement that reads every column of the store's schema version, as it is."""
     schema = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if schema not in READABLE:
@@ -318,8 +256,8 @@ def _readable_select(conn: sqlite3.Connection, path: Path, reader: str) -> str:
     return READABLE[schema]
 
 
-def _records(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[TokenRecord]:
-    """The records whose first ``len(parts)`` key columns equal ``parts``, in key order."""
+def rows_where(conn: sqlite3.Connection, select: str, parts: list[str]) -> list[tuple[Any, ...]]:
+    """The rows whose first ``len(parts)`` key columns equal ``parts``, in key order."""
     where = " AND ".join(f"{column} = ?" for column in KEY_COLUMNS[: len(parts)])
     query = select + (f" WHERE {where}" if where else "") + " ORDER BY app, user, scope"
-    return [record(row) for row in conn.execute(query, parts)]
+    return conn.execute(query, parts).fetchall()
