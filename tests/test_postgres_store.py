@@ -16,6 +16,7 @@ from tests.postgres import PostgresServer
 from tests.tcp_proxy import TcpProxy
 from tests.test_state import NAME, NOW, make_token
 from tokend.errors import StateError
+from tokend.model import TokenName
 from tokend.store.interface import PublishedFiles, TokenRecord, Written
 from tokend.store.postgres import PostgresStateStore
 from tokend.store.postgres_connection import Deadlines
@@ -208,3 +209,37 @@ def test_a_long_outage_is_not_followed_by_a_long_wait(
     assert wait_for_answer(store) is None  # the test's token was never stored
     waited = time.monotonic() - back
     assert waited < 5, f"the store answered {waited:.1f} s after the database was back"
+
+
+def test_hosts_taking_and_ending_many_leases_at_once_never_deadlock(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """Two hosts starting together claim and release the same tokens in batches, each in its
+    own order (a set's order differs between processes): the database must never have to
+    abort one as a deadlock, which would leave every lease of that batch held."""
+    names = [TokenName("app", f"user{index:02d}", "read") for index in range(40)]
+    seeding = open_store(postgres_server, postgres_url)
+    seeding.save_tokens([(name, make_token()) for name in names], now=NOW)
+    seeding.close()
+    errors: list[str] = []
+    start = threading.Barrier(2)
+
+    def churn(owner: str, order: list[TokenName]) -> None:
+        host = open_store(postgres_server, postgres_url)
+        try:
+            start.wait()
+            for _ in range(15):
+                claims = host.claim_many(order, owner=owner, lease=30.0)
+                host.release_many([claim.lease for claim in claims])
+        except StateError as exc:
+            errors.append(str(exc).split("\n")[0])
+        finally:
+            host.close()
+
+    threads = [threading.Thread(target=churn, args=("host-a", names)),
+               threading.Thread(target=churn, args=("host-b", names[::-1]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

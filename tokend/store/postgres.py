@@ -66,6 +66,9 @@ class PostgresStateStore(StateStore):
     replaces the database's ``now()`` (seconds since the epoch) for tests that let a lease
     run out at once; production leaves it ``None``. ``host`` names this host's view of
     the files: which outputs it wrote and their health are its own (``host_files``).
+    A call that writes several tokens takes their rows in name order: hosts working
+    through the same tokens in different orders (a set's order differs between
+    processes) would otherwise deadlock, and the aborted batch would keep its leases.
     """
 
     def __init__(
@@ -173,7 +176,7 @@ class PostgresStateStore(StateStore):
         if not items:
             return
         rows = [{**sql.key(name), **sql.token_values(token), "issued_at": now, "now": now}
-                for name, token in items]
+                for name, token in sorted(items, key=lambda item: str(item[0]))]
         with self._transaction("save tokens", len(rows) * PER_ITEM) as conn:
             conn.cursor().executemany(sql.SAVE, rows)
 
@@ -276,7 +279,7 @@ class PostgresStateStore(StateStore):
         if not names:
             return claims
         with self._transaction("claim lease", len(names) * PER_ITEM) as conn:
-            for name in names:
+            for name in sorted(names, key=str):
                 epoch = self._take(conn, name, owner, lease, holder_is_dead)
                 if epoch is None:
                     continue
@@ -311,7 +314,7 @@ class PostgresStateStore(StateStore):
         with self._transaction("release leases", len(leases) * PER_ITEM) as conn:
             conn.cursor().executemany(sql.RELEASE, [
                 {**sql.key(lease.name), "epoch": lease.epoch, "owner": lease.owner}
-                for lease in leases])
+                for lease in sorted(leases, key=lambda lease: str(lease.name))])
 
     def close(self) -> None:
         self._pool.close()
