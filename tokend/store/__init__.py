@@ -2,12 +2,11 @@
 
 ``interface`` is the :class:`StateStore` contract and its records; ``sqlite`` and
 ``sqlite_schema`` the embedded store; ``current`` the import-light read of ``tokend
-token``; ``lock`` the state directory's host lock, its private files and who holds a lease;
-``postgres``, ``postgres_schema`` and
-``postgres_connection`` the store several hosts share (psycopg, imported only when a
-config names it); ``choose`` opens the store a config names. May import
-``tokend.model`` (with ``tokend.names``), ``tokend.errors`` and ``tokend.timing``; never the
-engine or above.
+token``; ``lock`` the state directory's host lock, its private files and who holds a
+lease; ``postgres``, ``postgres_schema`` and ``postgres_connection`` the store several
+hosts share (psycopg, imported only when a config names it); ``choose`` opens the store
+a config names. May import ``tokend.model`` (with ``tokend.names``), ``tokend.errors``
+and ``tokend.timing``; never the engine or above.
 """
 
 DATABASE_NAME = "tokend.db"
