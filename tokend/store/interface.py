@@ -225,7 +225,9 @@ class StateStore(Protocol):
         imports). Every path that can race another actor uses :meth:`commit`.
         """
 
-    def save_token(self, name: TokenName, token: Token, *, now: float) -> None: ...
+    def save_token(self, name: TokenName, token: Token, *, now: float) -> None:
+        """:meth:`save_tokens` for one token."""
+        self.save_tokens([(name, token)], now=now)
 
     def commit(
         self, name: TokenName, token: Token, *, generation: int, issued_at: float, now: float
@@ -278,6 +280,8 @@ class StateStore(Protocol):
         A holder that ``holder_is_dead`` proves has died (a SIGKILLed daemon)
         no longer counts, so a restart need not wait for its lease to run out.
         """
+        claims = self.claim_many([name], owner=owner, lease=lease, holder_is_dead=holder_is_dead)
+        return claims[0] if claims else None
 
     def claim_many(
         self,

@@ -180,9 +180,6 @@ class PostgresStateStore(StateStore):
         with self._transaction("save tokens", len(rows) * PER_ITEM) as conn:
             conn.cursor().executemany(sql.SAVE, rows)
 
-    def save_token(self, name: TokenName, token: Token, *, now: float) -> None:
-        self.save_tokens([(name, token)], now=now)
-
     def commit(
         self, name: TokenName, token: Token, *, generation: int, issued_at: float, now: float
     ) -> Written:
@@ -255,17 +252,6 @@ class PostgresStateStore(StateStore):
             if row is not None:
                 conn.execute(sql.FORGET_PROBLEMS, sql.key(lease.name))
             return Written.STALE if row is None else Written.DONE
-
-    def claim(
-        self,
-        name: TokenName,
-        *,
-        owner: str,
-        lease: float,
-        holder_is_dead: Callable[[str], bool] = nobody_is_dead,
-    ) -> Claim | None:
-        claims = self.claim_many([name], owner=owner, lease=lease, holder_is_dead=holder_is_dead)
-        return claims[0] if claims else None
 
     def claim_many(
         self,

@@ -169,9 +169,6 @@ class SqliteStateStore(StateStore):
         with self._write("save tokens") as conn:
             conn.executemany(sql.SAVE, rows)
 
-    def save_token(self, name: TokenName, token: Token, *, now: float) -> None:
-        self.save_tokens([(name, token)], now=now)
-
     def commit(
         self, name: TokenName, token: Token, *, generation: int, issued_at: float, now: float
     ) -> Written:
@@ -244,17 +241,6 @@ class SqliteStateStore(StateStore):
                 return Written.STALE
             params = (*sql.key(lease.name), generation)
             return Written.DONE if conn.execute(sql.DELETE, params).rowcount else Written.STALE
-
-    def claim(
-        self,
-        name: TokenName,
-        *,
-        owner: str,
-        lease: float,
-        holder_is_dead: Callable[[str], bool] = nobody_is_dead,
-    ) -> Claim | None:
-        claims = self.claim_many([name], owner=owner, lease=lease, holder_is_dead=holder_is_dead)
-        return claims[0] if claims else None
 
     def claim_many(
         self,
