@@ -32,6 +32,35 @@ def test_hung_file_work_does_not_hold_up_store_calls() -> None:
     assert asyncio.run(go()) == "committed"
 
 
+def test_a_commit_and_its_outputs_never_wait_behind_hung_file_work() -> None:
+    """Every file thread stuck in the kernel: a commit that would take its outputs along in
+    one hop is made at once in the store pool; its outputs wait for a file thread."""
+    committed = threading.Event()
+
+    def commit() -> str:
+        committed.set()
+        return "token"
+
+    async def go() -> tuple[bool, bool, str]:
+        workers = Workers(store_threads=1, output_threads=2)
+        stuck = threading.Event()
+        try:
+            hung = [asyncio.ensure_future(workers.files(stuck.wait)) for _ in range(2)]
+            await asyncio.sleep(0)
+            both = asyncio.ensure_future(
+                workers.store_then_files(commit, lambda token: f"{token} published"))
+            in_time = await asyncio.to_thread(committed.wait, 5)
+            waiting = not both.done()
+            stuck.set()
+            await asyncio.gather(*hung)
+            return in_time, waiting, await both
+        finally:
+            stuck.set()
+            workers.close()
+
+    assert asyncio.run(go()) == (True, True, "token published")
+
+
 def test_a_store_call_that_does_not_return_shows_as_a_stall() -> None:
     """The watchdog's signal: how long the oldest unfinished store call has been waiting."""
     now = [100.0]
@@ -61,16 +90,17 @@ def test_a_call_whose_waiter_was_cancelled_is_never_started() -> None:
     ran: list[str] = []
 
     async def go() -> None:
-        workers = Workers(store_threads=1)
+        workers = Workers(store_threads=1, output_threads=1)
         slow = threading.Event()
         try:
+            busy_files = asyncio.ensure_future(workers.files(slow.wait))
             first = asyncio.ensure_future(workers.store(slow.wait))
             queued = asyncio.ensure_future(workers.store(ran.append, "claim"))
             await asyncio.sleep(0.1)
             queued.cancel()
             await asyncio.sleep(0)
             slow.set()
-            await first
+            await asyncio.gather(first, busy_files)
             assert await workers.store(lambda: "after") == "after"
         finally:
             slow.set()

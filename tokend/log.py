@@ -189,9 +189,9 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=True)
     processors: Iterable[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        masker,  # before the level and time are added: they hold no secret
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        masker,
         structlog.processors.format_exc_info if use_json else _passthrough,
         renderer,
         _mask_rendered(masker),
@@ -199,7 +199,7 @@ def configure_logging(
     structlog.configure(
         processors=list(processors),
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.WriteLoggerFactory(file=out),  # a line, one write
         cache_logger_on_first_use=False,
     )
 

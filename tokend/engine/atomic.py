@@ -77,11 +77,16 @@ def prepare(
             return None
     else:
         _inspect_target(path)
-    _ensure_directory(path)
     parent = parent_of(path)
     temp = f"{parent}/.{os.path.basename(path)}.{secrets.token_hex(8)}.tmp"  # as _TEMP_NAME says
     try:
-        fd = os.open(temp, _TEMP_FLAGS, 0o600)
+        try:
+            fd = os.open(temp, _TEMP_FLAGS, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            # The folder is missing (or is not one): made here, or refused with a clear
+            # message. Looked at only then: it is there at almost every write.
+            _ensure_directory(path)
+            fd = os.open(temp, _TEMP_FLAGS, 0o600)
     except OSError as exc:
         reason = exc.strerror
         raise OutputError(f"{path}: cannot create a file in {parent}: {reason}") from None

@@ -83,6 +83,9 @@ class TokenStates:
     def __init__(self) -> None:
         self._states: dict[TokenName, TokenState] = {}
         self._counts: Counter[TokenState] = Counter()
+        self._line: tuple[int, str] | None = None
+        """The last status line and the token count it was made for: the loop asks for it
+        at every pass, and a refresh leaves the counts as they were."""
 
     def get(self, name: TokenName) -> TokenState | None:
         """``name``'s state, or ``None`` while this daemon has not tracked it."""
@@ -96,14 +99,21 @@ class TokenStates:
         if state is not None:
             self._states[name] = state
             self._counts[state] += 1
+        if old is not state:
+            self._line = None
 
     def line(self, configured: int) -> str:
         """``3 tokens: 2 ok, 1 needs_authorization``: what ``systemctl status`` shows."""
+        if self._line is not None and self._line[0] == configured:
+            return self._line[1]
         if not configured:
-            return "no tokens configured"
-        parts = [f"{count} {state.value}" for state, count in sorted(self._counts.items())
-                 if count]
-        return f"{configured} tokens: " + ", ".join(parts)
+            line = "no tokens configured"
+        else:
+            parts = [f"{count} {state.value}" for state, count in sorted(self._counts.items())
+                     if count]
+            line = f"{configured} tokens: " + ", ".join(parts)
+        self._line = (configured, line)
+        return line
 
     def rejected_applications(self) -> set[str]:
         """The applications with a token whose client credentials the server rejected."""

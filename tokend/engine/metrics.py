@@ -98,6 +98,7 @@ class Metrics:
             "tokend_rate_limit_wait_seconds", "Time refreshes waited for a rate-limit slot.",
             ["application"], registry=self.registry,
         )
+        self._rate_waits: dict[str, Counter] = {}
         self._reloads = Counter(
             "tokend_config_reload", "Config reloads, by result.", ["result"],
             registry=self.registry,
@@ -174,8 +175,14 @@ class Metrics:
             self._hooks.labels(str(name), hook, hook_result(result)).inc()
 
     def rate_limit_waited(self, application: str, seconds: float) -> None:
-        self.version += 1
-        self._rate_wait.labels(application).inc(max(seconds, 0.0))
+        """Add a refresh's wait for its rate-limit slot (most wait nothing: no new event)."""
+        series = self._rate_waits.get(application)
+        if series is None:
+            series = self._rate_waits[application] = self._rate_wait.labels(application)
+            self.version += 1
+        if seconds > 0:
+            series.inc(seconds)
+            self.version += 1
 
     def config_loaded(self) -> None:
         """The first config loaded: a success, though not a reload."""

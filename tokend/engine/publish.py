@@ -115,21 +115,27 @@ class Publisher:
         for _spec, _lease, record in items:
             if record is not None and record.token is not None:
                 self._masker.add(record.token.access_token, record.token.refresh_token)
+        return await self._workers.files(self.settle_many, items, new_token=new_token,
+                                         release=release)
 
-        def settle() -> tuple[list[Files], list[TokenRecord | None]]:
-            try:
-                results = [settle_files(spec.outputs, record, in_use=self._in_use,
-                                        name=str(spec.name), new_token=new_token)
-                           for spec, _lease, record in items]
-                return results, self._record(
-                    [(lease, record) for _spec, lease, record in items], results,
-                    unconfigured_at=lambda _record: None,
-                )
-            finally:
-                if release:
-                    self._store.release_many([lease for _spec, lease, _record in items])
-
-        results, records = await self._workers.files(settle)
+    def settle_many(
+        self,
+        items: Sequence[tuple[TokenSpec, Lease, TokenRecord | None]],
+        *,
+        new_token: bool = False,
+        release: bool = False,
+    ) -> list[Published]:
+        """The file work of :meth:`publish_many`, in the calling (file) thread; the caller
+        has told the masker of every token in ``items``."""
+        try:
+            results = [settle_files(spec.outputs, record, in_use=self._in_use,
+                                    name=str(spec.name), new_token=new_token)
+                       for spec, _lease, record in items]
+            records = self._record([(lease, record) for _spec, lease, record in items], results,
+                                   unconfigured_at=lambda _record: None)
+        finally:
+            if release:
+                self._store.release_many([lease for _spec, lease, _record in items])
         published = []
         for record, files in zip(records, results, strict=True):
             ok = files.error is None

@@ -76,6 +76,31 @@ class RefreshOutcome:
 RefreshedCallback = Callable[[TokenSpec, Token], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The server's answer to a refresh, and what was sent to get it."""
+
+    token: Token
+    record: TokenRecord
+    """The record the refresh was sent from (read under the lease)."""
+    sent_at: float
+    started: float
+    """``monotonic`` when it was sent: how long the refresh took."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Persisted:
+    """What became of an answer: committed (``written``; ``None`` when the commit failed
+    and the answer was kept as a pending record), published, and whether the lease ended."""
+
+    written: Written | None
+    record: TokenRecord | None
+    published: Published | None = None
+    released: bool = False
+    failed: Exception | None = None
+    """Publishing a committed token raised this: raised again once the commit is told of."""
+
+
 class Refresher:
     """Refreshes tokens, claiming each through the store so no two actors race."""
 
@@ -158,10 +183,9 @@ class Refresher:
         priority = (record.expires_at if record is not None else None) or 0.0
         held = slots.hold(app.name, priority) if slots else contextlib.nullcontext()
         claim: Claim | None = None
-        published: Published | None = None
-        released = False
+        persisted: _Persisted | None = None
         try:
-            # The slot bounds requests on the wire; it ends with the commit, so outputs
+            # The slot bounds requests on the wire: it ends with the answer, so outputs
             # stuck on a hung mount hold their token's lease but never another's slot.
             async with held:
                 granted_at = self._monotonic()
@@ -173,25 +197,18 @@ class Refresher:
                     log.info("refresh_skipped", token=str(name),
                              reason="claimed_by_another_process")
                     return RefreshOutcome(name, "busy", None)
-                outcome = await self._refresh_claimed(
+                answer = await self._exchange(
                     spec, app, claim, force=force, lease_ends=granted_at + claim.lease.valid_for
                 )
-            if outcome.result == "ok":
-                # The lease ends in the same hop as the outputs it guards.
-                published = await self.publisher.publish(spec, claim.lease, record=outcome.record,
-                                                          new_token=True, release=True)
-                released = True
-                outcome = dataclasses.replace(outcome, record=published.record,
-                                              outputs_ok=published.ok)
-                if self._on_refreshed is not None and published.record is not None and (
-                    published.record.token is not None
-                ):
-                    self._on_refreshed(spec, published.record.token)
+            if isinstance(answer, RefreshOutcome):
+                return answer
+            persisted = await self._persist(spec, claim, answer)
         finally:
-            if claim is not None and not released:
+            if claim is not None and (persisted is None or not persisted.released):
                 await self.workers.store(self._store.release, claim.lease)
-        if published is not None:
-            await self.publisher.announce(spec, published)
+        outcome = self._refreshed(spec, answer, persisted)
+        if persisted.published is not None:
+            await self.publisher.announce(spec, persisted.published)
         return outcome
 
     def _wanted(self, record: TokenRecord | None, spec: TokenSpec, *, force: bool) -> bool:
@@ -202,10 +219,10 @@ class Refresher:
         due = due_at(record, spec)
         return force or (due is not None and due <= self._clock.now())
 
-    async def _refresh_claimed(
+    async def _exchange(
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
         lease_ends: float,
-    ) -> RefreshOutcome:
+    ) -> RefreshOutcome | _Answer:
         """Commit a pending answer of an earlier try first: the token's old refresh token
         must never be sent while its successor waits here (``engine.pending``)."""
         name = spec.name
@@ -218,13 +235,13 @@ class Refresher:
                 log.info("token_refreshed", token=str(name), from_pending=True)
                 return RefreshOutcome(name, "ok", fresh)
             claim = dataclasses.replace(claim, record=fresh)
-        return await self._send_and_commit(spec, app, claim, force=force, lease_ends=lease_ends)
+        return await self._send(spec, app, claim, force=force, lease_ends=lease_ends)
 
-    async def _send_and_commit(  # noqa: PLR0911 -- one return per way the exchange can end
+    async def _send(
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
         lease_ends: float,
-    ) -> RefreshOutcome:
-        """Send and commit under ``claim``; an ``ok`` outcome holds the committed record."""
+    ) -> RefreshOutcome | _Answer:
+        """Send the refresh under ``claim``: the server's answer, or how it ended without one."""
         name, record = spec.name, claim.record
         if record is None or record.token is None or not self._wanted(record, spec, force=force):
             # Another process refreshed or revoked it since we looked.
@@ -232,53 +249,85 @@ class Refresher:
         if lease_ends - self._monotonic() < spec.timeout + COMMIT_ALLOWANCE:
             log.warning("refresh_postponed", token=str(name), reason="lease_too_short")
             return RefreshOutcome(name, "busy", record)
-        current = record.token
         sent_at = self._clock.now()
         started = self._monotonic()
         try:
             async with asyncio.timeout(spec.timeout):
-                token = await self._request(app, spec, current)
+                token = await self._request(app, spec, record.token)
         except OAuthError as error:
             return await self._fail(spec, app, claim, error, started)
         except TimeoutError:
             return await self._fail(spec, app, claim, NetworkError.deadline(spec.timeout),
                                     started)
         self._masker.add(token.access_token, token.refresh_token)
+        return _Answer(token, record, sent_at, started)
+
+    async def _persist(self, spec: TokenSpec, claim: Claim, answer: _Answer) -> _Persisted:
+        """Commit ``answer`` (fenced on the generation only), then publish it and end the
+        lease, in one hop when a file thread is free; a commit that fails keeps the
+        answer as a pending record, its lease still held."""
+        name = spec.name
+
+        def commit() -> tuple[Written, TokenRecord | None]:
+            written = self._store.commit(name, answer.token, generation=claim.generation,
+                                         issued_at=answer.sent_at, now=self._clock.now())
+            return written, self._store.get(name)
+
+        def publish(committed: tuple[Written, TokenRecord | None]) -> _Persisted:
+            written, fresh = committed
+            try:
+                if written is not Written.DONE:
+                    self._store.release(claim.lease)
+                    return _Persisted(written, fresh, released=True)
+                published = self.publisher.settle_many([(spec, claim.lease, fresh)],
+                                                       new_token=True, release=True)[0]
+            except Exception as error:  # noqa: BLE001 -- raised once the commit is told of
+                return _Persisted(written, fresh, failed=error)
+            return _Persisted(written, published.record, published, released=True)
+
         try:
-            written, fresh = await self.workers.store(self._commit, name, token, claim, sent_at)
+            return await self.workers.store_then_files(commit, publish)
         except StateError as error:
             if self._pending is None:
                 raise
             # The server rotated: this answer holds the only live refresh token.
             path = await self.workers.files(self._pending.keep, PendingCommit(
-                name, token, claim.generation, sent_at))
+                name, answer.token, claim.generation, answer.sent_at))
             log.error("commit_failed_token_kept", token=str(name), error=str(error),
                       pending=str(path))
-            return RefreshOutcome(name, "busy", record)
-        seconds = self._monotonic() - started
-        if written is Written.STALE:
+            return _Persisted(None, answer.record)
+
+    def _refreshed(self, spec: TokenSpec, answer: _Answer, persisted: _Persisted) -> RefreshOutcome:
+        """Tell what the commit did (log, metrics, the masker), then what publishing did."""
+        name, token, current = spec.name, answer.token, answer.record.token
+        seconds = self._monotonic() - answer.started
+        if persisted.written is None:
+            return RefreshOutcome(name, "busy", answer.record)
+        if persisted.written is Written.STALE:
             # Our lease had run out and another actor stored a newer token (an
             # authorization, say): ours belongs to a lineage nobody holds any more.
             self._metrics.refresh_finished(name, "superseded", seconds)
             log.warning("refresh_superseded", token=str(name))
-            return RefreshOutcome(name, "superseded", fresh)
+            return RefreshOutcome(name, "superseded", persisted.record)
         self._metrics.refresh_finished(name, "ok", seconds)
         log.info("token_refreshed", token=str(name),
                  expires_at=None if token.expires_in is None
-                 else format_utc(sent_at + token.expires_in))
-        # The replaced pair stays valid until the old access token expires (a hook may print
-        # it): masked until then, then forgotten. (Only a token that expires is refreshed.)
-        old_expiry = record.expires_at or sent_at + (current.expires_in or 0)
-        self._masker.retire(current.access_token, current.refresh_token, until=old_expiry)
-        return RefreshOutcome(name, "ok", fresh)
-
-    def _commit(
-        self, name: TokenName, token: Token, claim: Claim, sent_at: float
-    ) -> tuple[Written, TokenRecord | None]:
-        """Commit ``token`` (fenced on the generation only) and read the record back."""
-        written = self._store.commit(name, token, generation=claim.generation,
-                                     issued_at=sent_at, now=self._clock.now())
-        return written, self._store.get(name)
+                 else format_utc(answer.sent_at + token.expires_in))
+        if current is not None:
+            # The replaced pair stays valid until the old access token expires (a hook may
+            # print it): masked until then, then forgotten. (Only a token that expires is
+            # refreshed.)
+            old_expiry = answer.record.expires_at or answer.sent_at + (current.expires_in or 0)
+            self._masker.retire(current.access_token, current.refresh_token, until=old_expiry)
+        if persisted.failed is not None:
+            raise persisted.failed
+        published = persisted.published
+        assert published is not None  # noqa: S101 -- a done commit is published or failed
+        if self._on_refreshed is not None and published.record is not None and (
+            published.record.token is not None
+        ):
+            self._on_refreshed(spec, published.record.token)
+        return RefreshOutcome(name, "ok", published.record, outputs_ok=published.ok)
 
     async def _request(self, app: ApplicationSpec, spec: TokenSpec, current: Token) -> Token:
         client = AsyncFactorial(

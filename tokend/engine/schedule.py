@@ -9,6 +9,7 @@ week in microseconds, and lets a restarted daemon recompute everything from the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import time
@@ -24,14 +25,19 @@ JITTER = 0.05
 """Each token's refresh point moves by up to this fraction of its lifetime, so tokens issued
 together (a restart, a bulk authorization) do not all come due in the same second."""
 
+JITTER_CACHE = 4096
+"""Names whose jitter is kept: a bounded cache, so it never adds to the memory a token costs."""
+
 _MAX_DOUBLINGS = 64  # 2**64 times any sane initial delay is far past any cap; avoids float overflow
 
 
+@functools.lru_cache(maxsize=JITTER_CACHE)
 def jitter_fraction(name: TokenName) -> float:
     """A fixed offset in ``[-JITTER, JITTER)`` for ``name``.
 
     Derived from a hash of the name (not ``hash()``, which changes per process), so
-    the same token comes due at the same point after every restart.
+    the same token comes due at the same point after every restart. A refresh asks
+    for it three times, so the answers for the tokens seen last are kept.
     """
     digest = hashlib.sha256(str(name).encode()).digest()
     unit = int.from_bytes(digest[:8], "big") / 2**64

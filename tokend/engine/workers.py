@@ -1,15 +1,19 @@
-"""Where blocking work runs: store calls and file writes on thread pools of their own.
+"""Where blocking work runs: store calls and file writes, on threads a hung mount cannot take.
 
 A hung output mount must never hold up a commit: with one shared pool, a few
 output writes stuck in the kernel take every thread and the refresh that
-holds a new refresh token can no longer commit it. So the store has its own
-pool, the outputs theirs, and the store pool reports how long its oldest call
-has been waiting, which is what the systemd watchdog looks at. File work may
-call the store (the marks and the release of the files it just wrote), never
-the reverse.
+holds a new refresh token can no longer commit it. So file work runs only in
+the file pool, and a store call runs in a file thread only when one is free
+to start it at once, else in the store pool, which file work never uses: a
+store call never queues behind file work. The free file thread is the one that
+ran the last refresh, whose caches are warm, so a daemon doing a few refreshes
+a second keeps to one thread. How long the oldest store call has been waiting
+is what the systemd watchdog looks at. File work may call the store (the marks
+and the release of the files it just wrote), never the reverse.
 
-A refresh hops to a pool three times, a few times a second, so a hop is kept
-to one queue put and one ``call_soon_threadsafe``: the answer is set on the
+A refresh hops to a thread twice (the claim, then the commit with its outputs,
+:meth:`Workers.store_then_files`), a few times a second, so a hop is kept to
+one queue put and one ``call_soon_threadsafe``: the answer is set on the
 waiting future directly, without ``run_in_executor``'s second future chained
 to the first.
 """
@@ -25,10 +29,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 P = ParamSpec("P")
 R = TypeVar("R")
+A = TypeVar("A")
 
 STORE_THREADS = 2
 """The SQLite store serializes on one connection anyway; a second thread lets a read
@@ -51,27 +56,68 @@ class Workers:
         self._store_pool = _Pool(store_threads, "tokend-store")
         self._file_pool = _Pool(output_threads, "tokend-files")
         self._monotonic = monotonic
+        # Store calls not yet returned, by when they were asked for. A store call made
+        # in a file thread ends there, hence the lock.
         self._pending: dict[int, float] = {}
+        self._pending_lock = threading.Lock()
         self._ids = itertools.count()
 
     async def store(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run one store call in the store pool."""
-        call = next(self._ids)
-        self._pending[call] = self._monotonic()
+        """Run one store call: in a file thread that is free to start it at once (the one
+        that ran the last refresh, whose caches are warm), else in the store pool."""
+        call = self._store_call_begins()
+        work = functools.partial(fn, *args, **kwargs)
         try:
-            return await self._store_pool.run(functools.partial(fn, *args, **kwargs))
+            started = self._file_pool.submit(work, only_if_free=True)
+            return await (started if started is not None else self._store_pool.submit(work))
         finally:
-            del self._pending[call]
+            self._store_call_ends(call)
 
     async def files(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one batch of file work (outputs) in the file pool."""
-        return await self._file_pool.run(functools.partial(fn, *args, **kwargs))
+        return await self._file_pool.submit(functools.partial(fn, *args, **kwargs))
+
+    async def store_then_files(self, store_call: Callable[[], A],
+                               file_work: Callable[[A], R]) -> R:
+        """Run ``store_call``, then ``file_work`` on its result (which may call the store).
+
+        Both run in one file thread when one is free to start at once: the store call
+        comes first there, so it waits behind nothing. When every file thread is busy
+        (perhaps stuck on a hung mount) the store call goes to the store pool and the
+        file work queues, as two separate calls would.
+        """
+        call = self._store_call_begins()
+
+        def both() -> R:
+            try:
+                result = store_call()
+            finally:
+                self._store_call_ends(call)
+            return file_work(result)
+
+        try:
+            started = self._file_pool.submit(both, only_if_free=True)
+            if started is not None:
+                return await started
+        finally:
+            self._store_call_ends(call)  # cancelled, or the store pool's turn: ended here
+        return await self.files(file_work, await self.store(store_call))
+
+    def _store_call_begins(self) -> int:
+        call = next(self._ids)
+        with self._pending_lock:
+            self._pending[call] = self._monotonic()
+        return call
+
+    def _store_call_ends(self, call: int) -> None:
+        with self._pending_lock:
+            self._pending.pop(call, None)
 
     def store_stalled_for(self) -> float:
         """How long the oldest unfinished store call has been waiting (0 when none is)."""
-        if not self._pending:
-            return 0.0
-        return max(0.0, self._monotonic() - min(self._pending.values()))
+        with self._pending_lock:
+            oldest = min(self._pending.values(), default=None)
+        return 0.0 if oldest is None else max(0.0, self._monotonic() - oldest)
 
     def close(self) -> None:
         """Stop the pools without waiting for a call stuck in the kernel."""
@@ -97,7 +143,16 @@ class _Pool:
         self._threads = 0
         self._closed = False
 
-    async def run(self, call: Callable[[], R]) -> R:
+    @overload
+    def submit(self, call: Callable[[], R]) -> asyncio.Future[R]: ...
+
+    @overload
+    def submit(self, call: Callable[[], R], *, only_if_free: bool) -> asyncio.Future[R] | None: ...
+
+    def submit(self, call: Callable[[], R], *,
+               only_if_free: bool = False) -> asyncio.Future[R] | None:
+        """Hand ``call`` to a thread; the future gets its answer. With ``only_if_free``,
+        ``None`` instead of queueing when no thread can start it at once."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         job: _Job = (future, call)
         with self._lock:
@@ -111,9 +166,11 @@ class _Pool:
                 threading.Thread(target=self._serve, args=(inbox,), daemon=True,
                                  name=f"{self._name}_{self._threads}").start()
                 self._threads += 1
+            elif only_if_free:
+                return None
             else:
                 self._backlog.append(job)
-        return await future
+        return future
 
     def _serve(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
         job = inbox.get()
