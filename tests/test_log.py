@@ -42,6 +42,19 @@ def test_a_secret_inside_text_paths_and_nested_values_is_masked() -> None:
     assert line.count(MASK) == 3
 
 
+def test_a_secret_the_renderer_would_escape_is_masked_before_it_is_escaped() -> None:
+    """A client secret with a quote, a backslash or a non-ASCII letter is written escaped
+    in a JSON line, where the line's own pass would no longer find it whole; it is
+    masked in the value, in the event name and inside longer text alike."""
+    odd = 'pa"ss\\wörd-0123456789'
+    masker = SecretMasker()
+    masker.add(odd)
+    line = _log_line(masker, detail=odd, text=f"secret={odd} end")
+    assert odd not in json.loads(line).values()
+    assert odd not in line and json.dumps(odd)[1:-1] not in line
+    assert json.loads(line)["detail"] == MASK and json.loads(line)["text"] == f"secret={MASK} end"
+
+
 def test_a_padded_secret_after_a_separator_is_masked() -> None:
     """A base64 secret ending in ``=`` padding, written as the last part of a path, is
     masked although fewer than eight of its characters come before the padding."""

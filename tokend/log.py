@@ -29,6 +29,8 @@ _SEPARATOR = re.compile(r"([/.])")
 # The pieces of a candidate between its separators: a secret inside a path or dotted name.
 _PIECE = re.compile(r"[A-Za-z0-9_~+-]+=*")
 _MIN_SECRET_LENGTH = 8
+# Printable ASCII but a quote or backslash: what JSON and the console write unchanged.
+_RENDERED_AS_IS = re.compile(r'[ !#-\[\]-~]*')
 # Replaced tokens kept until the old access token expires: two per token at most at the
 # default refresh_at (that is before the next rotation), so 20,000 for 10,000 tokens.
 # Past the cap, those closest to their expiry go first.
@@ -56,7 +58,9 @@ class SecretMasker:
     def __init__(self, *, now: Callable[[], float] = time.time,
                  max_retired: int = MAX_RETIRED) -> None:
         self._secrets: set[str] = set()
-        self._short: set[str] = set()
+        # Found by plain replacement: short secrets, and those no candidate word can hold
+        # (a quote, a space, a non-ASCII letter in a client secret).
+        self._literal: set[str] = set()
         self._lock = threading.Lock()
         self._now = now
         self._max_retired = max_retired
@@ -87,10 +91,10 @@ class SecretMasker:
             with self._lock:
                 if self._expiries and self._expiries[0][0] <= self._now():
                     self._forget_expired()
-        if not self._secrets and not self._short:
+        if not self._secrets and not self._literal:
             return text
-        for short in self._short:
-            text = text.replace(short, MASK)
+        for literal in self._literal:
+            text = text.replace(literal, MASK)
         # Most text holds no secret: two scans and two set lookups in C say so, without a
         # Python call per word (every log line of every refresh comes through here twice).
         if self._secrets.isdisjoint(_CANDIDATE.findall(text)) and self._secrets.isdisjoint(
@@ -105,10 +109,10 @@ class SecretMasker:
         return {key: value for key, value in environ.items() if self.mask(value) == value}
 
     def _remember(self, secret: str) -> bool:
-        if len(secret) >= _MIN_SECRET_LENGTH:
+        if len(secret) >= _MIN_SECRET_LENGTH and _CANDIDATE.fullmatch(secret):
             self._secrets.add(secret)
         elif secret:
-            self._short.add(secret)
+            self._literal.add(secret)
         return bool(secret)
 
     def _forget_expired(self) -> None:
@@ -120,7 +124,7 @@ class SecretMasker:
             if self._retired.get(secret) == until:
                 del self._retired[secret]
                 self._secrets.discard(secret)
-                self._short.discard(secret)
+                self._literal.discard(secret)
         if len(self._expiries) > 2 * max(len(self._retired), 1024):
             # Stale entries (retired again, or added back) would pile up otherwise.
             self._expiries = [(until, s) for s, until in self._retired.items()]
@@ -155,6 +159,19 @@ class SecretMasker:
             event_dict[key] = self._mask_value(value)
         return event_dict
 
+    def mask_escaped_values(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """:meth:`__call__` for a pipeline whose rendered line is masked as well (the one
+        :func:`configure_logging` sets up): a string the renderer writes as it is appears in
+        that line and is masked there, so only the values a renderer may change (quotes,
+        backslashes, control or non-ASCII characters; anything not a string) are masked
+        here, where a secret is still whole."""
+        for key, value in event_dict.items():
+            if not (isinstance(value, str) and _RENDERED_AS_IS.fullmatch(value)):
+                event_dict[key] = self._mask_value(value)
+        return event_dict
+
 
 def _mask_rendered(masker: SecretMasker) -> structlog.typing.Processor:
     """Mask the final rendered line too: tracebacks are formatted late."""
@@ -178,6 +195,7 @@ def configure_logging(
     log shippers want; people at a terminal get colours.
     """
     out = stream if stream is not None else sys.stderr
+    writer = structlog.WriteLogger(out)
     use_json = not out.isatty() if json is None else json
     numeric_level = logging.getLevelNamesMapping().get(level.upper())
     if numeric_level is None:
@@ -189,7 +207,7 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=True)
     processors: Iterable[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        masker,  # before the level and time are added: they hold no secret
+        masker.mask_escaped_values,  # before the level and time are added: no secret there
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info if use_json else _passthrough,
@@ -199,7 +217,8 @@ def configure_logging(
     structlog.configure(
         processors=list(processors),
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.WriteLoggerFactory(file=out),  # a line, one write
+        # One logger for every call (it locks each write), writing a line at a time.
+        logger_factory=lambda *_args: writer,
         cache_logger_on_first_use=False,
     )
 
