@@ -26,7 +26,7 @@ from tokend.daemon.metrics_http import MetricsServer, move_metrics
 from tokend.daemon.state_dir import open_state
 from tokend.daemon.status_file import DaemonStatus, write_running_status
 from tokend.daemon.systemd import Notifier
-from tokend.daemon.wakeups import Wakeups
+from tokend.daemon.wakeups import DueTimer, Wakeups
 from tokend.daemon.watch import watch_config
 from tokend.daemon.watchdog import watchdog
 from tokend.engine.attention import CREDENTIALS_RECHECK
@@ -80,6 +80,7 @@ class Daemon:
         self._credentials_recheck = credentials_recheck
         # When to re-read rejected credentials next (monotonic); None while none are rejected.
         self._recheck_at: float | None = None
+        self._due: DueTimer | None = None
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit status."""
@@ -150,9 +151,12 @@ class Daemon:
         self._metrics.mark_ready()
         self._notifier.ready(self._supervisor.status_line())
         log.info("daemon_started", tokens=len(config.tokens), config=str(self._config_path))
+        due = self._due = DueTimer(next_at=self._supervisor.next_at, start_due=self._start_due,
+                                   now=self._clock.now)
         try:
-            await self._loop()
+            await self._loop(due)
         finally:
+            due.close()
             self._notifier.stopping()
             for task in background:
                 task.cancel()
@@ -162,7 +166,7 @@ class Daemon:
         log.info("daemon_stopped", cancelled=cancelled)
         return 0
 
-    async def _loop(self) -> None:
+    async def _loop(self, due: DueTimer) -> None:
         while not self._wakeups.stopping.is_set():
             self._wakeups.begin_pass()
             if (heal := self._wakeups.take_reload()) is not None:
@@ -171,10 +175,8 @@ class Daemon:
             rescan, names = self._wakeups.take_rescan()
             if rescan:
                 await self._rescan(names)
-            self._supervisor.start_due()
-            if (line := self._supervisor.status_line()) != self._status_line:
-                self._status_line = line
-                self._notifier.status(line)
+            self._start_due()
+            due.arm()
             await self._sleep()
 
     async def _rescan(self, names: set[TokenName] | None) -> None:
@@ -188,31 +190,35 @@ class Daemon:
             asyncio.get_running_loop().call_later(RESCAN_RETRY, self._wakeups.ring, again)
 
     async def _sleep(self) -> None:
-        """Until woken, or until the next token is due (at most ``MAX_SLEEP``)."""
-        next_at = self._supervisor.next_at()
-        now = self._clock.now()
+        """Until woken (due work is started by its timer), or until credentials are to be
+        re-read, at most ``MAX_SLEEP``."""
         timeout = MAX_SLEEP
-        if next_at is not None:
-            timeout = min(MAX_SLEEP, max(0.0, next_at - now))
         if self._recheck_at is not None:
             timeout = min(timeout, max(0.0, self._recheck_at - time.monotonic()))
-        await self._wakeups.sleep(timeout, now=now)
+        await self._wakeups.sleep(timeout)
+
+    def _start_due(self) -> None:
+        """Start what is due, and tell systemd when the counts of the status line changed."""
+        self._supervisor.start_due()
+        self._show_status()
+
+    def _show_status(self) -> None:
+        if (line := self._supervisor.status_line()) != self._status_line:
+            self._status_line = line
+            self._notifier.status(line)
 
     def _settled(self) -> None:
-        """Work ended: wake the loop if it now has something to do before it would wake by
-        itself (an earlier due time), or a new status line to send.
+        """Work ended: set the due timer again, and wake the loop when the counts changed
+        (a new status line; rejected credentials are to be re-read now and then).
 
-        A refresh moves its token's due time later and leaves the counts as they were:
-        waking for it cost a pass of the loop and a new sleep per refresh.
+        A refresh moves its token's due time later and leaves the counts as they were,
+        so most of the time the loop sleeps on.
         """
-        until = self._wakeups.sleeping_until
-        if until is not None:
-            next_at = self._supervisor.next_at()
-            if (next_at is None or next_at >= until) and (
-                self._supervisor.status_line() == self._status_line
-            ):
-                return
-        self._wakeups.wake()
+        if self._due is None:  # the loop does not run yet: start-up awaits its own work
+            return
+        self._due.arm()
+        if self._supervisor.status_line() != self._status_line:
+            self._wakeups.wake()
 
     async def _listen(self, shared: StoreSpec) -> None:
         from tokend.daemon.listener import follow  # noqa: PLC0415 -- psycopg: only here

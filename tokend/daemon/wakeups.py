@@ -1,8 +1,10 @@
-"""What wakes the daemon's loop, and what it was woken for.
+"""What wakes the daemon's loop, what it was woken for, and the timer that starts due work.
 
-Signal handlers, the doorbell, the config watcher and finished work only set
-flags here and wake the loop (as uvicorn does); the loop takes the flags on its
-next pass. Between passes it sleeps until the next token is due or it is woken.
+Signal handlers, the doorbell and the config watcher only set flags here and
+wake the loop (as uvicorn does); the loop takes the flags on its next pass.
+Work that falls due is started by :class:`DueTimer`, a timer on the event loop,
+without a pass of the daemon's loop: a refresh a few times a second costs no
+wake-up of it and no new sleep.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ class Wakeups:
         self._rescan: set[TokenName] | None = set()
         self._signals = 0
         self._on_second_stop = on_second_stop
-        self.sleeping_until: float | None = None
-        """While the loop sleeps, when it wakes by itself (wall clock); else ``None``."""
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -80,18 +80,64 @@ class Wakeups:
         names, self._rescan = self._rescan, set()
         return names is None or bool(names), names
 
-    async def sleep(self, seconds: float, *, now: float) -> None:
-        """Until woken, or for ``seconds`` from ``now`` (wall clock).
+    async def sleep(self, seconds: float) -> None:
+        """Until woken, or for ``seconds``.
 
         The timeout is a timer on the event loop that wakes the loop like any other
-        event: no task per sleep, which ``wait_for`` would create a few times a second.
+        event: no task per sleep, which ``wait_for`` would create.
         """
         if self._wake.is_set():
             return
         timer = asyncio.get_running_loop().call_later(seconds, self._wake.set)
-        self.sleeping_until = now + seconds
         try:
             await self._wake.wait()
         finally:
-            self.sleeping_until = None
             timer.cancel()
+
+
+class DueTimer:
+    """One event-loop timer, always set for when the next piece of work is due.
+
+    ``arm`` is called whenever that may have changed (work ended, a config was
+    applied); it sets the timer again only when the time differs. When the timer
+    fires, ``start_due`` starts what is due and the timer is set for what comes next,
+    even if starting failed. Once closed (the daemon stops), it is never set again.
+    """
+
+    def __init__(self, *, next_at: Callable[[], float | None], start_due: Callable[[], None],
+                 now: Callable[[], float]) -> None:
+        self._next_at = next_at
+        self._start_due = start_due
+        self._now = now
+        self._at: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def arm(self) -> None:
+        """Set the timer for the next due time (wall clock), unless it already is."""
+        if self._closed:
+            return
+        at = self._next_at()
+        if at == self._at and (at is None or self._timer is not None):
+            return
+        self._cancel()
+        if at is not None:
+            delay = max(0.0, at - self._now())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+            self._at = at
+
+    def close(self) -> None:
+        self._closed = True
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._at = None
+
+    def _fire(self) -> None:
+        self._timer = self._at = None
+        try:
+            self._start_due()
+        finally:
+            self.arm()

@@ -85,9 +85,9 @@ class Supervisor:
         for name in due:
             self._inflight[name] = asyncio.create_task(self._refresh(self._tracker.specs[name]),
                                                        name=str(name))
-        files = self._tracker.publish_retries.due(now)
-        self._publish(name for name in files if name in self._tracker.specs)
-        self._retire([name for name in files if name not in self._tracker.specs])
+        if files := self._tracker.publish_retries.due(now):
+            self._publish(name for name in files if name in self._tracker.specs)
+            self._retire([name for name in files if name not in self._tracker.specs])
 
     @property
     def config(self) -> Config | None:
@@ -255,7 +255,7 @@ class Supervisor:
                 self._retire_after.discard(name)
                 if name not in self._tracker.specs:
                     retire.append(name)
-        if not self.stopping:
+        if not self.stopping and (again or retire):
             self._publish(again)
             self._retire(retire)
         self._on_settled()
