@@ -95,6 +95,8 @@ class _Persisted:
 
     written: Written | None
     record: TokenRecord | None
+    committed_at: float
+    """``monotonic`` when the commit returned (or failed)."""
     published: Published | None = None
     released: bool = False
     failed: Exception | None = None
@@ -268,22 +270,22 @@ class Refresher:
         answer as a pending record, its lease still held."""
         name = spec.name
 
-        def commit() -> tuple[Written, TokenRecord | None]:
+        def commit() -> tuple[Written, TokenRecord | None, float]:
             written = self._store.commit(name, answer.token, generation=claim.generation,
                                          issued_at=answer.sent_at, now=self._clock.now())
-            return written, self._store.get(name)
+            return written, self._store.get(name), self._monotonic()
 
-        def publish(committed: tuple[Written, TokenRecord | None]) -> _Persisted:
-            written, fresh = committed
+        def publish(committed: tuple[Written, TokenRecord | None, float]) -> _Persisted:
+            written, fresh, at = committed
             try:
                 if written is not Written.DONE:
                     self._store.release(claim.lease)
-                    return _Persisted(written, fresh, released=True)
+                    return _Persisted(written, fresh, at, released=True)
                 published = self.publisher.settle_many([(spec, claim.lease, fresh)],
                                                        new_token=True, release=True)[0]
             except Exception as error:  # noqa: BLE001 -- raised once the commit is told of
-                return _Persisted(written, fresh, failed=error)
-            return _Persisted(written, published.record, published, released=True)
+                return _Persisted(written, fresh, at, failed=error)
+            return _Persisted(written, published.record, at, published, released=True)
 
         try:
             return await self.workers.store_then_files(commit, publish)
@@ -295,12 +297,12 @@ class Refresher:
                 name, answer.token, claim.generation, answer.sent_at))
             log.error("commit_failed_token_kept", token=str(name), error=str(error),
                       pending=str(path))
-            return _Persisted(None, answer.record)
+            return _Persisted(None, answer.record, self._monotonic())
 
     def _refreshed(self, spec: TokenSpec, answer: _Answer, persisted: _Persisted) -> RefreshOutcome:
         """Tell what the commit did (log, metrics, the masker), then what publishing did."""
         name, token, current = spec.name, answer.token, answer.record.token
-        seconds = self._monotonic() - answer.started
+        seconds = persisted.committed_at - answer.started
         if persisted.written is None:
             return RefreshOutcome(name, "busy", answer.record)
         if persisted.written is Written.STALE:
