@@ -118,7 +118,7 @@ class DueTimer:
         if self._closed:
             return
         at = self._next_at()
-        if at == self._at and (at is None or self._timer is not None):
+        if at == self._at:  # set for it already (a time is kept only while its timer is)
             return
         self._cancel()
         if at is not None:
