@@ -153,7 +153,8 @@ def is_reloading(message: Notification) -> bool:
 class DaemonProcess:
     """``tokend run`` as a child process with a notify socket and a JSON log file."""
 
-    def __init__(self, config: Path, workdir: Path, name: str) -> None:
+    def __init__(self, config: Path, workdir: Path, name: str, *, tree: Path = ROOT) -> None:
+        """``tree``: the checkout whose ``tokend`` runs (``bench.ab`` runs another one)."""
         self.log_path = workdir / f"{name}.log"
         self.notify = NotifyListener(workdir / f"{name}.notify")
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path)}
@@ -163,7 +164,7 @@ class DaemonProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tokend", "--config", str(config), "run"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-            cwd=ROOT,  # ``-m tokend`` finds the package from the root (see bench/cli.py)
+            cwd=tree,  # ``-m tokend`` finds the package from the root (see bench/cli.py)
         )
         self.pid = self.notify.pid = self.process.pid
 

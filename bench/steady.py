@@ -95,14 +95,14 @@ def _steady_once(ctx: Context, root: Path) -> dict[str, Any]:
     mine = start_sandbox(lifetime=sizes.steady_lifetime)
     theirs = start_sandbox(lifetime=sizes.steady_lifetime)
     try:
-        workspace = _seed_tokend(root / "tokend", mine, sizes.steady_tokens,
+        workspace = seed_tokend(root / "tokend", mine, sizes.steady_tokens,
                                  sizes.steady_lifetime)
-        spec = _seed_baseline(root / "baseline", theirs, sizes.steady_tokens,
+        spec = seed_baseline(root / "baseline", theirs, sizes.steady_tokens,
                               sizes.steady_lifetime)
         # The log and the notify socket go beside the workspace, not into the config's
         # folder: tokend watches that folder, and a user's log goes to the journal.
         with DaemonProcess(workspace.config, root, "steady") as daemon, \
-                _Baseline(spec) as baseline:
+                Baseline(spec) as baseline:
             daemon.wait_ready(READY_TIMEOUT)
             baseline.wait_ready(READY_TIMEOUT)
             sides = {
@@ -161,7 +161,7 @@ def _first_refreshes(count: int, lifetime: float) -> list[float]:
     return [start + interval * index / count for index in range(count)]
 
 
-def _seed_tokend(root: Path, sandbox: Sandbox, count: int, lifetime: float) -> Workspace:
+def seed_tokend(root: Path, sandbox: Sandbox, count: int, lifetime: float) -> Workspace:
     workspace = Workspace(root)
     names = users(count)
     tokens = seed_over_http(sandbox, names)
@@ -176,7 +176,7 @@ def _seed_tokend(root: Path, sandbox: Sandbox, count: int, lifetime: float) -> W
     return workspace
 
 
-def _seed_baseline(root: Path, sandbox: Sandbox, count: int, lifetime: float) -> Path:
+def seed_baseline(root: Path, sandbox: Sandbox, count: int, lifetime: float) -> Path:
     names = users(count, prefix="b")
     tokens = seed_over_http(sandbox, names)
     root.mkdir(parents=True)
@@ -194,7 +194,7 @@ def _seed_baseline(root: Path, sandbox: Sandbox, count: int, lifetime: float) ->
     return path
 
 
-class _Baseline:
+class Baseline:
     """``bench/baseline.py`` in steady mode, as a child process stopped on leaving."""
 
     def __init__(self, spec: Path) -> None:
@@ -222,7 +222,7 @@ class _Baseline:
         self._errors.flush()
         return self._stderr.read_text(errors="replace")[-300:]
 
-    def __enter__(self) -> _Baseline:
+    def __enter__(self) -> Baseline:
         return self
 
     def __exit__(self, *exc: object) -> None:
