@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tokend.engine.refresher import Refresher, RefreshOutcome
+from tokend.engine.landing import RefreshOutcome
+from tokend.engine.refresher import Refresher
 from tokend.log import SecretMasker
 from tokend.model import (
     ApplicationSpec,

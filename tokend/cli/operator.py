@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import httpx
 
 from tokend.daemon.doorbell import ring
+from tokend.engine.landing import RefreshOutcome
 from tokend.engine.outputs import remove_outputs
 from tokend.engine.publish import settle_files
-from tokend.engine.refresher import Refresher, RefreshOutcome, lease_seconds
+from tokend.engine.refresher import Refresher, lease_seconds
 from tokend.engine.schedule import due_at
 from tokend.engine.slots import RefreshSlots
 from tokend.errors import NotFoundError, OAuthError, OutputError, TokendError

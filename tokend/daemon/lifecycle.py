@@ -31,9 +31,10 @@ from tokend.daemon.watch import watch_config
 from tokend.daemon.watchdog import watchdog
 from tokend.engine.attention import CREDENTIALS_RECHECK
 from tokend.engine.hooks import HookGroups
+from tokend.engine.landing import RefreshedCallback
 from tokend.engine.metrics import Metrics
 from tokend.engine.pending import PendingCommits
-from tokend.engine.refresher import RefreshedCallback, Refresher
+from tokend.engine.refresher import Refresher
 from tokend.engine.supervisor import Supervisor
 from tokend.engine.workers import Workers
 from tokend.errors import ConfigError, StateError, TokendError

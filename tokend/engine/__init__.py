@@ -1,7 +1,8 @@
 """The engine: when to refresh, the one refresh, and the one publish path.
 
 ``schedule`` (due times, rate limits), ``slots`` (concurrency, earliest expiry first),
-``refresher`` (OAuth → store), ``pending`` (an answer the store could not take yet),
+``refresher`` (claim → OAuth), ``landing`` (the answer committed, published and
+reported), ``pending`` (an answer the store could not take yet),
 ``publish`` (outputs → hooks, under the token's lease), ``outputs`` (a token's files,
 rendered by :mod:`tokend.formats`), ``atomic`` (one file replaced atomically and
 durably), ``hooks``, ``supervisor`` (applies a config and runs what is due), ``tracker``

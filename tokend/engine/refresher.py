@@ -8,7 +8,8 @@ Rotation makes a second request with the same refresh token destructive, so
 the request is sent only under a lease that covers it: the rate-limit wait
 comes first (holding nothing), then the claim, and the request is sent only if
 the lease still covers its whole deadline (one ``asyncio.timeout`` around the
-exchange, not httpx's per-read timeout) plus the commit.
+exchange, not httpx's per-read timeout) plus the commit. The answer is then
+committed, published and reported by :mod:`tokend.engine.landing`.
 """
 
 from __future__ import annotations
@@ -19,33 +20,28 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Literal
 
 import httpx
 import structlog
 
 from tokend.engine.attention import CLIENT_RETRY_INITIAL, CLIENT_RETRY_MAX
+from tokend.engine.landing import Answer, Landed, Landing, RefreshedCallback, RefreshOutcome, Result
 from tokend.engine.metrics import Metrics
-from tokend.engine.pending import PendingCommit, PendingCommits
-from tokend.engine.publish import Published, Publisher
+from tokend.engine.pending import PendingCommits
+from tokend.engine.publish import Publisher
 from tokend.engine.schedule import RateLimiter, backoff_delay, due_at
 from tokend.engine.slots import RefreshSlots
 from tokend.engine.workers import Workers
-from tokend.errors import NetworkError, OAuthError, StateError
+from tokend.errors import NetworkError, OAuthError
 from tokend.factorial import AsyncFactorial
 from tokend.log import SecretMasker
-from tokend.model import ApplicationSpec, RetryPolicy, Token, TokenName, TokenSpec
+from tokend.model import ApplicationSpec, RetryPolicy, Token, TokenSpec
 from tokend.store.interface import Claim, StateStore, TokenRecord, TokenState, Written
 from tokend.store.lock import owner_is_dead
 from tokend.store.sqlite import BUSY_TIMEOUT
-from tokend.timing import Clock, format_utc
+from tokend.timing import Clock
 
 log = structlog.get_logger(__name__)
-
-# skipped: not due (any more) or not authorized; busy: another process holds the claim;
-# superseded: another actor stored a newer token (or took the lease) while we worked.
-Result = Literal["ok", "transient_error", "permanent_error", "skipped", "busy", "superseded"]
 
 COMMIT_ALLOWANCE = BUSY_TIMEOUT + 5.0
 """What a lease must still cover after the request's deadline: the commit, which may wait
@@ -61,46 +57,6 @@ CLIENT_RETRY = RetryPolicy(initial=CLIENT_RETRY_INITIAL, max=CLIENT_RETRY_MAX)
 def lease_seconds(spec: TokenSpec) -> float:
     """How long a claim on ``spec`` lasts: the request's whole deadline plus the commit."""
     return spec.timeout + COMMIT_ALLOWANCE + CLAIM_ALLOWANCE
-
-
-@dataclass(frozen=True)
-class RefreshOutcome:
-    """What happened to one token, and its record afterwards."""
-
-    name: TokenName
-    result: Result
-    record: TokenRecord | None
-    outputs_ok: bool = True
-
-
-RefreshedCallback = Callable[[TokenSpec, Token], None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """The server's answer to a refresh, and what was sent to get it."""
-
-    token: Token
-    record: TokenRecord
-    """The record the refresh was sent from (read under the lease)."""
-    sent_at: float
-    started: float
-    """``monotonic`` when it was sent: how long the refresh took."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Persisted:
-    """What became of an answer: committed (``written``; ``None`` when the commit failed
-    and the answer was kept as a pending record), published, and whether the lease ended."""
-
-    written: Written | None
-    record: TokenRecord | None
-    committed_at: float
-    """``monotonic`` when the commit returned (or failed)."""
-    published: Published | None = None
-    released: bool = False
-    failed: Exception | None = None
-    """Publishing a committed token raised this: raised again once the commit is told of."""
 
 
 class Refresher:
@@ -129,7 +85,6 @@ class Refresher:
         self._masker = masker
         self._owner = owner
         self._rand = rand
-        self._on_refreshed = on_refreshed
         self._limiters: dict[str, RateLimiter] = {}
         self._metrics = Metrics(process=False) if metrics is None else metrics
         self.workers = Workers() if workers is None else workers
@@ -138,6 +93,9 @@ class Refresher:
         self._pending = pending
         self.publisher = Publisher(store=store, workers=self.workers, masker=masker,
                                    hook_base_env=hook_base_env, metrics=self._metrics)
+        self._landing = Landing(store=store, workers=self.workers, publisher=self.publisher,
+                                clock=clock, masker=masker, metrics=self._metrics,
+                                monotonic=monotonic, pending=pending, on_refreshed=on_refreshed)
 
     @property
     def owner(self) -> str:
@@ -185,7 +143,7 @@ class Refresher:
         priority = (record.expires_at if record is not None else None) or 0.0
         held = slots.hold(app.name, priority) if slots else contextlib.nullcontext()
         claim: Claim | None = None
-        persisted: _Persisted | None = None
+        landed: Landed | None = None
         try:
             # The slot bounds requests on the wire: it ends with the answer, so outputs
             # stuck on a hung mount hold their token's lease but never another's slot.
@@ -204,13 +162,13 @@ class Refresher:
                 )
             if isinstance(answer, RefreshOutcome):
                 return answer
-            persisted = await self._persist(spec, claim, answer)
+            landed = await self._landing.land(spec, claim, answer)
         finally:
-            if claim is not None and (persisted is None or not persisted.released):
+            if claim is not None and (landed is None or not landed.released):
                 await self.workers.store(self._store.release, claim.lease)
-        outcome = self._refreshed(spec, answer, persisted)
-        if persisted.published is not None:
-            await self.publisher.announce(spec, persisted.published)
+        outcome = self._landing.report(spec, answer, landed)
+        if landed.published is not None:
+            await self.publisher.announce(spec, landed.published)
         return outcome
 
     def _wanted(self, record: TokenRecord | None, spec: TokenSpec, *, force: bool) -> bool:
@@ -224,7 +182,7 @@ class Refresher:
     async def _exchange(
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
         lease_ends: float,
-    ) -> RefreshOutcome | _Answer:
+    ) -> RefreshOutcome | Answer:
         """Commit a pending answer of an earlier try first: the token's old refresh token
         must never be sent while its successor waits here (``engine.pending``)."""
         name = spec.name
@@ -242,7 +200,7 @@ class Refresher:
     async def _send(
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
         lease_ends: float,
-    ) -> RefreshOutcome | _Answer:
+    ) -> RefreshOutcome | Answer:
         """Send the refresh under ``claim``: the server's answer, or how it ended without one."""
         name, record = spec.name, claim.record
         if record is None or record.token is None or not self._wanted(record, spec, force=force):
@@ -262,74 +220,7 @@ class Refresher:
             return await self._fail(spec, app, claim, NetworkError.deadline(spec.timeout),
                                     started)
         self._masker.add(token.access_token, token.refresh_token)
-        return _Answer(token, record, sent_at, started)
-
-    async def _persist(self, spec: TokenSpec, claim: Claim, answer: _Answer) -> _Persisted:
-        """Commit ``answer`` (fenced on the generation only), then publish it and end the
-        lease, in one hop when a file thread is free; a commit that fails keeps the
-        answer as a pending record, its lease still held."""
-        name = spec.name
-
-        def commit() -> tuple[Written, TokenRecord | None, float]:
-            written = self._store.commit(name, answer.token, generation=claim.generation,
-                                         issued_at=answer.sent_at, now=self._clock.now())
-            return written, self._store.get(name), self._monotonic()
-
-        def publish(committed: tuple[Written, TokenRecord | None, float]) -> _Persisted:
-            written, fresh, at = committed
-            try:
-                if written is not Written.DONE:
-                    self._store.release(claim.lease)
-                    return _Persisted(written, fresh, at, released=True)
-                published = self.publisher.settle_many([(spec, claim.lease, fresh)],
-                                                       new_token=True, release=True)[0]
-            except Exception as error:  # noqa: BLE001 -- raised once the commit is told of
-                return _Persisted(written, fresh, at, failed=error)
-            return _Persisted(written, published.record, at, published, released=True)
-
-        try:
-            return await self.workers.store_then_files(commit, publish)
-        except StateError as error:
-            if self._pending is None:
-                raise
-            # The server rotated: this answer holds the only live refresh token.
-            path = await self.workers.files(self._pending.keep, PendingCommit(
-                name, answer.token, claim.generation, answer.sent_at))
-            log.error("commit_failed_token_kept", token=str(name), error=str(error),
-                      pending=str(path))
-            return _Persisted(None, answer.record, self._monotonic())
-
-    def _refreshed(self, spec: TokenSpec, answer: _Answer, persisted: _Persisted) -> RefreshOutcome:
-        """Tell what the commit did (log, metrics, the masker), then what publishing did."""
-        name, token, current = spec.name, answer.token, answer.record.token
-        seconds = persisted.committed_at - answer.started
-        if persisted.written is None:
-            return RefreshOutcome(name, "busy", answer.record)
-        if persisted.written is Written.STALE:
-            # Our lease had run out and another actor stored a newer token (an
-            # authorization, say): ours belongs to a lineage nobody holds any more.
-            self._metrics.refresh_finished(name, "superseded", seconds)
-            log.warning("refresh_superseded", token=str(name))
-            return RefreshOutcome(name, "superseded", persisted.record)
-        self._metrics.refresh_finished(name, "ok", seconds)
-        log.info("token_refreshed", token=str(name),
-                 expires_at=None if token.expires_in is None
-                 else format_utc(answer.sent_at + token.expires_in))
-        if current is not None:
-            # The replaced pair stays valid until the old access token expires (a hook may
-            # print it): masked until then, then forgotten. (Only a token that expires is
-            # refreshed.)
-            old_expiry = answer.record.expires_at or answer.sent_at + (current.expires_in or 0)
-            self._masker.retire(current.access_token, current.refresh_token, until=old_expiry)
-        if persisted.failed is not None:
-            raise persisted.failed
-        published = persisted.published
-        assert published is not None  # noqa: S101 -- a done commit is published or failed
-        if self._on_refreshed is not None and published.record is not None and (
-            published.record.token is not None
-        ):
-            self._on_refreshed(spec, published.record.token)
-        return RefreshOutcome(name, "ok", published.record, outputs_ok=published.ok)
+        return Answer(token, record, sent_at, started)
 
     async def _request(self, app: ApplicationSpec, spec: TokenSpec, current: Token) -> Token:
         client = AsyncFactorial(
