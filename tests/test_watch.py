@@ -6,9 +6,14 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
+import pytest
+from asyncinotify import Event, Mask
 from structlog.testing import capture_logs
 
+from tokend.daemon import watch
 from tokend.daemon.watch import fingerprint, watch_config
 
 
@@ -73,3 +78,55 @@ def test_a_folder_that_cannot_be_watched_is_logged(tmp_path: Path) -> None:
     assert seen == []
     failed = [log for log in logs if log["event"] == "config_watch_failed"]
     assert failed and failed[0]["folder"] == str(path.parent)
+
+
+
+class _QueuedInotify:
+    """Inotify whose events the test hands over, so a cancellation can be timed to the step."""
+
+    events: asyncio.Queue[Event]
+
+    def __enter__(self) -> _QueuedInotify:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_watch(self, path: Path, mask: Mask) -> None:
+        return None
+
+    async def get(self) -> Event:
+        return await self.events.get()
+
+
+def test_the_watcher_stops_when_cancelled_as_an_event_arrives_during_its_debounce(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another file in the config's folder changes all the time (a log written there), so the
+    watcher is often waiting out its debounce when the daemon stops. A cancellation that
+    lands in the same step as an event must still end it: swallowed, it left the daemon
+    hanging after SIGTERM, its loop idle and the watcher waiting for the next event."""
+    config = tmp_path / "config.yaml"
+    config.write_text("unchanged\n")
+    inotify = _QueuedInotify()
+    monkeypatch.setattr(watch, "Inotify", lambda: inotify)
+    modified = cast(Event, SimpleNamespace(mask=Mask.MODIFY))
+
+    async def no_change() -> None:
+        return None
+
+    async def go() -> bool:
+        inotify.events = asyncio.Queue()
+        task = asyncio.ensure_future(watch_config(config, no_change))
+        inotify.events.put_nowait(modified)  # a write still going on: the debounce starts
+        for _ in range(5):
+            await asyncio.sleep(0)
+        inotify.events.put_nowait(modified)  # another write, and the daemon stops, at once
+        task.cancel()
+        done, _pending = await asyncio.wait([task], timeout=2.0)
+        if not done:
+            task.cancel()
+            await asyncio.wait([task], timeout=2.0)
+        return bool(done)
+
+    assert asyncio.run(go()), "the watcher went on after it was cancelled"

@@ -76,7 +76,8 @@ class StoreListener:
             if self._connected:  # it worked until now: try again soon
                 delay = RECONNECT_INITIAL
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
             delay = min(delay * 2, RECONNECT_MAX)
 
     async def _listen(self, stop: asyncio.Event) -> None:

@@ -105,7 +105,8 @@ class MetricsServer:
             response = await self._read_and_route(reader)
             if response is not None:
                 writer.write(response)
-                await asyncio.wait_for(writer.drain(), self._write_timeout)
+                async with asyncio.timeout(self._write_timeout):
+                    await writer.drain()
                 flushed = True
                 if not response.startswith(b"HTTP/1.1 2"):
                     writer.write_eof()
@@ -123,7 +124,8 @@ class MetricsServer:
     async def _read_and_route(self, reader: asyncio.StreamReader) -> bytes | None:
         """The whole response to send, or ``None`` when the client left first."""
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._head_timeout)
+            async with asyncio.timeout(self._head_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
         except TimeoutError:
             return _response((HTTPStatus.REQUEST_TIMEOUT, _TEXT, b"request head too slow\n"))
         except asyncio.LimitOverrunError:

@@ -59,6 +59,7 @@ async def open_state(
             log.error("state_unavailable", error=str(error), retry_in=delay)
             notifier.status(f"waiting for the state directory: {error}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
             delay = min(delay * 2, STATE_RETRY_MAX)
     return None

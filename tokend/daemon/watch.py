@@ -70,11 +70,15 @@ async def watch_config(path: Path, on_change: Callable[[], Awaitable[None]]) -> 
             finished, gone = _finished_or_gone(await inotify.get())
             while not finished and not gone:
                 # A save still going on: look once the folder has been quiet for a moment.
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the event
+                # instead of raising when it is cancelled in the step the event arrives, and
+                # the daemon's stop then waited for ever on a watcher that went on.
                 try:
-                    finished, gone = _finished_or_gone(
-                        await asyncio.wait_for(inotify.get(), DEBOUNCE))
+                    async with asyncio.timeout(DEBOUNCE):
+                        event = await inotify.get()
                 except TimeoutError:
                     break
+                finished, gone = _finished_or_gone(event)
             current = fingerprint(path)
             if current is not None and current != last:
                 last = current
