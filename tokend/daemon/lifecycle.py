@@ -201,9 +201,6 @@ class Daemon:
     def _start_due(self) -> None:
         """Start what is due, and tell systemd when the counts of the status line changed."""
         self._supervisor.start_due()
-        self._show_status()
-
-    def _show_status(self) -> None:
         if (line := self._supervisor.status_line()) != self._status_line:
             self._status_line = line
             self._notifier.status(line)
