@@ -53,7 +53,7 @@ def _mask_if_token(match: re.Match[str]) -> str:
 
 
 class SecretMasker:
-    """A structlog processor that masks every registered secret value."""
+    """Every registered secret value, masked in text, in log events and in environments."""
 
     def __init__(self, *, now: Callable[[], float] = time.time,
                  max_retired: int = MAX_RETIRED) -> None:
@@ -152,19 +152,12 @@ class SecretMasker:
             return self.mask(repr(value))
         return value
 
-    def __call__(
-        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        for key, value in event_dict.items():
-            event_dict[key] = self._mask_value(value)
-        return event_dict
-
     def mask_escaped_values(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        """:meth:`__call__` for a pipeline whose rendered line is masked as well (the one
-        :func:`configure_logging` sets up): a string the renderer writes as it is appears in
-        that line and is masked there, so only the values a renderer may change (quotes,
+        """The structlog processor of a pipeline whose rendered line is masked as well (the
+        one :func:`configure_logging` sets up): a string the renderer writes as it is appears
+        in that line and is masked there, so only the values a renderer may change (quotes,
         backslashes, control or non-ASCII characters; anything not a string) are masked
         here, where a secret is still whole."""
         for key, value in event_dict.items():
