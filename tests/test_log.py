@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 
+import pytest
 import structlog
 
 from tokend.log import MASK, SecretMasker, configure_logging, mask_token_shaped
 
 SECRET = "s3cr3t-Value_0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_before() -> Iterator[None]:
+    """These tests configure structlog for the whole process (one at level warning): later
+    tests' ``capture_logs`` would then miss every info event."""
+    yield
+    structlog.reset_defaults()
 
 
 def _log_line(masker: SecretMasker, **fields: object) -> str:
