@@ -48,6 +48,7 @@ from tokend.model import (
     TokenName,
     TokenSpec,
 )
+from tokend.oauth.deadline import deadline_client
 from tokend.sandbox import Sandbox
 from tokend.store.interface import TokenRecord
 from tokend.store.sqlite import SqliteStateStore
@@ -118,10 +119,13 @@ def _answer() -> httpx.Response:
 
 def _refresher(store: SqliteStateStore, http: httpx.AsyncClient, *, owner: str = DAEMON,
                clock: WallClock | None = None,
-               on_refreshed: Callable[[TokenSpec, Token], None] | None = None) -> Refresher:
+               on_refreshed: Callable[[TokenSpec, Token], None] | None = None,
+               blocking: httpx.Client | None = None) -> Refresher:
+    """``blocking``: the client a refresh uses when it runs whole in a file thread."""
     return Refresher(
         store=store, http=http, clock=clock or WallClock(), masker=SecretMasker(), owner=owner,
         hook_base_env={"PATH": os.environ.get("PATH", os.defpath)}, on_refreshed=on_refreshed,
+        blocking_http=blocking,
     )
 
 
@@ -248,17 +252,31 @@ def trickling_server() -> Iterator[str]:
     listener.close()
 
 
-def test_a_token_timeout_bounds_the_whole_refresh(tmp_path: Path, trickling_server: str) -> None:
+@pytest.mark.parametrize("in_one_thread", [True, False], ids=["in one thread", "from the loop"])
+def test_a_token_timeout_bounds_the_whole_refresh(
+    tmp_path: Path, trickling_server: str, in_one_thread: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``timeout: 1s`` means the refresh gives up after about a second, even when the
     server keeps sending a byte now and then; the stored token is left as it was."""
     spec, app = TokenSpec(name=NAME, timeout=1.0), _app(trickling_server, timeout=1.0)
     store = SqliteStateStore(tmp_path / "state")
     seeded = _fake_token("alice")
     store.save_token(NAME, seeded, now=time.time() - DUE_AGE)
+    for variable in [name for name in os.environ if name.lower().endswith("_proxy")]:
+        monkeypatch.delenv(variable)
+    error: list[str | None] = []
 
     async def go() -> str:
+        blocking = deadline_client() if in_one_thread else None
         async with httpx.AsyncClient() as http:
-            outcome = await _refresher(store, http).refresh(spec, app, force=True)
+            refresher = _refresher(store, http, blocking=blocking)
+            try:
+                outcome = await refresher.refresh(spec, app, force=True)
+            finally:
+                refresher.workers.close()
+                if blocking is not None:
+                    blocking.close()
+            error.append(outcome.record.last_error if outcome.record else None)
             return outcome.result
 
     started = time.monotonic()
@@ -267,6 +285,7 @@ def test_a_token_timeout_bounds_the_whole_refresh(tmp_path: Path, trickling_serv
     assert result == "transient_error" and elapsed < 5.0, (
         f"with a 1 s timeout the refresh took {elapsed:.1f} s and ended {result}"
     )
+    assert error == ["timeout: no complete answer within 1 s"]
     kept = _stored(store).refresh_token == seeded.refresh_token
     assert kept, "the stored token changed"
 
@@ -724,13 +743,15 @@ def test_a_rate_limit_change_keeps_the_slots_already_reserved(tmp_path: Path) ->
 # Finding 10: one executor for everything.
 
 
+@pytest.mark.parametrize("in_one_thread", [True, False], ids=["in one thread", "from the loop"])
 @pytest.mark.parametrize("concurrency", [64, 4])
 def test_a_hung_output_mount_does_not_stop_other_tokens_from_being_committed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrency: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrency: int, in_one_thread: bool
 ) -> None:
     """Outputs on a mount that hangs (fsync never returns) for many tokens: another token,
     whose outputs are elsewhere, still gets its new token committed within seconds, even
-    when the stuck tokens outnumber the refresh slots."""
+    when the stuck tokens outnumber the refresh slots, and when the refreshes run whole in
+    file threads, which the hung outputs then hold."""
     hung, fine = tmp_path / "hung", tmp_path / "fine"
     hanging, release = threading.Event(), threading.Event()
     real_fsync, real_fdatasync = os.fsync, os.fdatasync
@@ -764,29 +785,31 @@ def test_a_hung_output_mount_does_not_stop_other_tokens_from_being_committed(
         store.save_token(spec.name, _fake_token(spec.name.user), now=time.time() - DUE_AGE)
     seeded = _stored(store).refresh_token
 
-    async def endpoint(request: httpx.Request) -> httpx.Response:
+    def endpoint(request: httpx.Request) -> httpx.Response:
         if dict(httpx.QueryParams(request.content.decode())).get("refresh_token") == seeded:
-            await asyncio.sleep(0.3)  # answered after the others are stuck in their outputs
+            time.sleep(0.3)  # answered after the others are stuck in their outputs
         return _answer()
 
     def committed() -> bool:
         return _stored(store).refresh_token != seeded
 
     async def go() -> bool:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as http:
-            refresher = _refresher(store, http)
-            supervisor = _supervisor(store, refresher)
-            try:
-                await supervisor.apply(_config(tmp_path, [app], [*stuck, other],
-                                               concurrency=concurrency))
-                hanging.set()
-                await _daemon_loop(supervisor, 3.0, until=committed)
-                in_time = committed()
-            finally:
-                release.set()  # the mount comes back: every thread can finish
-                refresher.workers.close()
-            await _cancel_the_rest()
-            return in_time
+        transport = httpx.MockTransport(endpoint)
+        with httpx.Client(transport=transport) as blocking:
+            async with httpx.AsyncClient(transport=transport) as http:
+                refresher = _refresher(store, http, blocking=blocking if in_one_thread else None)
+                supervisor = _supervisor(store, refresher)
+                try:
+                    await supervisor.apply(_config(tmp_path, [app], [*stuck, other],
+                                                   concurrency=concurrency))
+                    hanging.set()
+                    await _daemon_loop(supervisor, 3.0, until=committed)
+                    in_time = committed()
+                finally:
+                    release.set()  # the mount comes back: every thread can finish
+                    refresher.workers.close()
+                await _cancel_the_rest()
+                return in_time
 
     before = set(threading.enumerate())
     try:

@@ -1,9 +1,15 @@
-"""One refresh, unit-tested with httpx.MockTransport, a fake clock and a real store."""
+"""One refresh, unit-tested with httpx.MockTransport, a fake clock and a real store.
+
+Every test runs both ways a refresh is sent: whole in one file thread with the blocking
+client (what the daemon does when a file thread is free), and from the event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +18,7 @@ import pytest
 
 from tokend.engine.landing import RefreshOutcome
 from tokend.engine.refresher import Refresher
+from tokend.engine.workers import Workers
 from tokend.log import SecretMasker
 from tokend.model import (
     ApplicationSpec,
@@ -48,6 +55,16 @@ def _new_token_body(created_at: int) -> dict[str, object]:
     }
 
 
+@pytest.fixture(autouse=True, params=["in one thread", "from the loop"])
+def sent(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the refreshes of a test are sent (see the module's docstring)."""
+    monkeypatch.setattr(sys.modules[__name__], "IN_ONE_THREAD", request.param == "in one thread")
+    return str(request.param)
+
+
+IN_ONE_THREAD = True
+
+
 def _refresh(
     tmp_path: Path,
     handler: Callable[[httpx.Request], httpx.Response],
@@ -70,12 +87,18 @@ def _refresh(
     clock = FakeClock(OLD.created_at + 3000.0)
 
     async def go() -> RefreshOutcome:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(recording)) as http:
-            refresher = Refresher(
-                store=store, http=http, clock=clock, masker=SecretMasker(), owner="test",
-                hook_base_env={}, rand=lambda: 0.5,
-            )
-            return await refresher.refresh(spec, APP, force=force)
+        transport = httpx.MockTransport(recording)
+        async with httpx.AsyncClient(transport=transport) as http:
+            with httpx.Client(transport=transport) as blocking:
+                refresher = Refresher(
+                    store=store, http=http, clock=clock, masker=SecretMasker(), owner="test",
+                    hook_base_env={}, rand=lambda: 0.5,
+                    blocking_http=blocking if IN_ONE_THREAD else None,
+                )
+                try:
+                    return await refresher.refresh(spec, APP, force=force)
+                finally:
+                    refresher.workers.close()
 
     return asyncio.run(go()), store, requests
 
@@ -219,3 +242,64 @@ def test_a_malformed_success_body_is_transient(tmp_path: Path, body: str) -> Non
     assert outcome.result == "transient_error"
     assert record is not None and record.token is not None
     assert record.token.refresh_token == OLD.refresh_token, "the refresh token was lost"
+
+
+def test_a_refresh_runs_whole_in_a_free_file_thread_else_from_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sent: str
+) -> None:
+    """With a file thread free, the request and the commit happen in that one thread. With
+    the only file thread busy (stuck on a hung mount, say) the request goes out from the
+    event loop, the commit from the store's own thread, and the token is refreshed all the
+    same once the outputs can be written."""
+    output = tmp_path / "out.token"
+    spec = TokenSpec(name=NAME, outputs=(OutputSpec(output),))
+    store = SqliteStateStore(tmp_path / "state")
+    store.save_token(NAME, OLD, now=OLD.created_at)
+    threads: dict[str, str] = {}
+    original_commit = SqliteStateStore.commit
+
+    def spying_commit(self: SqliteStateStore, name: TokenName, token: Token, *,
+                      generation: int, issued_at: float, now: float) -> Written:
+        threads["commit"] = threading.current_thread().name
+        return original_commit(self, name, token, generation=generation, issued_at=issued_at,
+                               now=now)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        threads["request"] = threading.current_thread().name
+        return httpx.Response(200, json=_new_token_body(OLD.created_at + 3000))
+
+    monkeypatch.setattr(SqliteStateStore, "commit", spying_commit)
+    hung = threading.Event()
+
+    async def go() -> RefreshOutcome:
+        workers = Workers(output_threads=1)
+        transport = httpx.MockTransport(handler)
+        stuck = None
+        if sent == "from the loop":
+            stuck = asyncio.ensure_future(workers.files(hung.wait))
+            await asyncio.sleep(0.05)
+            asyncio.get_running_loop().call_later(0.3, hung.set)
+        async with httpx.AsyncClient(transport=transport) as http:
+            with httpx.Client(transport=transport) as blocking:
+                refresher = Refresher(
+                    store=store, http=http, clock=FakeClock(OLD.created_at + 3000.0),
+                    masker=SecretMasker(), owner="test", hook_base_env={}, workers=workers,
+                    blocking_http=blocking,
+                )
+                try:
+                    return await refresher.refresh(spec, APP)
+                finally:
+                    hung.set()
+                    if stuck is not None:
+                        await stuck
+                    workers.close()
+
+    outcome = asyncio.run(go())
+    assert outcome.result == "ok"
+    assert output.read_text() == "new-access-token-2"
+    if sent == "in one thread":
+        assert threads["request"].startswith("tokend-files"), threads
+        assert threads["commit"] == threads["request"], threads
+    else:
+        assert threads["request"] == "MainThread", threads
+        assert threads["commit"].startswith("tokend-store"), threads

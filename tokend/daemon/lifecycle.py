@@ -40,6 +40,7 @@ from tokend.engine.workers import Workers
 from tokend.errors import ConfigError, StateError, TokendError
 from tokend.log import SecretMasker
 from tokend.model import Config, StoreSpec, TokenName
+from tokend.oauth.deadline import deadline_client
 from tokend.store.interface import StateStore
 from tokend.store.lock import owner_id
 from tokend.timing import Clock, SystemClock
@@ -97,17 +98,22 @@ class Daemon:
                                      shared=config.store)
             if store is None:
                 return 0
+            blocking_http = deadline_client()
+            if blocking_http is not None:
+                stack.callback(blocking_http.close)
             async with httpx.AsyncClient() as http:
-                return await self._serve(config, store, http)
+                return await self._serve(config, store, http, blocking_http)
 
     def request_stop(self) -> None:
         """Stop scheduling, let in-flight refreshes commit, then return from ``run``."""
         self._wakeups.request_stop()
 
-    async def _serve(self, config: Config, store: StateStore, http: httpx.AsyncClient) -> int:
+    async def _serve(self, config: Config, store: StateStore, http: httpx.AsyncClient,
+                     blocking_http: httpx.Client | None) -> int:
         refresher = Refresher(
             store=store,
             http=http,
+            blocking_http=blocking_http,
             clock=self._clock,
             masker=self._masker,
             owner=owner_id(),

@@ -12,9 +12,11 @@ masker, and the outcome the supervisor schedules from.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -76,6 +78,14 @@ class Landed:
     """Publishing a committed token raised this: raised again once the commit is told of."""
 
 
+_Committed = tuple[Written, TokenRecord | None, float]
+"""What the commit said, the record read back after it, and ``monotonic`` then."""
+
+
+def _pending(spec: TokenSpec, claim: Claim, answer: Answer) -> PendingCommit:
+    return PendingCommit(spec.name, answer.token, claim.generation, answer.sent_at)
+
+
 class Landing:
     """Commits, publishes and reports the answers of the refreshes of one refresher."""
 
@@ -106,36 +116,50 @@ class Landing:
         """Commit ``answer`` (fenced on the generation only), then publish it and end the
         lease, in one hop when a file thread is free; a commit that fails keeps the
         answer as a pending record, its lease still held."""
-        name = spec.name
-
-        def commit() -> tuple[Written, TokenRecord | None, float]:
-            written = self._store.commit(name, answer.token, generation=claim.generation,
-                                         issued_at=answer.sent_at, now=self._clock.now())
-            return written, self._store.get(name), self._monotonic()
-
-        def publish(committed: tuple[Written, TokenRecord | None, float]) -> Landed:
-            written, fresh, at = committed
-            try:
-                if written is not Written.DONE:
-                    self._store.release(claim.lease)
-                    return Landed(written, fresh, at, released=True)
-                published = self._publisher.settle_many([(spec, claim.lease, fresh)],
-                                                       new_token=True, release=True)[0]
-            except Exception as error:  # noqa: BLE001 -- raised once the commit is told of
-                return Landed(written, fresh, at, failed=error)
-            return Landed(written, published.record, at, published, released=True)
-
         try:
-            return await self._workers.store_then_files(commit, publish)
+            return await self._workers.store_then_files(
+                functools.partial(self._commit, spec, claim, answer),
+                functools.partial(self._publish, spec, claim))
         except StateError as error:
             if self._pending is None:
                 raise
-            # The server rotated: this answer holds the only live refresh token.
-            path = await self._workers.files(self._pending.keep, PendingCommit(
-                name, answer.token, claim.generation, answer.sent_at))
-            log.error("commit_failed_token_kept", token=str(name), error=str(error),
-                      pending=str(path))
-            return Landed(None, answer.record, self._monotonic())
+            path = await self._workers.files(self._pending.keep, _pending(spec, claim, answer))
+            return self._kept(spec, answer, error, path)
+
+    def land_now(self, spec: TokenSpec, claim: Claim, answer: Answer) -> Landed:
+        """:meth:`land` in the calling file thread: the refresh that got ``answer`` ran there."""
+        try:
+            with self._workers.store_call():
+                committed = self._commit(spec, claim, answer)
+        except StateError as error:
+            if self._pending is None:
+                raise
+            path = self._pending.keep(_pending(spec, claim, answer))
+            return self._kept(spec, answer, error, path)
+        return self._publish(spec, claim, committed)
+
+    def _commit(self, spec: TokenSpec, claim: Claim, answer: Answer) -> _Committed:
+        written = self._store.commit(spec.name, answer.token, generation=claim.generation,
+                                     issued_at=answer.sent_at, now=self._clock.now())
+        return written, self._store.get(spec.name), self._monotonic()
+
+    def _publish(self, spec: TokenSpec, claim: Claim, committed: _Committed) -> Landed:
+        written, fresh, at = committed
+        try:
+            if written is not Written.DONE:
+                self._store.release(claim.lease)
+                return Landed(written, fresh, at, released=True)
+            published = self._publisher.settle_many([(spec, claim.lease, fresh)],
+                                                   new_token=True, release=True)[0]
+        except Exception as error:  # noqa: BLE001 -- raised once the commit is told of
+            return Landed(written, fresh, at, failed=error)
+        return Landed(written, published.record, at, published, released=True)
+
+    def _kept(self, spec: TokenSpec, answer: Answer, error: StateError, path: Path) -> Landed:
+        # The server rotated: this answer holds the only live refresh token.
+        log.error("commit_failed_token_kept", token=str(spec.name), error=str(error),
+                  pending=str(path))
+        return Landed(None, answer.record, self._monotonic())
 
     def report(self, spec: TokenSpec, answer: Answer, landed: Landed) -> RefreshOutcome:
         """Tell what the commit did (log, metrics, the masker), then what publishing did."""

@@ -7,19 +7,27 @@ token. A crash at any point therefore leaves either the old refresh token
 Rotation makes a second request with the same refresh token destructive, so
 the request is sent only under a lease that covers it: the rate-limit wait
 comes first (holding nothing), then the claim, and the request is sent only if
-the lease still covers its whole deadline (one ``asyncio.timeout`` around the
-exchange, not httpx's per-read timeout) plus the commit. The answer is then
-committed, published and reported by :mod:`tokend.engine.landing`.
+the lease still covers its whole deadline (not httpx's per-read timeout: one
+``asyncio.timeout`` around the exchange on the event loop, or
+:func:`tokend.oauth.deadline.request_deadline` in a thread) plus the commit.
+The answer is then committed, published and reported by :mod:`tokend.engine.landing`.
+
+A refresh runs a few times a second in the steady state, so it costs what its
+hops and its HTTP stack cost: when a file thread is free, the whole refresh
+(claim, request with the blocking client, commit, outputs, end of the lease)
+runs there in one hop and the event loop only tells what happened; when every
+file thread is busy (a burst, a hung mount) the request goes out from the event
+loop, which needs no thread per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import httpx
 import structlog
@@ -30,12 +38,13 @@ from tokend.engine.metrics import Metrics
 from tokend.engine.pending import PendingCommits
 from tokend.engine.publish import Publisher
 from tokend.engine.schedule import RateLimiter, backoff_delay, due_at
-from tokend.engine.slots import RefreshSlots
+from tokend.engine.slots import Held, RefreshSlots
 from tokend.engine.workers import Workers
 from tokend.errors import NetworkError, OAuthError
-from tokend.factorial import AsyncFactorial
+from tokend.factorial import AsyncFactorial, Factorial
 from tokend.log import SecretMasker
 from tokend.model import ApplicationSpec, RetryPolicy, Token, TokenSpec
+from tokend.oauth.deadline import request_deadline
 from tokend.store.interface import Claim, StateStore, TokenRecord, TokenState, Written
 from tokend.store.lock import owner_is_dead
 from tokend.store.sqlite import BUSY_TIMEOUT
@@ -78,9 +87,11 @@ class Refresher:
         holder_is_dead: Callable[[str], bool] = owner_is_dead,
         monotonic: Callable[[], float] = time.monotonic,
         pending: PendingCommits | None = None,
+        blocking_http: httpx.Client | None = None,
     ) -> None:
         self._store = store
         self._http = http
+        self._blocking_http = blocking_http
         self._clock = clock
         self._masker = masker
         self._owner = owner
@@ -130,6 +141,10 @@ class Refresher:
         the record read under the lease. The lease is held until the outputs
         are written, so a concurrent ``tokend revoke`` can never see them
         rewritten after it removed them; hooks run after it is released.
+
+        The refresh runs whole in one file thread when one is free (and the
+        blocking client is at hand); else, and while an earlier answer waits as a
+        pending record, from the event loop with a hop for each store call.
         """
         name = spec.name
         record = seen if seen is not None else await self.workers.store(self._store.get, name)
@@ -141,35 +156,104 @@ class Refresher:
         if delay > 0:
             await asyncio.sleep(delay)
         priority = (record.expires_at if record is not None else None) or 0.0
-        held = slots.hold(app.name, priority) if slots else contextlib.nullcontext()
+        # The slots bound requests on the wire: they end with the answer, so outputs stuck
+        # on a hung mount hold their token's lease but never another token's slot.
+        held = await slots.take(app.name, priority) if slots else Held()
+        hop = None
+        try:
+            if self._blocking_http is not None and (
+                self._pending is None or self._pending.get(name) is None
+            ):
+                hop = self.workers.start_at_once(self._refresh_here, spec, app, force, held)
+            if hop is None:
+                return await self._refresh_from_loop(spec, app, force, held)
+        finally:
+            if hop is None:
+                held.release()
+        # Shielded: once started, the thread ends the refresh (and its lease) on its own.
+        return await self._tell(spec, app, await asyncio.shield(hop))
+
+    def _refresh_here(self, spec: TokenSpec, app: ApplicationSpec, force: bool,
+                      held: Held) -> _Told:
+        """The whole refresh in this (file) thread: claim, request, commit, outputs, end of
+        the lease; what the event loop must still tell comes back."""
+        assert self._blocking_http is not None  # noqa: S101 -- only started with it
         claim: Claim | None = None
         landed: Landed | None = None
         try:
-            # The slot bounds requests on the wire: it ends with the answer, so outputs
-            # stuck on a hung mount hold their token's lease but never another's slot.
-            async with held:
-                granted_at = self._monotonic()
-                claim = await self.workers.store(
-                    self._store.claim, name, owner=self._owner, lease=lease_seconds(spec),
-                    holder_is_dead=self._holder_is_dead,
-                )
-                if claim is None:
-                    log.info("refresh_skipped", token=str(name),
-                             reason="claimed_by_another_process")
-                    return RefreshOutcome(name, "busy", None)
-                answer = await self._exchange(
-                    spec, app, claim, force=force, lease_ends=granted_at + claim.lease.valid_for
-                )
-            if isinstance(answer, RefreshOutcome):
-                return answer
-            landed = await self._landing.land(spec, claim, answer)
+            granted_at = self._monotonic()
+            with self.workers.store_call():
+                claim = self._claim(spec)
+            if claim is None:
+                return RefreshOutcome(spec.name, "busy", None)
+            current = self._sendable(spec, claim, force=force,
+                                     lease_ends=granted_at + claim.lease.valid_for)
+            if isinstance(current, RefreshOutcome):
+                return current
+            sent_at, started = self._clock.now(), self._monotonic()
+            try:
+                with request_deadline(spec.timeout):
+                    token = Factorial(
+                        access_token=current.token.access_token, base_url=app.base_url,
+                        timeout=spec.timeout, client=self._blocking_http,
+                    ).refresh_access_token(**self._form(app, current.token))
+            except OAuthError as error:
+                held.release()
+                timed_out = self._monotonic() - started >= spec.timeout
+                with self.workers.store_call():
+                    return self._record_failure(
+                        spec, app, claim, NetworkError.deadline(spec.timeout) if timed_out
+                        else error, started)
+            held.release()
+            self._masker.add(token.access_token, token.refresh_token)
+            answer = Answer(token, current.record, sent_at, started)
+            landed = self._landing.land_now(spec, claim, answer)
+            return answer, landed
         finally:
+            held.release()
             if claim is not None and (landed is None or not landed.released):
-                await self.workers.store(self._store.release, claim.lease)
+                with self.workers.store_call():
+                    self._store.release(claim.lease)
+
+    async def _tell(self, spec: TokenSpec, app: ApplicationSpec, told: _Told) -> RefreshOutcome:
+        """Say on the event loop what a refresh did: log lines, metrics, hooks."""
+        if isinstance(told, RefreshOutcome):
+            return told
+        if isinstance(told, Failure):
+            return await self._tell_failure(spec, app, told)
+        answer, landed = told
         outcome = self._landing.report(spec, answer, landed)
         if landed.published is not None:
             await self.publisher.announce(spec, landed.published)
         return outcome
+
+    async def _refresh_from_loop(self, spec: TokenSpec, app: ApplicationSpec, force: bool,
+                                 held: Held) -> RefreshOutcome:
+        """The refresh with each store call on a worker thread and the request on the loop."""
+        claim: Claim | None = None
+        landed: Landed | None = None
+        try:
+            granted_at = self._monotonic()
+            claim = await self.workers.store(self._claim, spec)
+            if claim is None:
+                return RefreshOutcome(spec.name, "busy", None)
+            told = await self._exchange(spec, app, claim, force=force,
+                                        lease_ends=granted_at + claim.lease.valid_for)
+            held.release()
+            if not isinstance(told, Answer):
+                return await self._tell(spec, app, told)
+            landed = await self._landing.land(spec, claim, told)
+        finally:
+            if claim is not None and (landed is None or not landed.released):
+                await self.workers.store(self._store.release, claim.lease)
+        return await self._tell(spec, app, (told, landed))
+
+    def _claim(self, spec: TokenSpec) -> Claim | None:
+        claim = self._store.claim(spec.name, owner=self._owner, lease=lease_seconds(spec),
+                                  holder_is_dead=self._holder_is_dead)
+        if claim is None:
+            log.info("refresh_skipped", token=str(spec.name), reason="claimed_by_another_process")
+        return claim
 
     def _wanted(self, record: TokenRecord | None, spec: TokenSpec, *, force: bool) -> bool:
         # A token that never expires is never refreshed, even by force: the server would
@@ -179,10 +263,22 @@ class Refresher:
         due = due_at(record, spec)
         return force or (due is not None and due <= self._clock.now())
 
+    def _sendable(self, spec: TokenSpec, claim: Claim, *, force: bool,
+                  lease_ends: float) -> _Current | RefreshOutcome:
+        """What to refresh from under ``claim``, or why not to send the refresh after all."""
+        name, record = spec.name, claim.record
+        if record is None or record.token is None or not self._wanted(record, spec, force=force):
+            # Another process refreshed or revoked it since we looked.
+            return RefreshOutcome(name, "skipped", record)
+        if lease_ends - self._monotonic() < spec.timeout + COMMIT_ALLOWANCE:
+            log.warning("refresh_postponed", token=str(name), reason="lease_too_short")
+            return RefreshOutcome(name, "busy", record)
+        return _Current(record, record.token)
+
     async def _exchange(
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
         lease_ends: float,
-    ) -> RefreshOutcome | Answer:
+    ) -> RefreshOutcome | Failure | Answer:
         """Commit a pending answer of an earlier try first: the token's old refresh token
         must never be sent while its successor waits here (``engine.pending``)."""
         name = spec.name
@@ -195,57 +291,41 @@ class Refresher:
                 log.info("token_refreshed", token=str(name), from_pending=True)
                 return RefreshOutcome(name, "ok", fresh)
             claim = dataclasses.replace(claim, record=fresh)
-        return await self._send(spec, app, claim, force=force, lease_ends=lease_ends)
-
-    async def _send(
-        self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, *, force: bool,
-        lease_ends: float,
-    ) -> RefreshOutcome | Answer:
-        """Send the refresh under ``claim``: the server's answer, or how it ended without one."""
-        name, record = spec.name, claim.record
-        if record is None or record.token is None or not self._wanted(record, spec, force=force):
-            # Another process refreshed or revoked it since we looked.
-            return RefreshOutcome(name, "skipped", record)
-        if lease_ends - self._monotonic() < spec.timeout + COMMIT_ALLOWANCE:
-            log.warning("refresh_postponed", token=str(name), reason="lease_too_short")
-            return RefreshOutcome(name, "busy", record)
-        sent_at = self._clock.now()
-        started = self._monotonic()
+        current = self._sendable(spec, claim, force=force, lease_ends=lease_ends)
+        if isinstance(current, RefreshOutcome):
+            return current
+        sent_at, started = self._clock.now(), self._monotonic()
         try:
             async with asyncio.timeout(spec.timeout):
-                token = await self._request(app, spec, record.token)
+                token = await AsyncFactorial(
+                    access_token=current.token.access_token, base_url=app.base_url,
+                    timeout=spec.timeout, client=self._http,
+                ).refresh_access_token(**self._form(app, current.token))
         except OAuthError as error:
-            return await self._fail(spec, app, claim, error, started)
+            return await self.workers.store(self._record_failure, spec, app, claim, error,
+                                            started)
         except TimeoutError:
-            return await self._fail(spec, app, claim, NetworkError.deadline(spec.timeout),
-                                    started)
+            return await self.workers.store(self._record_failure, spec, app, claim,
+                                            NetworkError.deadline(spec.timeout), started)
         self._masker.add(token.access_token, token.refresh_token)
-        return Answer(token, record, sent_at, started)
+        return Answer(token, current.record, sent_at, started)
 
-    async def _request(self, app: ApplicationSpec, spec: TokenSpec, current: Token) -> Token:
-        client = AsyncFactorial(
-            access_token=current.access_token,
-            base_url=app.base_url,
-            timeout=spec.timeout,
-            client=self._http,
-        )
-        return await client.refresh_access_token(
-            client_id=app.client_id,
-            client_secret=app.client_secret.reveal(),
-            refresh_token=current.refresh_token,
-        )
+    @staticmethod
+    def _form(app: ApplicationSpec, current: Token) -> dict[str, str]:
+        return {"client_id": app.client_id, "client_secret": app.client_secret.reveal(),
+                "refresh_token": current.refresh_token}
 
-    async def _fail(
+    def _record_failure(
         self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, error: OAuthError,
         started: float,
-    ) -> RefreshOutcome:
+    ) -> Failure:
+        """Store what a failed refresh means for its token (a store call, under the lease)."""
         name, record = spec.name, claim.record
         assert record is not None  # noqa: S101 -- only tokens that exist are sent
         result: Result = "transient_error" if error.transient else "permanent_error"
         self._metrics.refresh_finished(name, result, self._monotonic() - started)
         now = self._clock.now()
         failures = record.consecutive_failures + 1
-        message = self._masker.mask(str(error))
         if error.transient:
             delay = backoff_delay(
                 failures, spec.retry, retry_after=error.retry_after, random=self._rand
@@ -255,27 +335,60 @@ class Refresher:
             delay = backoff_delay(failures, CLIENT_RETRY, retry_after=None, random=self._rand)
             state, next_attempt_at = TokenState.CLIENT_REJECTED, now + delay
         else:
-            state, next_attempt_at = TokenState.NEEDS_AUTHORIZATION, None
-        written = await self.workers.store(
-            self._store.record_failure, claim.lease, generation=claim.generation,
-            error=message, state=state, now=now, next_attempt_at=next_attempt_at,
+            delay, state, next_attempt_at = 0.0, TokenState.NEEDS_AUTHORIZATION, None
+        message = self._masker.mask(str(error))
+        written = self._store.record_failure(
+            claim.lease, generation=claim.generation, error=message, state=state, now=now,
+            next_attempt_at=next_attempt_at,
         )
-        fresh = await self.workers.store(self._store.get, name)
-        if written is Written.STALE:
+        return Failure(error.transient, state, record.state, message, failures, delay,
+                       written, self._store.get(name))
+
+    async def _tell_failure(self, spec: TokenSpec, app: ApplicationSpec,
+                            failure: Failure) -> RefreshOutcome:
+        name, message = spec.name, failure.message
+        if failure.written is Written.STALE:
             # Someone else owns the token now; what we learned is about a token it replaced.
             log.warning("refresh_failure_superseded", token=str(name), error=message)
-            return RefreshOutcome(name, "superseded", fresh)
-        if error.transient:
-            log.warning("refresh_failed", token=str(name), error=message, attempt=failures,
-                        retry_in=round(delay, 1))
-            return RefreshOutcome(name, "transient_error", fresh)
-        if state is TokenState.CLIENT_REJECTED:
+            return RefreshOutcome(name, "superseded", failure.record)
+        if failure.transient:
+            log.warning("refresh_failed", token=str(name), error=message,
+                        attempt=failure.attempt, retry_in=round(failure.retry_in, 1))
+            return RefreshOutcome(name, "transient_error", failure.record)
+        if failure.state is TokenState.CLIENT_REJECTED:
             log.error("client_rejected", token=str(name), application=app.name,
                       client_id=app.client_id, secret_from=app.secret_source, error=message,
-                      retry_in=round(delay))
+                      retry_in=round(failure.retry_in))
         else:
             log.error("needs_authorization", token=str(name), error=message)
-        if spec.on_failure and record.state is not state:
+        if spec.on_failure and failure.was is not failure.state:
             await self.publisher.run_hook(spec, "on_failure", None)
-        return RefreshOutcome(name, "permanent_error", fresh)
+        return RefreshOutcome(name, "permanent_error", failure.record)
 
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A refresh the server (or the network) refused, as stored under its lease."""
+
+    transient: bool
+    state: TokenState
+    was: TokenState
+    """The token's state before this refresh: the failure hook runs on a change only."""
+    message: str
+    """The error, masked."""
+    attempt: int
+    retry_in: float
+    written: Written
+    record: TokenRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Current:
+    """The record a refresh is sent from, read under its lease, and its token."""
+
+    record: TokenRecord
+    token: Token
+
+
+_Told = RefreshOutcome | Failure | tuple[Answer, Landed]
+"""What a refresh leaves the event loop to tell."""

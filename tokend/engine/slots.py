@@ -4,6 +4,11 @@ Under overload the token that expires first goes first, so waiters are served by
 expiry, not by arrival. A reload may change the limits; tokens already holding
 a slot keep it, and the new limit applies as they finish, so a reload never
 raises the number of requests in flight above either limit.
+
+A slot is taken on the event loop and may be given back from the worker thread
+that sent the refresh (:class:`Held`): the moment the answer is in, before the
+thread goes on to commit and write the outputs. Giving back wakes the event loop
+only when a refresh waits for the slot.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 
@@ -23,6 +29,8 @@ class PrioritySlots:
         self._held = 0
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def limit(self) -> int:
@@ -40,33 +48,67 @@ class PrioritySlots:
     @asynccontextmanager
     async def hold(self, priority: float) -> AsyncIterator[None]:
         """Hold one slot for the ``async with`` body; lower ``priority`` is served first."""
-        if self._held < self._limit and not self._waiters:
-            self._held += 1
-        else:
-            granted = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiters, (priority, next(self._order), granted))
-            try:
-                await granted
-            except asyncio.CancelledError:
-                if granted.done() and not granted.cancelled():
-                    self._release()  # granted in the same step as the cancellation
-                raise
+        await self.acquire(priority)
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    def _release(self) -> None:
-        self._held -= 1
-        self._grant()
+    async def acquire(self, priority: float) -> None:
+        """Take one slot, waiting behind every waiter with a lower ``priority``."""
+        with self._lock:
+            if self._held < self._limit and not self._waiters:
+                self._held += 1
+                return
+            self._loop = asyncio.get_running_loop()
+            granted = self._loop.create_future()
+            heapq.heappush(self._waiters, (priority, next(self._order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted in the same step as the cancellation
+            raise
+
+    def release(self) -> None:
+        """Give one slot back; from any thread, waking the event loop only for a waiter."""
+        with self._lock:
+            self._held -= 1
+            loop = self._loop if self._waiters else None
+        if loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._grant()
+        else:
+            loop.call_soon_threadsafe(self._grant)
 
     def _grant(self) -> None:
-        while self._held < self._limit and self._waiters:
-            _priority, _order, granted = heapq.heappop(self._waiters)
-            if granted.done():  # its waiter was cancelled
-                continue
-            self._held += 1
-            granted.set_result(None)
+        with self._lock:
+            while self._held < self._limit and self._waiters:
+                _priority, _order, granted = heapq.heappop(self._waiters)
+                if granted.done():  # its waiter was cancelled
+                    continue
+                self._held += 1
+                granted.set_result(None)
+
+
+class Held:
+    """Slots taken for one refresh; :meth:`release` gives them back once, from any thread."""
+
+    def __init__(self, slots: Sequence[PrioritySlots] = ()) -> None:
+        self._slots = slots
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Give the slots back; later calls do nothing."""
+        with self._lock:
+            slots, self._slots = self._slots, ()
+        for held in slots:
+            held.release()
 
 
 class RefreshSlots:
@@ -93,11 +135,24 @@ class RefreshSlots:
             if not self._apps[name].held:
                 del self._apps[name]
 
-    @asynccontextmanager
-    async def hold(self, app: str, priority: float) -> AsyncIterator[None]:
+    async def take(self, app: str, priority: float) -> Held:
         """One of ``app``'s slots and one global slot, each served earliest ``priority`` first."""
         slots = self._apps.get(app)
         if slots is None:
             slots = self._apps[app] = PrioritySlots(self._global.limit)
-        async with slots.hold(priority), self._global.hold(priority):
+        await slots.acquire(priority)
+        try:
+            await self._global.acquire(priority)
+        except BaseException:
+            slots.release()
+            raise
+        return Held((self._global, slots))
+
+    @asynccontextmanager
+    async def hold(self, app: str, priority: float) -> AsyncIterator[None]:
+        """:meth:`take` for the ``async with`` body."""
+        held = await self.take(app, priority)
+        try:
             yield
+        finally:
+            held.release()

@@ -11,11 +11,12 @@ a second keeps to one thread. How long the oldest store call has been waiting
 is what the systemd watchdog looks at. File work may call the store (the marks
 and the release of the files it just wrote), never the reverse.
 
-A refresh hops to a thread twice (the claim, then the commit with its outputs,
-:meth:`Workers.store_then_files`), a few times a second, so a hop is kept to
-one queue put and one ``call_soon_threadsafe``: the answer is set on the
-waiting future directly, without ``run_in_executor``'s second future chained
-to the first.
+A refresh runs whole in one free file thread (:meth:`Workers.start_at_once`:
+claim, request, commit, outputs); when none is free it hops to a thread for the
+claim, then for the commit with its outputs (:meth:`Workers.store_then_files`).
+That happens a few times a second, so a hop is kept to one queue put and one
+``call_soon_threadsafe``: the answer is set on the waiting future directly,
+without ``run_in_executor``'s second future chained to the first.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
 P = ParamSpec("P")
@@ -102,6 +103,23 @@ class Workers:
         finally:
             self._store_call_ends(call)  # cancelled, or the store pool's turn: ended here
         return await self.files(file_work, await self.store(store_call))
+
+    def start_at_once(self, fn: Callable[P, R], *args: P.args,
+                      **kwargs: P.kwargs) -> asyncio.Future[R] | None:
+        """Start ``fn`` (file work that may call the store) in a file thread free to start
+        it at once, or give ``None`` when every file thread is busy. Its store calls are
+        watched through :meth:`store_call`."""
+        return self._file_pool.submit(functools.partial(fn, *args, **kwargs), only_if_free=True)
+
+    @contextlib.contextmanager
+    def store_call(self) -> Iterator[None]:
+        """Watch a store call made in a worker thread, as :meth:`store_stalled_for` watches
+        the store calls it runs itself."""
+        call = self._store_call_begins()
+        try:
+            yield
+        finally:
+            self._store_call_ends(call)
 
     def _store_call_begins(self) -> int:
         call = next(self._ids)
