@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from tokend.engine.slots import PrioritySlots, RefreshSlots
 
@@ -152,3 +153,29 @@ def test_a_throttled_application_does_not_hold_global_slots_while_it_waits() -> 
         return ran
 
     assert asyncio.run(go()), "the idle application waited behind the throttled one"
+
+
+def test_slots_given_back_from_a_worker_thread_serve_the_next_waiter_once() -> None:
+    """A refresh running in a worker thread gives its slots back the moment its answer is
+    in: the waiting refresh starts then, and giving back twice frees nothing more."""
+
+    async def go() -> tuple[bool, int]:
+        slots = RefreshSlots(1, {"app": 1})
+        held = await slots.take("app", 0.0)
+        waiter = asyncio.create_task(slots.take("app", 1.0))
+        await _settle()
+        waited = not waiter.done()
+        thread = threading.Thread(target=lambda: (held.release(), held.release()))
+        thread.start()
+        thread.join()
+        second = await asyncio.wait_for(waiter, 5.0)
+        third = asyncio.create_task(slots.take("app", 2.0))
+        await _settle()
+        blocked = int(not third.done())
+        second.release()
+        (await asyncio.wait_for(third, 5.0)).release()
+        return waited, blocked
+
+    waited, blocked = asyncio.run(go())
+    assert waited, "the second refresh did not wait for the slot"
+    assert blocked == 1, "a slot given back twice let a third refresh in beside the second"

@@ -32,20 +32,20 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
-from tokend.engine.attention import CLIENT_RETRY_INITIAL, CLIENT_RETRY_MAX
-from tokend.engine.landing import Answer, Landed, Landing, RefreshedCallback, RefreshOutcome, Result
+from tokend.engine.failures import Failure, Failures
+from tokend.engine.landing import Answer, Landed, Landing, RefreshedCallback, RefreshOutcome
 from tokend.engine.metrics import Metrics
 from tokend.engine.pending import PendingCommits
 from tokend.engine.publish import Publisher
-from tokend.engine.schedule import RateLimiter, backoff_delay, due_at
+from tokend.engine.schedule import RateLimiter, due_at
 from tokend.engine.slots import Held, RefreshSlots
 from tokend.engine.workers import Workers
 from tokend.errors import NetworkError, OAuthError
 from tokend.factorial import AsyncFactorial, Factorial
 from tokend.log import SecretMasker
-from tokend.model import ApplicationSpec, RetryPolicy, Token, TokenSpec
+from tokend.model import ApplicationSpec, Token, TokenSpec
 from tokend.oauth.deadline import request_deadline
-from tokend.store.interface import Claim, StateStore, TokenRecord, TokenState, Written
+from tokend.store.interface import Claim, StateStore, TokenRecord, Written
 from tokend.store.lock import owner_is_dead
 from tokend.store.sqlite import BUSY_TIMEOUT
 from tokend.timing import Clock
@@ -57,10 +57,6 @@ COMMIT_ALLOWANCE = BUSY_TIMEOUT + 5.0
 ``BUSY_TIMEOUT`` for another writer."""
 CLAIM_ALLOWANCE = 5.0
 """Slack for the claim itself, so a lease granted a moment late still covers the request."""
-CLIENT_REJECTED_ERRORS = frozenset({"invalid_client"})
-"""OAuth errors about the application's credentials, not the refresh token: the server
-never looked at the refresh token, so it stays usable once the credentials are right."""
-CLIENT_RETRY = RetryPolicy(initial=CLIENT_RETRY_INITIAL, max=CLIENT_RETRY_MAX)
 
 
 def lease_seconds(spec: TokenSpec) -> float:
@@ -95,7 +91,6 @@ class Refresher:
         self._clock = clock
         self._masker = masker
         self._owner = owner
-        self._rand = rand
         self._limiters: dict[str, RateLimiter] = {}
         self._metrics = Metrics(process=False) if metrics is None else metrics
         self.workers = Workers() if workers is None else workers
@@ -104,6 +99,9 @@ class Refresher:
         self._pending = pending
         self.publisher = Publisher(store=store, workers=self.workers, masker=masker,
                                    hook_base_env=hook_base_env, metrics=self._metrics)
+        self._failures = Failures(store=store, clock=clock, masker=masker,
+                                  metrics=self._metrics, publisher=self.publisher, rand=rand,
+                                  monotonic=monotonic)
         self._landing = Landing(store=store, workers=self.workers, publisher=self.publisher,
                                 clock=clock, masker=masker, metrics=self._metrics,
                                 monotonic=monotonic, pending=pending, on_refreshed=on_refreshed)
@@ -201,9 +199,9 @@ class Refresher:
                 held.release()
                 timed_out = self._monotonic() - started >= spec.timeout
                 with self.workers.store_call():
-                    return self._record_failure(
-                        spec, app, claim, NetworkError.deadline(spec.timeout) if timed_out
-                        else error, started)
+                    return self._failures.record(
+                        spec, claim, NetworkError.deadline(spec.timeout) if timed_out else error,
+                        started)
             held.release()
             self._masker.add(token.access_token, token.refresh_token)
             answer = Answer(token, current.record, sent_at, started)
@@ -220,7 +218,7 @@ class Refresher:
         if isinstance(told, RefreshOutcome):
             return told
         if isinstance(told, Failure):
-            return await self._tell_failure(spec, app, told)
+            return await self._failures.tell(spec, app, told)
         answer, landed = told
         outcome = self._landing.report(spec, answer, landed)
         if landed.published is not None:
@@ -232,21 +230,24 @@ class Refresher:
         """The refresh with each store call on a worker thread and the request on the loop."""
         claim: Claim | None = None
         landed: Landed | None = None
+        told: _Told
         try:
             granted_at = self._monotonic()
             claim = await self.workers.store(self._claim, spec)
             if claim is None:
                 return RefreshOutcome(spec.name, "busy", None)
-            told = await self._exchange(spec, app, claim, force=force,
-                                        lease_ends=granted_at + claim.lease.valid_for)
+            exchanged = await self._exchange(spec, app, claim, force=force,
+                                             lease_ends=granted_at + claim.lease.valid_for)
             held.release()
-            if not isinstance(told, Answer):
-                return await self._tell(spec, app, told)
-            landed = await self._landing.land(spec, claim, told)
+            if isinstance(exchanged, Answer):
+                landed = await self._landing.land(spec, claim, exchanged)
+                told = exchanged, landed
+            else:
+                told = exchanged
         finally:
             if claim is not None and (landed is None or not landed.released):
                 await self.workers.store(self._store.release, claim.lease)
-        return await self._tell(spec, app, (told, landed))
+        return await self._tell(spec, app, told)
 
     def _claim(self, spec: TokenSpec) -> Claim | None:
         claim = self._store.claim(spec.name, owner=self._owner, lease=lease_seconds(spec),
@@ -302,10 +303,9 @@ class Refresher:
                     timeout=spec.timeout, client=self._http,
                 ).refresh_access_token(**self._form(app, current.token))
         except OAuthError as error:
-            return await self.workers.store(self._record_failure, spec, app, claim, error,
-                                            started)
+            return await self.workers.store(self._failures.record, spec, claim, error, started)
         except TimeoutError:
-            return await self.workers.store(self._record_failure, spec, app, claim,
+            return await self.workers.store(self._failures.record, spec, claim,
                                             NetworkError.deadline(spec.timeout), started)
         self._masker.add(token.access_token, token.refresh_token)
         return Answer(token, current.record, sent_at, started)
@@ -314,72 +314,6 @@ class Refresher:
     def _form(app: ApplicationSpec, current: Token) -> dict[str, str]:
         return {"client_id": app.client_id, "client_secret": app.client_secret.reveal(),
                 "refresh_token": current.refresh_token}
-
-    def _record_failure(
-        self, spec: TokenSpec, app: ApplicationSpec, claim: Claim, error: OAuthError,
-        started: float,
-    ) -> Failure:
-        """Store what a failed refresh means for its token (a store call, under the lease)."""
-        name, record = spec.name, claim.record
-        assert record is not None  # noqa: S101 -- only tokens that exist are sent
-        result: Result = "transient_error" if error.transient else "permanent_error"
-        self._metrics.refresh_finished(name, result, self._monotonic() - started)
-        now = self._clock.now()
-        failures = record.consecutive_failures + 1
-        if error.transient:
-            delay = backoff_delay(
-                failures, spec.retry, retry_after=error.retry_after, random=self._rand
-            )
-            state, next_attempt_at = TokenState.FAILING, now + delay
-        elif error.error in CLIENT_REJECTED_ERRORS:
-            delay = backoff_delay(failures, CLIENT_RETRY, retry_after=None, random=self._rand)
-            state, next_attempt_at = TokenState.CLIENT_REJECTED, now + delay
-        else:
-            delay, state, next_attempt_at = 0.0, TokenState.NEEDS_AUTHORIZATION, None
-        message = self._masker.mask(str(error))
-        written = self._store.record_failure(
-            claim.lease, generation=claim.generation, error=message, state=state, now=now,
-            next_attempt_at=next_attempt_at,
-        )
-        return Failure(error.transient, state, record.state, message, failures, delay,
-                       written, self._store.get(name))
-
-    async def _tell_failure(self, spec: TokenSpec, app: ApplicationSpec,
-                            failure: Failure) -> RefreshOutcome:
-        name, message = spec.name, failure.message
-        if failure.written is Written.STALE:
-            # Someone else owns the token now; what we learned is about a token it replaced.
-            log.warning("refresh_failure_superseded", token=str(name), error=message)
-            return RefreshOutcome(name, "superseded", failure.record)
-        if failure.transient:
-            log.warning("refresh_failed", token=str(name), error=message,
-                        attempt=failure.attempt, retry_in=round(failure.retry_in, 1))
-            return RefreshOutcome(name, "transient_error", failure.record)
-        if failure.state is TokenState.CLIENT_REJECTED:
-            log.error("client_rejected", token=str(name), application=app.name,
-                      client_id=app.client_id, secret_from=app.secret_source, error=message,
-                      retry_in=round(failure.retry_in))
-        else:
-            log.error("needs_authorization", token=str(name), error=message)
-        if spec.on_failure and failure.was is not failure.state:
-            await self.publisher.run_hook(spec, "on_failure", None)
-        return RefreshOutcome(name, "permanent_error", failure.record)
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A refresh the server (or the network) refused, as stored under its lease."""
-
-    transient: bool
-    state: TokenState
-    was: TokenState
-    """The token's state before this refresh: the failure hook runs on a change only."""
-    message: str
-    """The error, masked."""
-    attempt: int
-    retry_in: float
-    written: Written
-    record: TokenRecord | None
 
 
 @dataclass(frozen=True, slots=True)
