@@ -165,7 +165,11 @@ def test_slots_given_back_from_a_worker_thread_serve_the_next_waiter_once() -> N
         waiter = asyncio.create_task(slots.take("app", 1.0))
         await _settle()
         waited = not waiter.done()
-        thread = threading.Thread(target=lambda: (held.release(), held.release()))
+        def give_back_twice() -> None:
+            held.release()
+            held.release()
+
+        thread = threading.Thread(target=give_back_twice)
         thread.start()
         thread.join()
         second = await asyncio.wait_for(waiter, 5.0)
