@@ -6,7 +6,8 @@ server's ``Retry-After`` honoured), rejected client credentials are tried again
 slowly (the server never looked at the refresh token, so it stays usable once the
 credentials are right), and anything else needs a person to authorize again.
 :meth:`Failures.record` is a store call, made in whichever thread the refresh
-runs in; :meth:`Failures.tell` logs and runs the failure hook on the event loop.
+runs in; :meth:`Failures.tell` counts, logs and runs the failure hook on the
+event loop.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Failure:
     """The error, masked."""
     attempt: int
     retry_in: float
+    seconds: float
+    """How long the refresh took, to its failure."""
     written: Written
     record: TokenRecord | None
 
@@ -79,8 +82,7 @@ class Failures:
         """Store what ``error`` means for the token sent under ``claim`` (a store call)."""
         name, record = spec.name, claim.record
         assert record is not None  # noqa: S101 -- only tokens that exist are sent
-        result: Result = "transient_error" if error.transient else "permanent_error"
-        self._metrics.refresh_finished(name, result, self._monotonic() - started)
+        seconds = self._monotonic() - started
         now = self._clock.now()
         failures = record.consecutive_failures + 1
         if error.transient:
@@ -99,12 +101,14 @@ class Failures:
             next_attempt_at=next_attempt_at,
         )
         return Failure(error.transient, state, record.state, message, failures, delay,
-                       written, self._store.get(name))
+                       seconds, written, self._store.get(name))
 
     async def tell(self, spec: TokenSpec, app: ApplicationSpec,
                    failure: Failure) -> RefreshOutcome:
         """Log ``failure`` and run the token's failure hook when its state changed."""
         name, message = spec.name, failure.message
+        result: Result = "transient_error" if failure.transient else "permanent_error"
+        self._metrics.refresh_finished(name, result, failure.seconds)
         if failure.written is Written.STALE:
             # Someone else owns the token now; what we learned is about a token it replaced.
             log.warning("refresh_failure_superseded", token=str(name), error=message)

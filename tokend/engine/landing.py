@@ -4,10 +4,11 @@ The answer holds the only live refresh token once the server has rotated, so it
 is committed before anything else (fenced on the generation the refresh was
 sent from), kept as a pending record when the store cannot take it
 (``engine.pending``), and only then written to the outputs, under the lease the
-refresh holds; the lease ends with them. The commit and the outputs share one
-hop when a file thread is free (``Workers.store_then_files``). :meth:`Landing.report`
-then says on the event loop what happened: the log line, the metrics, the
-masker, and the outcome the supervisor schedules from.
+refresh holds; the lease ends with them. A refresh that ran whole in a file
+thread lands there (:meth:`Landing.land_now`); one sent from the event loop
+lands in one hop when a file thread is free (``Workers.store_then_files``).
+:meth:`Landing.report` then says on the event loop what happened: the log line,
+the metrics, the masker, and the outcome the supervisor schedules from.
 """
 
 from __future__ import annotations
