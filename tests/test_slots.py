@@ -4,8 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from tokend.engine.slots import PrioritySlots, RefreshSlots
+
+
+@asynccontextmanager
+async def _held(slots: PrioritySlots, priority: float) -> AsyncIterator[None]:
+    """One slot of ``slots`` for the ``async with`` body, as a refresh holds it."""
+    await slots.acquire(priority)
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+@asynccontextmanager
+async def _taken(slots: RefreshSlots, app: str, priority: float) -> AsyncIterator[None]:
+    """``app``'s slot and a global one for the ``async with`` body."""
+    held = await slots.take(app, priority)
+    try:
+        yield
+    finally:
+        held.release()
 
 
 async def _settle() -> None:
@@ -22,11 +44,11 @@ def test_a_free_slot_goes_to_the_waiter_that_expires_first() -> None:
         release = asyncio.Event()
 
         async def holder() -> None:
-            async with slots.hold(0.0):
+            async with _held(slots, 0.0):
                 await release.wait()
 
         async def waiter(expiry: float) -> None:
-            async with slots.hold(expiry):
+            async with _held(slots, expiry):
                 served.append(expiry)
 
         first = asyncio.create_task(holder())
@@ -49,12 +71,12 @@ def test_a_lower_limit_is_reached_as_holders_finish_without_taking_slots_away() 
         peak_after = 0
 
         async def holder() -> None:
-            async with slots.hold(0.0):
+            async with _held(slots, 0.0):
                 await release.wait()
 
         async def late() -> None:
             nonlocal peak_after
-            async with slots.hold(0.0):
+            async with _held(slots, 0.0):
                 peak_after = max(peak_after, slots.held)
 
         holders = [asyncio.create_task(holder()) for _ in range(3)]
@@ -82,7 +104,7 @@ def test_a_raised_limit_lets_waiters_go_at_once() -> None:
         release = asyncio.Event()
 
         async def holder() -> None:
-            async with slots.hold(0.0):
+            async with _held(slots, 0.0):
                 await release.wait()
 
         tasks = [asyncio.create_task(holder()) for _ in range(3)]
@@ -106,11 +128,11 @@ def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
         served: list[str] = []
 
         async def holder() -> None:
-            async with slots.hold(0.0):
+            async with _held(slots, 0.0):
                 await release.wait()
 
         async def waiter(label: str, priority: float) -> None:
-            async with slots.hold(priority):
+            async with _held(slots, priority):
                 served.append(label)
 
         first = asyncio.create_task(holder())
@@ -136,11 +158,11 @@ def test_a_throttled_application_does_not_hold_global_slots_while_it_waits() -> 
         idle_ran = asyncio.Event()
 
         async def busy() -> None:
-            async with slots.hold("busy", 0.0):
+            async with _taken(slots, "busy", 0.0):
                 await release.wait()
 
         async def idle() -> None:
-            async with slots.hold("idle", 0.0):
+            async with _taken(slots, "idle", 0.0):
                 idle_ran.set()
 
         busy_tasks = [asyncio.create_task(busy()) for _ in range(4)]

@@ -17,8 +17,7 @@ import asyncio
 import heapq
 import itertools
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 
 
 class PrioritySlots:
@@ -45,17 +44,8 @@ class PrioritySlots:
         self._limit = limit
         self._grant()
 
-    @asynccontextmanager
-    async def hold(self, priority: float) -> AsyncIterator[None]:
-        """Hold one slot for the ``async with`` body; lower ``priority`` is served first."""
-        await self.acquire(priority)
-        try:
-            yield
-        finally:
-            self.release()
-
     async def acquire(self, priority: float) -> None:
-        """Take one slot, waiting behind every waiter with a lower ``priority``."""
+        """Take one slot (lower ``priority`` is served first); :meth:`release` gives it back."""
         with self._lock:
             if self._held < self._limit and not self._waiters:
                 self._held += 1
@@ -147,12 +137,3 @@ class RefreshSlots:
             slots.release()
             raise
         return Held((self._global, slots))
-
-    @asynccontextmanager
-    async def hold(self, app: str, priority: float) -> AsyncIterator[None]:
-        """:meth:`take` for the ``async with`` body."""
-        held = await self.take(app, priority)
-        try:
-            yield
-        finally:
-            held.release()
