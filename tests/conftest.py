@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -84,3 +85,10 @@ def pytest_terminal_summary(
         terminalreporter.section("reliability figures")
         for name, value in measured.items():
             terminalreporter.write_line(f"{name}: {value}")
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy in the environment: the daemon's blocking client exists only then."""
+    for variable in [name for name in os.environ if name.lower().endswith("_proxy")]:
+        monkeypatch.delenv(variable)

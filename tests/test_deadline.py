@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -34,12 +33,6 @@ def silent_server() -> Iterator[str]:
     listener.close()
     for conn in held:
         conn.close()
-
-
-@pytest.fixture
-def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in [name for name in os.environ if name.lower().endswith("_proxy")]:
-        monkeypatch.delenv(variable)
 
 
 @pytest.mark.usefixtures("no_proxy")

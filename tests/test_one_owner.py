@@ -252,9 +252,10 @@ def trickling_server() -> Iterator[str]:
     listener.close()
 
 
+@pytest.mark.usefixtures("no_proxy")
 @pytest.mark.parametrize("in_one_thread", [True, False], ids=["in one thread", "from the loop"])
 def test_a_token_timeout_bounds_the_whole_refresh(
-    tmp_path: Path, trickling_server: str, in_one_thread: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, trickling_server: str, in_one_thread: bool
 ) -> None:
     """``timeout: 1s`` means the refresh gives up after about a second, even when the
     server keeps sending a byte now and then; the stored token is left as it was."""
@@ -262,8 +263,6 @@ def test_a_token_timeout_bounds_the_whole_refresh(
     store = SqliteStateStore(tmp_path / "state")
     seeded = _fake_token("alice")
     store.save_token(NAME, seeded, now=time.time() - DUE_AGE)
-    for variable in [name for name in os.environ if name.lower().endswith("_proxy")]:
-        monkeypatch.delenv(variable)
     error: list[str | None] = []
 
     async def go() -> str:

@@ -83,7 +83,7 @@ _Committed = tuple[Written, TokenRecord | None, float]
 """What the commit said, the record read back after it, and ``monotonic`` then."""
 
 
-def _pending(spec: TokenSpec, claim: Claim, answer: Answer) -> PendingCommit:
+def _kept_commit(spec: TokenSpec, claim: Claim, answer: Answer) -> PendingCommit:
     return PendingCommit(spec.name, answer.token, claim.generation, answer.sent_at)
 
 
@@ -124,7 +124,8 @@ class Landing:
         except StateError as error:
             if self._pending is None:
                 raise
-            path = await self._workers.files(self._pending.keep, _pending(spec, claim, answer))
+            path = await self._workers.files(self._pending.keep,
+                                             _kept_commit(spec, claim, answer))
             return self._kept(spec, answer, error, path)
 
     def land_now(self, spec: TokenSpec, claim: Claim, answer: Answer) -> Landed:
@@ -135,7 +136,7 @@ class Landing:
         except StateError as error:
             if self._pending is None:
                 raise
-            path = self._pending.keep(_pending(spec, claim, answer))
+            path = self._pending.keep(_kept_commit(spec, claim, answer))
             return self._kept(spec, answer, error, path)
         return self._publish(spec, claim, committed)
 

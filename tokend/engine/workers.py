@@ -66,13 +66,10 @@ class Workers:
     async def store(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one store call: in a file thread that is free to start it at once (the one
         that ran the last refresh, whose caches are warm), else in the store pool."""
-        call = self._store_call_begins()
         work = functools.partial(fn, *args, **kwargs)
-        try:
+        with self.store_call():
             started = self._file_pool.submit(work, only_if_free=True)
             return await (started if started is not None else self._store_pool.submit(work))
-        finally:
-            self._store_call_ends(call)
 
     async def files(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one batch of file work (outputs) in the file pool."""
@@ -113,8 +110,8 @@ class Workers:
 
     @contextlib.contextmanager
     def store_call(self) -> Iterator[None]:
-        """Watch a store call made in a worker thread, as :meth:`store_stalled_for` watches
-        the store calls it runs itself."""
+        """Count the ``with`` body as a store call, for :meth:`store_stalled_for`: the calls
+        :meth:`store` runs, and those a worker thread makes itself."""
         call = self._store_call_begins()
         try:
             yield

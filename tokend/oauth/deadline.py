@@ -65,9 +65,10 @@ class _DeadlineTransport(httpx.HTTPTransport):
     """httpx's own transport over a connection pool whose streams keep the deadline."""
 
     def __init__(self) -> None:
-        super().__init__()
+        ssl_context = httpx.create_ssl_context()  # loads the CA bundle: once, not twice
+        super().__init__(verify=ssl_context)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=ssl_context,
             max_keepalive_connections=_KEEPALIVE_CONNECTIONS,
             network_backend=_DeadlineBackend(httpcore.SyncBackend()),
         )
