@@ -13,14 +13,16 @@ import socket
 import threading
 from types import TracebackType
 
+from tests.local_server import LocalServer
+
 
 class TcpProxy:
     """Forward ``127.0.0.1:<port>`` to ``target``; start with ``with``."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self._target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
+        self._server = LocalServer(self._forward)
+        self.port: int = self._server.port
         self._open = threading.Event()
         self._open.set()
         self._lock = threading.Lock()
@@ -28,14 +30,14 @@ class TcpProxy:
         self._closed = False
 
     def __enter__(self) -> TcpProxy:
-        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+        self._server.__enter__()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._closed = True
         self._open.set()
-        self._listener.close()
+        self._server.__exit__(kind, value, traceback)
         self.cut()
 
     def cut(self) -> None:
@@ -52,13 +54,8 @@ class TcpProxy:
     def heal(self) -> None:
         self._open.set()
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+    def _forward(self, client: socket.socket) -> None:
+        threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
         with self._lock:

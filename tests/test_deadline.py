@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.local_server import LocalServer
 from tokend.oauth.deadline import deadline_client, request_deadline
 
 
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """127.0.0.1: accepts, reads the request, never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
+    with LocalServer(held.append) as server:
+        yield server.url
     for conn in held:
         conn.close()
 

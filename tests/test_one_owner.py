@@ -34,6 +34,7 @@ from tests.e2e import (
     tokend,
     wait_for,
 )
+from tests.local_server import LocalServer
 from tokend.cli.authorize import exchange_and_store
 from tokend.engine.refresher import Refresher
 from tokend.engine.supervisor import Supervisor
@@ -214,42 +215,24 @@ def trickling_server() -> Iterator[str]:
     }).encode()
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
-    stop = threading.Event()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.1)
-
     def answer(conn: socket.socket) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += conn.recv(65536)
-        headers, _, rest = request.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":", 1)[1]) for line in headers.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        while len(rest) < length:
-            rest += conn.recv(65536)
-        conn.sendall(head)
-        for byte in body:
-            if stop.wait(0.04):
-                return
-            conn.sendall(bytes([byte]))
+        with conn, contextlib.suppress(OSError):  # the client gave up: that is the point
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            headers, _, rest = request.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in headers.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(rest) < length:
+                rest += conn.recv(65536)
+            conn.sendall(head)
+            for byte in body:
+                if server.stopping.wait(0.04):
+                    return
+                conn.sendall(bytes([byte]))
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):  # the client gave up: that is the point
-                answer(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join(5)
-    listener.close()
+    with LocalServer(answer) as server:
+        yield server.url
 
 
 @pytest.mark.usefixtures("no_proxy")
