@@ -215,6 +215,7 @@ def trickling_server() -> Iterator[str]:
     }).encode()
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
+
     def answer(conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):  # the client gave up: that is the point
             request = b""
