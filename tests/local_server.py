@@ -21,7 +21,8 @@ _POLL = 0.1  # seconds between looks at the stop flag while no client comes
 
 class LocalServer:
     """Accept on ``127.0.0.1:port`` from ``with`` to its end, handing each connection to
-    ``serve`` in the accepting thread (which must return soon or start its own thread).
+    ``serve`` in the accepting thread (which must return soon, watch ``stopping`` or start
+    a thread of its own).
 
     ``stopping`` is set when the block ends, for handlers that wait or loop.
     """
